@@ -6,3 +6,19 @@ capacity measures.
 """
 
 __version__ = "0.1.0"
+
+# the spine
+from landprobe.params import ParamVector, select, select_subnets
+# probes
+from landprobe.probes import Curve, LandscapeProbe
+
+__all__ = [
+    "__version__",
+    # spine
+    "ParamVector",
+    "select",
+    "select_subnets",
+    # probes and results
+    "LandscapeProbe",
+    "Curve",
+]

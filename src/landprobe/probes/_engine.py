@@ -1,0 +1,242 @@
+"""The evaluation engine every probe shares: model guard, data passes, BatchNorm handling.
+
+Nothing here is public; :class:`landprobe.LandscapeProbe` is the user's door.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+BN_MODES = ("eval", "train", "recompute")
+
+
+def batch_size(x: Any) -> int:
+    """Samples in a batch input: the leading dimension of the first tensor found."""
+    if isinstance(x, Tensor):
+        return int(x.shape[0]) if x.dim() else 1
+    if isinstance(x, (list, tuple)):
+        for v in x:
+            return batch_size(v)
+    if isinstance(x, dict):
+        for v in x.values():
+            return batch_size(v)
+    raise TypeError(f"cannot tell the batch size of an input of type {type(x).__name__}; inputs must be tensors "
+                    f"(or tuples/dicts of tensors)")
+
+
+def to_device(x: Any, device: torch.device) -> Any:
+    if isinstance(x, Tensor):
+        return x if x.device == device else x.to(device, non_blocking=True)
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_device(v, device) for v in x)
+    if isinstance(x, dict):
+        return {k: to_device(v, device) for k, v in x.items()}
+    return x
+
+
+def call_model(model: Callable, x: Any) -> Any:
+    """``model(x)``; a tuple/list input is unpacked as positional arguments, a dict as keywords."""
+    if isinstance(x, (list, tuple)):
+        return model(*x)
+    if isinstance(x, dict):
+        return model(**x)
+    return model(x)
+
+
+def unpack_batch(batch: Any) -> tuple[Any, Any]:
+    if isinstance(batch, (list, tuple)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise ValueError(
+        f"each item of the data must be a pair (inputs, targets); got {type(batch).__name__}"
+        + (f" of length {len(batch)}" if isinstance(batch, (list, tuple)) else "")
+        + ". Wrap a dataset in a DataLoader or pass a list of (x, y) batches."
+    )
+
+
+def is_batchnorm(m: nn.Module) -> bool:
+    return isinstance(m, nn.modules.batchnorm._BatchNorm)
+
+
+# --------------------------------------------------------------------------- RNG
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class ModelGuard(contextlib.AbstractContextManager):
+    """Snapshot everything a probe may touch and restore it exactly on exit.
+
+    Parameters and buffers are restored bitwise from one clone taken on entry (so a probe
+    costs one extra copy of the model's state, not one per point); ``requires_grad`` flags,
+    each module's train/eval mode, BatchNorm momenta and the global RNG states (torch, CUDA,
+    numpy, Python) are put back too, also when an exception or KeyboardInterrupt ends the
+    probe.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self) -> ModelGuard:
+        m = self.model
+        self._params = [(p, p.detach().clone(), p.requires_grad) for p in m.parameters()]
+        self._buffers = [(mod, name, b, b.detach().clone()) for mod in m.modules()
+                         for name, b in mod._buffers.items() if b is not None]
+        self._modes = [(mod, mod.training) for mod in m.modules()]
+        self._momenta = [(mod, mod.momentum) for mod in m.modules() if is_batchnorm(mod)]
+        self._rng = _rng_state()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with torch.no_grad():
+            for p, saved, flag in self._params:
+                p.copy_(saved)
+                p.requires_grad_(flag)
+            for mod, name, b, saved in self._buffers:
+                if mod._buffers.get(name) is not b:       # a module swapped the tensor: put ours back
+                    mod._buffers[name] = b
+                b.copy_(saved)
+        for mod, flag in self._modes:
+            mod.training = flag
+        for mod, mom in self._momenta:
+            mod.momentum = mom
+        _set_rng_state(self._rng)
+        return None
+
+
+# --------------------------------------------------------------------------- evaluation
+@dataclass
+class Evaluation:
+    """Empirical error of one parameter set: sample-weighted mean over the data."""
+
+    loss: float
+    stderr: float
+    batch_losses: np.ndarray
+    batch_sizes: np.ndarray
+
+    @staticmethod
+    def from_batches(losses: Sequence[float], sizes: Sequence[int]) -> Evaluation:
+        l = np.asarray(losses, dtype=np.float64)
+        n = np.asarray(sizes, dtype=np.float64)
+        total = n.sum()
+        w = n / total
+        mean = float(np.dot(w, l))
+        b = len(l)
+        # Standard error of a ratio (cluster) estimator over batches: Var = B/(B-1) Σ w_b² (l_b - m)²;
+        # with equal batch sizes this is s²/B. It measures how well a random subset of batches
+        # of this kind pins down the mean; with all the data evaluated the mean itself is exact.
+        se = float(math.sqrt(b / (b - 1) * np.sum(w**2 * (l - mean) ** 2))) if b > 1 else float("nan")
+        return Evaluation(mean, se, l, n.astype(np.int64))
+
+
+class Engine:
+    """Runs the data through the model at given parameter values, in place, fast and safely."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, data: Iterable, *, bn: str = "eval",
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        if not isinstance(model, nn.Module):
+            if isinstance(model, type) and issubclass(model, nn.Module):
+                raise TypeError(f"received the class {model.__name__}; instantiate it: {model.__name__}(...)")
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable (e.g. torch.nn.MSELoss()), got {type(loss_fn).__name__}")
+        if isinstance(loss_fn, type):
+            raise TypeError(f"loss_fn is the class {loss_fn.__name__}; instantiate it: {loss_fn.__name__}()")
+        if bn not in BN_MODES:
+            raise ValueError(f"bn={bn!r}; expected one of {BN_MODES} (see LandscapeProbe's docstring)")
+        if data is None or isinstance(data, (Tensor, str)):
+            raise TypeError("data must be an iterable of (inputs, targets) batches: a DataLoader or a list of pairs")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.data = data
+        self.bn = bn
+        first = next(iter(model.parameters()), None)
+        self.device = torch.device(device) if device is not None else (first.device if first is not None else torch.device("cpu"))
+        if first is not None and first.device != self.device:
+            raise ValueError(
+                f"the model lives on {first.device} but device={self.device} was asked for; move the "
+                f"model first (model.to({str(self.device)!r})): a probe never moves the user's model."
+            )
+        if dtype is not None and dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+            raise ValueError(f"dtype={dtype}; expected None (the model's own), torch.bfloat16/float16 (autocast) or float32/64")
+        model_dtype = first.dtype if first is not None else torch.float32
+        if dtype in (torch.float32, torch.float64) and dtype != model_dtype:
+            raise ValueError(f"dtype={dtype} but the model's parameters are {model_dtype}; convert the model "
+                             f"(model.to({dtype})) or pass dtype=None")
+        self.dtype = dtype
+        self._bns = [m for m in model.modules() if is_batchnorm(m)]
+
+    # ---- contexts
+    def autocast(self):
+        if self.dtype in (torch.bfloat16, torch.float16):
+            return torch.autocast(self.device.type, dtype=self.dtype)
+        return contextlib.nullcontext()
+
+    def set_eval_modes(self) -> None:
+        """Eval mode everywhere; BatchNorm in train mode under ``bn='train'``."""
+        self.model.eval()
+        if self.bn == "train":
+            for m in self._bns:
+                m.train()
+
+    # ---- passes
+    def batches(self):
+        for batch in self.data:
+            x, y = unpack_batch(batch)
+            yield to_device(x, self.device), to_device(y, self.device)
+
+    def recompute_bn(self) -> None:
+        """Reset BatchNorm statistics and re-estimate them with a cumulative average over the data."""
+        if not self._bns:
+            return
+        for m in self._bns:
+            if m.track_running_stats:
+                m.reset_running_stats()
+                m.momentum = None
+            m.train()
+        with torch.no_grad(), self.autocast():
+            for x, _ in self.batches():
+                call_model(self.model, x)
+        for m in self._bns:
+            m.eval()
+
+    def evaluate(self) -> Evaluation:
+        """One pass over the data at the model's current parameters (modes already set)."""
+        if self.bn == "recompute":
+            self.recompute_bn()
+            self.set_eval_modes()
+        losses: list[Tensor] = []
+        sizes: list[int] = []
+        with torch.no_grad(), self.autocast():
+            for x, y in self.batches():
+                out = call_model(self.model, x)
+                loss = self.loss_fn(out, y)
+                if not isinstance(loss, Tensor) or loss.numel() != 1:
+                    raise ValueError(
+                        "loss_fn must return a scalar tensor (a mean-reduced loss such as nn.MSELoss()); "
+                        f"got {type(loss).__name__}" + (f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else "")
+                    )
+                losses.append(loss.detach().reshape(()).double())
+                sizes.append(batch_size(x))
+        if not losses:
+            raise ValueError("data yielded no batch: pass a non-empty DataLoader or list of (x, y) pairs")
+        vals = torch.stack(losses).cpu().numpy()   # one device sync per point
+        return Evaluation.from_batches(vals, sizes)
