@@ -1,0 +1,245 @@
+"""Per-epoch trackers of PSNR and empirical error, summarised over training stages."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from landprobe._io import load_json, save_json
+from landprobe._results import require_matplotlib
+from landprobe.metrics._psnr import psnr
+
+__all__ = ["PSNRTracker", "EmpiricalErrorTracker", "DEFAULT_STAGES"]
+
+#: The study's three reading stages (Xu & Zhang): epochs 1-15, 16-30 and 31-45, inclusive.
+DEFAULT_STAGES: tuple[tuple[int, int], ...] = ((1, 15), (16, 30), (31, 45))
+
+
+def _check_stages(stages) -> tuple[tuple[int, int], ...]:
+    try:
+        out = tuple((int(a), int(b)) for a, b in stages)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"`stages` must be a sequence of (first_epoch, last_epoch) pairs such as ((1, 15), (16, 30)), got {stages!r}."
+        ) from exc
+    for a, b in out:
+        if a < 1 or b < a:
+            raise ValueError(
+                f"`stages` entry ({a}, {b}) is not a valid inclusive epoch range; epochs count from 1 and first <= last."
+            )
+    return out
+
+
+class _EpochTracker:
+    _higher_is_better = True
+    _label = "value"
+
+    def __init__(self, stages: Sequence[Sequence[int]] = DEFAULT_STAGES) -> None:
+        self.stages = _check_stages(stages)
+        self.history: list[float] = []
+        self._sum = 0.0
+        self._count = 0
+
+    # -- accumulation -------------------------------------------------------------------
+    def _add(self, total: float, count: int) -> float:
+        self._sum += float(total)
+        self._count += int(count)
+        return float(total) / count
+
+    def reset(self) -> None:
+        """Forget the batches of the current epoch (the history stays)."""
+        self._sum, self._count = 0.0, 0
+
+    @property
+    def count(self) -> int:
+        """Samples accumulated in the current epoch."""
+        return self._count
+
+    def compute(self) -> float:
+        """Sample-weighted mean over the batches of the current epoch so far."""
+        if self._count == 0:
+            raise ValueError(
+                f"{type(self).__name__}: no samples in the current epoch; call update(...) before compute()/end_epoch()."
+            )
+        return self._sum / self._count
+
+    def end_epoch(self) -> float:
+        """Close the epoch: append its mean to :attr:`history`, reset, and return the mean."""
+        value = self.compute()
+        self.history.append(value)
+        self.reset()
+        return value
+
+    # -- summaries ----------------------------------------------------------------------
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per stage (label ``"epochs a-b"``): epochs seen, mean, min, max and last value.
+
+        Stages with no finished epoch yet report ``n = 0`` and None values.
+        """
+        out: dict[str, dict[str, Any]] = {}
+        for a, b in self.stages:
+            vals = self.history[a - 1 : b]
+            entry: dict[str, Any] = {"first": a, "last_epoch": b, "n": len(vals)}
+            if vals:
+                entry.update(mean=float(np.mean(vals)), min=min(vals), max=max(vals), last=vals[-1])
+            else:
+                entry.update(mean=None, min=None, max=None, last=None)
+            out[f"epochs {a}-{b}"] = entry
+        return out
+
+    # -- persistence --------------------------------------------------------------------
+    def _settings(self) -> dict[str, Any]:
+        return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON state: kind, settings, stages, history and the open epoch's sums."""
+        return {
+            "kind": type(self).__name__,
+            "settings": self._settings(),
+            "stages": [list(s) for s in self.stages],
+            "history": list(self.history),
+            "open_sum": self._sum,
+            "open_count": self._count,
+            "summary": self.summary(),
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write :meth:`to_dict` as JSON, atomically (readers never see half a file).
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> from landprobe.metrics import EmpiricalErrorTracker
+            >>> tr = EmpiricalErrorTracker(); _ = tr.update(0.5, n=2); _ = tr.end_epoch()
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "err.json"
+            >>> EmpiricalErrorTracker.load(tr.save(path)).history
+            [0.5]
+        """
+        return save_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike):
+        """Rebuild a tracker written by :meth:`save`."""
+        data = load_json(path)
+        if not isinstance(data, dict) or data.get("kind") != cls.__name__:
+            kind = data.get("kind") if isinstance(data, dict) else type(data).__name__
+            raise ValueError(
+                f"{str(path)!r} holds a {kind!r}, not a {cls.__name__}; load it with the class that saved it."
+            )
+        obj = cls(stages=data["stages"], **data.get("settings", {}))
+        obj.history = [float(v) for v in data["history"]]
+        obj._sum, obj._count = float(data.get("open_sum", 0.0)), int(data.get("open_count", 0))
+        return obj
+
+    def plot(self, ax=None):
+        """Plot the per-epoch history, stages shaded alternately. Needs matplotlib.
+
+        Returns:
+            The matplotlib Axes.
+
+        Example:
+            >>> import pytest; _ = pytest.importorskip("matplotlib")
+            >>> from landprobe.metrics import PSNRTracker
+            >>> tr = PSNRTracker(); tr.history = [30.0, 31.5, 32.0]
+            >>> tr.plot().get_xlabel()
+            'epoch'
+        """
+        plt = require_matplotlib()
+        if ax is None:
+            _, ax = plt.subplots(figsize=(5, 3))
+        epochs = np.arange(1, len(self.history) + 1)
+        ax.plot(epochs, self.history, marker="o", ms=3)
+        for i, (a, b) in enumerate(self.stages):
+            if i % 2 == 0:
+                ax.axvspan(a - 0.5, b + 0.5, color="0.92", zorder=0)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(self._label)
+        return ax
+
+    def __repr__(self) -> str:
+        last = f"{self.history[-1]:.4g}" if self.history else "none"
+        return f"{type(self).__name__}(epochs={len(self.history)}, last={last})"
+
+
+class PSNRTracker(_EpochTracker):
+    """Mean per-image PSNR (dB) of each epoch, weighted by images, as SR tables report it.
+
+    Two lines in a training or validation loop: ``tracker.update(sr, hr)`` per batch and
+    ``value = tracker.end_epoch()`` per epoch. Each image counts once however the batches
+    are cut; PSNR is :func:`landprobe.metrics.psnr` (Y in [0, 255], ``shave`` border).
+
+    Args:
+        shave: Border pixels ignored (the scale factor).
+        data_range: White level of the images (1.0 for [0, 1]).
+        stages: Inclusive epoch ranges summarised by :meth:`summary`; default the study's
+            epochs 1-15, 16-30, 31-45.
+
+    Raises:
+        ValueError: If ``stages`` is malformed, or on ``end_epoch()`` with no update.
+
+    Example:
+        >>> import torch
+        >>> from landprobe.metrics import PSNRTracker
+        >>> tr = PSNRTracker(stages=[(1, 1), (2, 3)])
+        >>> hr = torch.zeros(3, 1, 4, 4)
+        >>> _ = tr.update(hr + 1 / 255, hr)          # two batches: 48.13 dB and 42.11 dB
+        >>> _ = tr.update(hr[:1] + 2 / 255, hr[:1])  # sample-weighted: (3 * 48.13 + 42.11) / 4
+        >>> round(tr.end_epoch(), 3)
+        46.625
+        >>> tr.summary()["epochs 1-1"]["mean"] == tr.history[0]
+        True
+    """
+
+    _label = "PSNR (dB)"
+
+    def __init__(self, shave: int = 0, data_range: float = 1.0, stages: Sequence[Sequence[int]] = DEFAULT_STAGES) -> None:
+        super().__init__(stages)
+        self.shave, self.data_range = int(shave), float(data_range)
+
+    def _settings(self) -> dict[str, Any]:
+        return {"shave": self.shave, "data_range": self.data_range}
+
+    def update(self, sr: torch.Tensor, hr: torch.Tensor) -> float:
+        """Add a batch ``(N, C, H, W)`` (or one ``(C, H, W)`` image); return its mean PSNR."""
+        vals = psnr(hr, sr, shave=self.shave, data_range=self.data_range)
+        vals = torch.as_tensor(vals).reshape(-1)
+        return self._add(float(vals.sum()), vals.numel())
+
+
+class EmpiricalErrorTracker(_EpochTracker):
+    """Sample-weighted mean of a (mean-reduced) loss over each epoch: the empirical error.
+
+    ``tracker.update(loss, n)`` per batch of ``n`` samples, ``tracker.end_epoch()`` per
+    epoch. Exact for losses that average over the batch: ``sum(loss_b * n_b) / sum(n_b)``.
+
+    Args:
+        stages: Inclusive epoch ranges for :meth:`summary` (default 1-15, 16-30, 31-45).
+
+    Raises:
+        ValueError: If ``stages`` is malformed, ``n`` is not positive, or on
+            ``end_epoch()`` with no update.
+
+    Example:
+        >>> import torch
+        >>> from landprobe.metrics import EmpiricalErrorTracker
+        >>> tr = EmpiricalErrorTracker()
+        >>> tr.update(torch.tensor(1.0), n=64)
+        1.0
+        >>> tr.update(4.0, n=16)          # a short last batch weighs less
+        4.0
+        >>> tr.end_epoch()                # (64 * 1 + 16 * 4) / 80
+        1.6
+    """
+
+    _higher_is_better = False
+    _label = "empirical error"
+
+    def update(self, loss, n: int = 1) -> float:
+        """Add a batch's mean loss (float or 0-d tensor) over ``n`` samples; return it."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"EmpiricalErrorTracker.update: `n` must be the batch size, a positive integer; got {n!r}.")
+        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+        return self._add(value * n, n)
