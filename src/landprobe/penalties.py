@@ -1,0 +1,471 @@
+"""Subnet-wise norm penalties: weight decay, L1, group and spectral norms on parts of any model.
+
+:class:`SubnetNormPenalty` attaches a norm-based capacity control to named parts (subnets) of a
+model and returns one differentiable scalar to add to the training loss. It is called every
+training step, so the common kinds (``"l2"``, ``"l1"``, ``"l2norm"``) run on all tensors of the
+model at once (``torch._foreach_norm`` forward, one ``torch._foreach_mul`` per subnet backward),
+and the selectors are resolved once, at construction.
+
+Convention:
+    - Kinds, for the parameters θ of one subnet:
+      ``"l2"`` = Σθ² (weight decay; the "L2" of Xu & Zhang's Table II),
+      ``"l1"`` = Σ|θ|,
+      ``"l2norm"`` = √Σθ²,
+      ``"group"`` = Σ over output filters of their L2 norms (each slice along dim 0 of a tensor
+      with ≥ 2 dims is one group; each element of a 1-D or 0-D tensor is its own group, so a
+      bias contributes Σ|b|),
+      ``"spectral"`` = Σ over layers of the largest singular value of the weight reshaped to a
+      matrix ``(shape[0], -1)`` (for a Conv weight ``(out, in*k*k)``: the spectral norm of that
+      reshaped matrix, not the operator norm of the convolution), by power iteration kept warm
+      between calls, as ``torch.nn.utils.spectral_norm``.
+    - ``include_bias=False`` leaves out every parameter with fewer than 2 dimensions (biases,
+      BatchNorm/LayerNorm scales and shifts, scalar gains) and every parameter whose name ends
+      in ``bias``.
+    - ``"spectral"`` applies to tensors with ≥ 2 dimensions only; a 1-D or 0-D parameter
+      selected under ``"spectral"`` (with ``include_bias=True``) is an error that names it.
+    - Subgradients at 0: ``|x|`` and ``‖x‖`` have gradient 0 there (as ``torch.abs`` and
+      ``torch.linalg.vector_norm``).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Hashable, Mapping
+from typing import Any, Union
+
+import torch
+from torch import Tensor, nn
+
+from landprobe.params import Selector, select_subnets
+
+__all__ = ["KINDS", "PRESETS", "SubnetNormPenalty"]
+
+KINDS = ("l2", "l1", "l2norm", "group", "spectral")
+
+#: Xu & Zhang, Table II: kinds on (Enet, Inet, Rnet).
+PRESETS = {
+    "all-l2": ("l2", "l2", "l2"),
+    "mix": ("l2", "l1", "l2"),
+    "all-l1": ("l1", "l1", "l1"),
+}
+_PRESET_SUBNETS = ("enet", "inet", "rnet")
+
+Weight = Union[float, Mapping[Hashable, float]]
+
+
+class _FusedNorms(torch.autograd.Function):
+    """Per-subnet Σ‖t‖₂² (p=2) or Σ‖t‖₁ (p=1) over many tensors, backward by foreach ops.
+
+    ``tensors`` are ordered so that each subnet's tensors are contiguous; ``sizes`` gives how many
+    belong to each subnet. Returns a 1-D tensor with one value per subnet.
+    """
+
+    @staticmethod
+    def forward(ctx, p: int, sizes: tuple[int, ...], *tensors: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.p, ctx.sizes = p, sizes
+        ctx.save_for_backward(*tensors)
+        norms = torch.stack(torch._foreach_norm(tensors, p))
+        if p == 2:
+            norms = norms * norms
+        return torch.stack([c.sum() for c in norms.split(sizes)])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        tensors = ctx.saved_tensors
+        coef = (2 * grad if ctx.p == 2 else grad).unbind()
+        out: list[Tensor] = []
+        start = 0
+        for size, c in zip(ctx.sizes, coef):
+            chunk = tensors[start:start + size]
+            start += size
+            if ctx.p == 2:
+                out.extend(torch._foreach_mul(chunk, c))
+            else:
+                signs = torch._foreach_sign(chunk)
+                torch._foreach_mul_(signs, c)
+                out.extend(signs)
+        return (None, None, *out)
+
+
+def _check_weight(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{where}={value!r} has type {type(value).__name__}; expected a non-negative float "
+            f"such as 2e-4."
+        )
+    w = float(value)
+    if not math.isfinite(w) or w < 0:
+        raise ValueError(
+            f"{where}={value!r}; expected a finite, non-negative float such as 2e-4 "
+            f"(use 0.0 to switch a subnet's penalty off)."
+        )
+    return w
+
+
+class SubnetNormPenalty:
+    """A differentiable norm penalty on subnets of any model: ``Σ_s weight_s · norm_s(θ_s)``.
+
+    Args:
+        model: The ``nn.Module`` instance whose parameters are penalised.
+        norms: Mapping selector → kind. A selector is a dotted module path (``"rnet.expand"``),
+            a glob on parameter names (``"inet.*"``), a submodule of ``model``, or a tuple of
+            these (see :func:`landprobe.select`); two selectors may not share a parameter.
+            Kinds: ``"l2"`` (Σθ², weight decay), ``"l1"`` (Σ|θ|), ``"l2norm"`` (√Σθ²),
+            ``"group"`` (Σ of output-filter L2 norms), ``"spectral"`` (Σ of per-layer largest
+            singular values); see the module's ``Convention``.
+        weight: One non-negative float for all subnets, or a mapping with exactly the keys of
+            ``norms``. Default 1.0 (the raw norms).
+        include_bias: If ``False``, leave out parameters with fewer than 2 dims and parameters
+            whose name ends in ``bias``.
+        power_iterations: Power iterations per call for ``"spectral"`` (warm start). At least 1.
+        init_power_iterations: Power iterations on the first call, from a seeded random start.
+        seed: Seed of the random start vectors (own generator; the global RNG is not touched).
+        check_finite: Raise if the penalty is NaN/inf (costs one scalar check per call).
+
+    The selectors are resolved once, here: later replacing a submodule of ``model`` is not seen
+    (``model.to(...)`` and ``load_state_dict`` are, since they keep the parameter objects).
+
+    Raises:
+        TypeError: If ``model`` is a class or not an ``nn.Module``, a kind or weight has the
+            wrong type, or ``include_bias`` is not a bool.
+        ValueError: On an unknown kind, a negative or non-finite weight, weight keys that differ
+            from ``norms``' keys, a selector that matches nothing or overlaps another, a subnet
+            that ``include_bias=False`` empties, or 1-D parameters under ``"spectral"``.
+
+    Example:
+        >>> import torch, landprobe as lp
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight.fill_(1.0), net[0].bias.fill_(-1.0)  # Σθ² = 4 + 2 = 6
+        ...     _ = net[1].weight.fill_(-2.0), net[1].bias.fill_(3.0)  # Σ|θ| = 2 + 2 + 3 = 7
+        >>> penalty = lp.SubnetNormPenalty(net, {"0": "l2", "1": "l1"}, weight={"0": 1.0, "1": 0.5})
+        >>> loss = penalty()                                           # 6 + 0.5 * 7
+        >>> loss
+        tensor(9.5000, grad_fn=<SumBackward0>)
+        >>> loss.backward(); net[1].weight.grad                        # 0.5 * sign(θ)
+        tensor([[-0.5000, -0.5000]])
+        >>> penalty.breakdown()
+        {'0': 6.0, '1': 3.5}
+        >>> penalty.breakdown(weighted=False)
+        {'0': 6.0, '1': 7.0}
+    """
+
+    def __init__(self, model: nn.Module, norms: Mapping[Hashable, str], weight: Weight = 1.0,
+                 include_bias: bool = True, *, power_iterations: int = 1,
+                 init_power_iterations: int = 30, seed: int = 0, check_finite: bool = True):
+        if not isinstance(norms, Mapping):
+            raise TypeError(
+                f"norms has type {type(norms).__name__}; expected a mapping selector -> kind, "
+                f"e.g. {{'enet': 'l2', 'inet': 'l1'}}."
+            )
+        specs = {key: (key, kind) for key, kind in norms.items()}
+        self._setup(model, specs, weight, include_bias, power_iterations, init_power_iterations,
+                    seed, check_finite)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def preset(cls, model: nn.Module, setting: str, weight: Weight = 2e-4, *,
+               subnets: Mapping[str, Selector] | None = None, include_bias: bool = True,
+               **kwargs: Any) -> SubnetNormPenalty:
+        """One of the three settings of Xu & Zhang's study (Table II), on Enet, Inet and Rnet.
+
+        ``"all-l2"``: L2 (Σθ²) on Enet, Inet and Rnet; ``"mix"``: L2 on Enet, L1 (Σ|θ|) on Inet,
+        L2 on Rnet; ``"all-l1"``: L1 on all three. λ = 2e-4 as in the paper.
+
+        Args:
+            model: A model with submodules ``enet``, ``inet`` and ``rnet``, or any model when
+                ``subnets`` is given.
+            setting: ``"all-l2"``, ``"mix"`` or ``"all-l1"`` (case-insensitive).
+            weight: λ, a float or a mapping with keys ``"enet"``, ``"inet"``, ``"rnet"``.
+            subnets: Mapping ``{"enet": sel, "inet": sel, "rnet": sel}`` of selectors for models
+                whose parts are named otherwise.
+            include_bias: As in :class:`SubnetNormPenalty`.
+            **kwargs: Passed on to :class:`SubnetNormPenalty`.
+
+        Returns:
+            A penalty whose subnets are labelled ``"enet"``, ``"inet"``, ``"rnet"``.
+
+        Raises:
+            ValueError: On an unknown setting, a model without the three submodules and no
+                ``subnets``, or ``subnets`` with other keys.
+
+        Example:
+            >>> import torch.nn as nn, landprobe as lp
+            >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 1))
+            >>> pen = lp.SubnetNormPenalty.preset(net, "mix", subnets={"enet": "0", "inet": "1", "rnet": "2"})
+            >>> pen.kinds, pen.weights["inet"]
+            ({'enet': 'l2', 'inet': 'l1', 'rnet': 'l2'}, 0.0002)
+        """
+        if not isinstance(setting, str) or setting.lower() not in PRESETS:
+            raise ValueError(f"setting={setting!r}; expected one of {list(PRESETS)} (Xu & Zhang, Table II).")
+        kinds = PRESETS[setting.lower()]
+        if subnets is None:
+            _check_model(model)
+            missing = [n for n in _PRESET_SUBNETS if not isinstance(getattr(model, n, None), nn.Module)]
+            if missing:
+                raise ValueError(
+                    f"{type(model).__name__} has no submodule(s) {missing}; the presets need "
+                    f"model.enet, model.inet and model.rnet. For a model named otherwise pass "
+                    f"subnets={{'enet': sel, 'inet': sel, 'rnet': sel}} with selectors such as 'features.0'."
+                )
+            subnets = {n: n for n in _PRESET_SUBNETS}
+        elif not isinstance(subnets, Mapping) or set(subnets) != set(_PRESET_SUBNETS):
+            got = list(subnets) if isinstance(subnets, Mapping) else type(subnets).__name__
+            raise ValueError(
+                f"subnets={got!r}; expected a mapping with exactly the keys 'enet', 'inet', 'rnet' "
+                f"to selectors, e.g. {{'enet': 'head', 'inet': 'body', 'rnet': 'tail'}}."
+            )
+        specs = {n: (subnets[n], k) for n, k in zip(_PRESET_SUBNETS, kinds)}
+        self = cls.__new__(cls)
+        opts = dict(power_iterations=1, init_power_iterations=30, seed=0, check_finite=True)
+        unknown = set(kwargs) - set(opts)
+        if unknown:
+            raise TypeError(f"preset() got unexpected keyword argument(s) {sorted(unknown)}; "
+                            f"it accepts {sorted(opts)} besides weight, subnets, include_bias.")
+        opts.update(kwargs)
+        self._setup(model, specs, weight, include_bias, opts["power_iterations"],
+                    opts["init_power_iterations"], opts["seed"], opts["check_finite"])
+        return self
+
+    def _setup(self, model: nn.Module, specs: dict[Hashable, tuple[Selector, str]], weight: Weight,
+               include_bias: bool, power_iterations: int, init_power_iterations: int, seed: int,
+               check_finite: bool) -> None:
+        _check_model(model)
+        if not specs:
+            raise ValueError("norms is empty; give at least one subnet, e.g. {'features': 'l2'}.")
+        for label, (_, kind) in specs.items():
+            if not isinstance(kind, str):
+                raise TypeError(f"kind for subnet {label!r} is {kind!r} ({type(kind).__name__}); "
+                                f"expected one of {list(KINDS)}.")
+            if kind not in KINDS:
+                raise ValueError(f"unknown kind {kind!r} for subnet {label!r}; expected one of {list(KINDS)}.")
+        if not isinstance(include_bias, bool):
+            raise TypeError(f"include_bias={include_bias!r}; expected True or False.")
+        for name, val, low in (("power_iterations", power_iterations, 1),
+                               ("init_power_iterations", init_power_iterations, 1)):
+            if isinstance(val, bool) or not isinstance(val, int) or val < low:
+                raise ValueError(f"{name}={val!r}; expected an int >= {low}.")
+
+        labels = list(specs)
+        if isinstance(weight, Mapping):
+            missing = [k for k in labels if k not in weight]
+            extra = [k for k in weight if k not in specs]
+            if missing or extra:
+                raise ValueError(
+                    f"weight mapping keys differ from the subnets {labels}: missing {missing}, "
+                    f"unexpected {extra}. Give one weight per subnet, or a single float."
+                )
+            weights = {k: _check_weight(weight[k], f"weight[{k!r}]") for k in labels}
+        else:
+            w = _check_weight(weight, "weight")
+            weights = {k: w for k in labels}
+
+        selectors = {label: (list(sel) if isinstance(sel, tuple) else sel) for label, (sel, _) in specs.items()}
+        resolved = select_subnets(model, selectors)
+        params = dict(model.named_parameters())
+        members: dict[Hashable, list[str]] = {}
+        for label in labels:
+            names = resolved[label]
+            if not include_bias:
+                names = [n for n in names if params[n].dim() >= 2 and not n.endswith("bias")]
+                if not names:
+                    raise ValueError(
+                        f"subnet {label!r} selects only biases and 1-D parameters "
+                        f"({resolved[label][:4]}), which include_bias=False leaves out; "
+                        f"drop the subnet or pass include_bias=True."
+                    )
+            if specs[label][1] == "spectral":
+                flat = [n for n in names if params[n].dim() < 2]
+                if flat:
+                    raise ValueError(
+                        f"kind 'spectral' needs weight matrices (tensors with >= 2 dims), but subnet "
+                        f"{label!r} selects 1-D/0-D parameter(s) {flat[:6]}. Pass include_bias=False "
+                        f"to leave them out, or narrow the selector (e.g. 'rnet.*.weight')."
+                    )
+            members[label] = names
+
+        self._model_name = type(model).__name__
+        self._labels = labels
+        self._kinds = {k: specs[k][1] for k in labels}
+        self._weights = weights
+        self._members = members
+        self._include_bias = include_bias
+        self._power_iterations = power_iterations
+        self._init_power_iterations = init_power_iterations
+        self._seed = int(seed)
+        self._check_finite = check_finite
+        self._params = {n: params[n] for names in members.values() for n in names}
+
+        # Fused groups: per p, subnets with tensors contiguous. "group" sends its 1-D/0-D tensors
+        # (each element its own group, i.e. |b|) to the p=1 batch.
+        fused: dict[int, list[tuple[Hashable, list[str]]]] = {1: [], 2: []}
+        self._group_layers: list[tuple[Hashable, list[str]]] = []
+        self._spectral_layers: list[tuple[Hashable, list[str]]] = []
+        for label in labels:
+            kind, names = self._kinds[label], members[label]
+            if kind in ("l2", "l2norm"):
+                fused[2].append((label, names))
+            elif kind == "l1":
+                fused[1].append((label, names))
+            elif kind == "group":
+                small = [n for n in names if params[n].dim() < 2]
+                big = [n for n in names if params[n].dim() >= 2]
+                if small:
+                    fused[1].append((label, small))
+                if big:
+                    self._group_layers.append((label, big))
+            else:
+                self._spectral_layers.append((label, names))
+        self._fused = []
+        for p, entries in fused.items():
+            if entries:
+                self._fused.append((
+                    p,
+                    [self._labels.index(lab) for lab, _ in entries],
+                    tuple(len(ns) for _, ns in entries),
+                    [params[n] for _, ns in entries for n in ns],
+                ))
+        self._sqrt_idx = [i for i, lab in enumerate(labels) if self._kinds[lab] == "l2norm"]
+        self._u: dict[str, Tensor] = {}
+        self._weight_cache: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+    # ------------------------------------------------------------------ introspection
+    @property
+    def kinds(self) -> dict[Hashable, str]:
+        """Subnet label → kind."""
+        return dict(self._kinds)
+
+    @property
+    def weights(self) -> dict[Hashable, float]:
+        """Subnet label → weight."""
+        return dict(self._weights)
+
+    @property
+    def subnets(self) -> dict[Hashable, list[str]]:
+        """Subnet label → names of the penalised parameters (after ``include_bias``)."""
+        return {k: list(v) for k, v in self._members.items()}
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{k!r}: {self._kinds[k]!r} x {self._weights[k]:g} ({len(self._members[k])} tensors)"
+                          for k in self._labels)
+        return f"SubnetNormPenalty({self._model_name}, {{{parts}}}, include_bias={self._include_bias})"
+
+    # ------------------------------------------------------------------ evaluation
+    def _values(self) -> Tensor:
+        """Unweighted per-subnet values, shape (n_subnets,), in label order."""
+        parts: list[list[Tensor]] = [[] for _ in self._labels]
+        for p, positions, sizes, tensors in self._fused:
+            vals = _FusedNorms.apply(p, sizes, *tensors).unbind()
+            for i, v in zip(positions, vals):
+                parts[i].append(v)
+        for label, names in self._group_layers:
+            rows = [self._params[n] for n in names]
+            g = torch.stack([torch.linalg.vector_norm(w.reshape(w.shape[0], -1), dim=1).sum() for w in rows])
+            parts[self._labels.index(label)].append(g.sum())
+        for label, names in self._spectral_layers:
+            sig = torch.stack([self._sigma(n) for n in names])
+            parts[self._labels.index(label)].append(sig.sum())
+        values = torch.stack([ps[0] if len(ps) == 1 else torch.stack(ps).sum() for ps in parts])
+        if self._sqrt_idx:
+            idx = torch.tensor(self._sqrt_idx, device=values.device)
+            sq = values[idx]
+            pos = sq > 0
+            root = torch.where(pos, torch.where(pos, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq))
+            values = values.index_put((idx,), root)
+        return values
+
+    def _sigma(self, name: str) -> Tensor:
+        w = self._params[name]
+        mat = w.reshape(w.shape[0], -1)
+        u = self._u.get(name)
+        iters = self._power_iterations
+        with torch.no_grad():
+            wd = mat.detach()
+            if u is None:
+                gen = torch.Generator().manual_seed(self._seed + len(self._u))
+                u = torch.randn(wd.shape[0], generator=gen, dtype=torch.float64)
+                iters = self._init_power_iterations
+            u = u.to(device=wd.device, dtype=wd.dtype)
+            u = u / torch.linalg.vector_norm(u).clamp_min(1e-12)
+            for _ in range(iters):
+                v = torch.mv(wd.t(), u)
+                v = v / torch.linalg.vector_norm(v).clamp_min(1e-12)
+                u = torch.mv(wd, v)
+                u = u / torch.linalg.vector_norm(u).clamp_min(1e-12)
+            self._u[name] = u
+        return torch.dot(u, torch.mv(mat, v))
+
+    def _weight_tensor(self, like: Tensor) -> Tensor:
+        key = (like.dtype, like.device)
+        w = self._weight_cache.get(key)
+        if w is None:
+            w = torch.tensor([self._weights[k] for k in self._labels], dtype=like.dtype, device=like.device)
+            self._weight_cache[key] = w
+        return w
+
+    def __call__(self) -> Tensor:
+        """The penalty ``Σ_s weight_s · norm_s`` as a differentiable scalar (0-dim tensor).
+
+        Raises:
+            ValueError: If it is NaN or inf (``check_finite=True``); the message names the
+                non-finite parameters, or the subnet that overflowed.
+        """
+        values = self._values()
+        total = (values * self._weight_tensor(values)).sum()
+        if self._check_finite and not bool(torch.isfinite(total)):
+            self._raise_non_finite(values.detach())
+        return total
+
+    def breakdown(self, weighted: bool = True) -> dict[Hashable, float]:
+        """Per-subnet values at the current parameters, as Python floats (computed without grad).
+
+        Args:
+            weighted: ``weight_s · norm_s`` (the default; they sum to ``penalty()``), or the raw
+                ``norm_s`` if ``False``.
+
+        Returns:
+            Dict subnet label → float, in the order of ``norms``. For ``"spectral"`` subnets
+            this runs the warm power iteration once more, like a call.
+
+        Example:
+            >>> import torch, landprobe as lp
+            >>> net = torch.nn.Linear(2, 1, bias=False)
+            >>> _ = torch.nn.init.constant_(net.weight, 3.0)                 # θ = (3, 3)
+            >>> pen = lp.SubnetNormPenalty(net, {"weight": "l2norm"}, weight=0.5)
+            >>> pen.breakdown(weighted=False), pen.breakdown()               # √18 and √18 / 2
+            ({'weight': 4.242640495300293}, {'weight': 2.1213202476501465})
+        """
+        with torch.no_grad():
+            values = self._values()
+            if weighted:
+                values = values * self._weight_tensor(values)
+        return dict(zip(self._labels, values.double().tolist()))
+
+    def _raise_non_finite(self, values: Tensor) -> None:
+        bad = [n for n, t in self._params.items() if not bool(torch.isfinite(t).all())]
+        if bad:
+            owner = {n: lab for lab, ns in self._members.items() for n in ns}
+            desc = ", ".join(f"{n!r} (subnet {owner[n]!r})" for n in bad[:6])
+            raise ValueError(
+                f"SubnetNormPenalty: parameter(s) {desc} of {self._model_name} hold NaN or inf, "
+                f"so the penalty is not finite. Training has likely diverged: lower the learning "
+                f"rate or clip the gradient norm, and restart from a finite checkpoint."
+            )
+        over = [lab for lab, v in zip(self._labels, values.tolist()) if not math.isfinite(v)]
+        raise ValueError(
+            f"SubnetNormPenalty: the parameters are finite but the penalty of subnet(s) {over} "
+            f"overflowed {values.dtype}; the weights are far too large. Lower the learning rate "
+            f"or compute in a wider dtype (model.double())."
+            if over else
+            f"SubnetNormPenalty: the weighted total is not finite ({values.tolist()} weighted by "
+            f"{list(self._weights.values())}); the sum overflowed. Lower the weights."
+        )
+
+
+def _check_model(model: Any) -> None:
+    if isinstance(model, type) and issubclass(model, nn.Module):
+        raise TypeError(f"model is the class {model.__name__}, not a model; instantiate it: "
+                        f"SubnetNormPenalty({model.__name__}(...), norms).")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model has type {type(model).__name__}; expected a torch.nn.Module instance.")
