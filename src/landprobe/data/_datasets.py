@@ -149,7 +149,7 @@ class T91Patches(Dataset):
         quantize: bool = False,
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
-        scales = (scale,) if isinstance(scale, (int, np.integer)) and not isinstance(scale, bool) else tuple(scale)
+        scales = tuple(scale) if isinstance(scale, (list, tuple, range)) else (scale,)
         if not scales:
             raise ValueError("T91Patches: `scale` must be an integer >= 2 or a non-empty sequence of them, got ().")
         self.scale_list = tuple(_check_scale(s, "T91Patches `scale`") for s in scales)
