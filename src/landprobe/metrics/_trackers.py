@@ -127,7 +127,7 @@ class _EpochTracker:
         if not isinstance(data, dict) or data.get("kind") != cls.__name__:
             kind = data.get("kind") if isinstance(data, dict) else type(data).__name__
             raise ValueError(
-                f"{str(path)!r} holds a {kind!r}, not a {cls.__name__}; load it with the class that saved it."
+                f"{str(path)!r} holds kind {kind!r}, not {cls.__name__}; load it with the class that saved it."
             )
         obj = cls(stages=data["stages"], **data.get("settings", {}))
         obj.history = [float(v) for v in data["history"]]
