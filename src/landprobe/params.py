@@ -35,11 +35,6 @@ def _module_path(model: nn.Module, module: nn.Module) -> str:
     for name, mod in model.named_modules(remove_duplicate=False):
         if mod is module:
             return name
-    if isinstance(module, type):
-        raise TypeError(
-            f"received the class {module.__name__}, not a module: pass the submodule instance "
-            f"that belongs to the model (e.g. model.inet) or its name ('inet')."
-        )
     raise ValueError(
         f"subnet selector {type(module).__name__} module is not a submodule of "
         f"{type(model).__name__}: pass a module that belongs to the model, or its dotted path."
@@ -52,6 +47,11 @@ def _match_one(model: nn.Module, sel: str | nn.Module, names: list[str]) -> list
         if path == "":
             return list(names)
         return [n for n in names if n.startswith(path + ".")]
+    if isinstance(sel, type):
+        raise TypeError(
+            f"received the class {sel.__name__}, not a module: pass the submodule instance "
+            f"that belongs to the model (e.g. model.inet) or its name ('inet')."
+        )
     if not isinstance(sel, str):
         raise TypeError(
             f"subnet selector {sel!r} has type {type(sel).__name__}; expected a dotted module path "
