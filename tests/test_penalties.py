@@ -177,7 +177,7 @@ def test_zero_parameters_give_zero_gradient_not_nan():
     for kind in ("l2", "l1", "l2norm", "group"):
         pen = SubnetNormPenalty(model, {"fc1": kind, "fc2": "l2norm"})
         out = pen()
-        assert float(out) == 0.0
+        assert out.item() == 0.0
         assert all(torch.equal(g, torch.zeros_like(g)) for g in grads(model, out))
 
 
@@ -253,8 +253,8 @@ def test_preset_penalises_exactly_table_ii(setting, via):
         kind = TABLE_II[setting][prefix.index(top)]
         want = 2 * lam * p if kind == "l2" else lam * p.sign()
         torch.testing.assert_close(gs[name], want, **TOL)
-        expected_total += lam * float(p.pow(2).sum() if kind == "l2" else p.abs().sum())
-    assert float(total) == pytest.approx(expected_total, rel=1e-12)
+        expected_total += lam * (p.pow(2).sum() if kind == "l2" else p.abs().sum()).item()
+    assert total.item() == pytest.approx(expected_total, rel=1e-12)
     assert list(pen.breakdown()) == ["enet", "inet", "rnet"]
 
 
@@ -292,7 +292,7 @@ def test_spectral_warm_start_converges_one_iteration_per_call():
     model.w = nn.Parameter(torch.randn(8, 6, dtype=torch.float64))
     sigma = torch.linalg.matrix_norm(model.w.detach(), 2)
     pen = SubnetNormPenalty(model, {"w": "spectral"}, init_power_iterations=1, power_iterations=1)
-    errors = [abs(float(pen()) - float(sigma)) for _ in range(400)]
+    errors = [abs(pen().item() - sigma.item()) for _ in range(400)]
     assert errors[0] > 1e-3                     # one iteration from a random start is not enough
     assert errors[-1] < 1e-10                   # ... but the vector is kept warm between calls
     assert all(b <= a + 1e-12 for a, b in zip(errors, errors[1:]))   # Rayleigh quotient rises monotonically
