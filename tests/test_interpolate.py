@@ -308,3 +308,21 @@ def test_matches_loss_landscapes_linear_interpolation():
     # k/(steps' - 1) for k = 0..steps'-1, so steps' = steps + 1 and we drop our first point.
     ours = lp.LandscapeProbe(model, CASES[0].loss_fn, data).interpolate(ma, mb, steps=steps + 1)
     np.testing.assert_allclose(ours.losses[1:], theirs, rtol=1e-6)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[1]], ids=case_id)
+def test_batch_points_vmap_path_matches(case):
+    model, data = case.build(dtype=torch.float64)
+    a, b = perturbed(model, 1), perturbed(model, 2)
+    probe = lp.LandscapeProbe(model, case.loss_fn, data)
+    before = snapshot(model)
+    one = probe.interpolate(a, b, steps=7)
+    many = probe.interpolate(a, b, steps=7, batch_points=3)  # chunks of 3, 3, 1
+    np.testing.assert_allclose(many.losses, one.losses, rtol=1e-12)
+    np.testing.assert_allclose(many.stderr, one.stderr, rtol=1e-9)
+    assert many.loss_a == pytest.approx(one.loss_a, rel=1e-13)
+    assert_same_snapshot(before, snapshot(model))
+    with pytest.raises(ValueError, match="batch_points=0"):
+        probe.interpolate(a, b, batch_points=0)
+    with pytest.raises(ValueError, match="batch_points > 1 needs bn='eval'"):
+        lp.LandscapeProbe(model, case.loss_fn, data, bn="train").interpolate(a, b, batch_points=2)
