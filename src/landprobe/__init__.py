@@ -7,10 +7,17 @@ capacity measures.
 
 __version__ = "0.1.0"
 
-# the spine
+# the spine: parameter vectors and subnet selectors
 from landprobe.params import ParamVector, select, select_subnets
-# probes
+
+# capacity control
+from landprobe.penalties import SubnetNormPenalty
+
+# probes and their results
 from landprobe.probes import Curve, LandscapeProbe
+
+# the super-resolution study's layers (subpackages)
+from landprobe import data, metrics  # noqa: E402  (after the spine: they may use it)
 
 __all__ = [
     "__version__",
@@ -18,7 +25,12 @@ __all__ = [
     "ParamVector",
     "select",
     "select_subnets",
+    # capacity control
+    "SubnetNormPenalty",
     # probes and results
     "LandscapeProbe",
     "Curve",
+    # subpackages
+    "data",
+    "metrics",
 ]
