@@ -413,3 +413,13 @@ def test_preset_errors():
         SubnetNormPenalty.preset(MLP(), "mix", subnets={"fc1": "fc1", "fc2": "fc2"})
     with pytest.raises(TypeError, match=r"preset\(\) got unexpected keyword argument\(s\) \['norms'\]"):
         SubnetNormPenalty.preset(Toy(), "mix", norms={})
+
+
+@pytest.mark.parametrize("kinds", [("group", "group"), ("spectral", "spectral"), ("group", "spectral")],
+                         ids=lambda k: "+".join(k))
+def test_equal_shape_layers_split_across_subnets(kinds):
+    # equal shapes are computed batched: the per-subnet split must still be exact
+    torch.manual_seed(6)
+    model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(5)]).double()
+    sel = {"a": ["0", "2", "3"], "b": ["1", "4"]}
+    check_against_naive(model, sel, dict(zip(sel, kinds)), {"a": 0.25, "b": 4.0}, False)

@@ -298,25 +298,25 @@ class SubnetNormPenalty:
         self._params = {n: params[n] for names in members.values() for n in names}
 
         # Fused groups: per p, subnets with tensors contiguous. "group" sends its 1-D/0-D tensors
-        # (each element its own group, i.e. |b|) to the p=1 batch.
+        # (each element its own group, i.e. |b|) to the p=1 batch; its matrices and the
+        # "spectral" matrices go to buckets of equal (shape, dtype, device), computed batched.
         fused: dict[int, list[tuple[Hashable, list[str]]]] = {1: [], 2: []}
-        self._group_layers: list[tuple[Hashable, list[str]]] = []
-        self._spectral_layers: list[tuple[Hashable, list[str]]] = []
-        for label in labels:
+        buckets: dict[tuple[str, tuple[int, ...], torch.dtype, torch.device], list[tuple[int, str]]] = {}
+        for pos, label in enumerate(labels):
             kind, names = self._kinds[label], members[label]
             if kind in ("l2", "l2norm"):
                 fused[2].append((label, names))
             elif kind == "l1":
                 fused[1].append((label, names))
-            elif kind == "group":
-                small = [n for n in names if params[n].dim() < 2]
-                big = [n for n in names if params[n].dim() >= 2]
-                if small:
-                    fused[1].append((label, small))
-                if big:
-                    self._group_layers.append((label, big))
             else:
-                self._spectral_layers.append((label, names))
+                if kind == "group":
+                    small = [n for n in names if params[n].dim() < 2]
+                    if small:
+                        fused[1].append((label, small))
+                for n in names:
+                    if params[n].dim() >= 2:
+                        t = params[n]
+                        buckets.setdefault((kind, tuple(t.shape), t.dtype, t.device), []).append((pos, n))
         self._fused = []
         for p, entries in fused.items():
             if entries:
@@ -326,8 +326,12 @@ class SubnetNormPenalty:
                     tuple(len(ns) for _, ns in entries),
                     [params[n] for _, ns in entries for n in ns],
                 ))
+        self._buckets = [(kind, [n for _, n in entries], [params[n] for _, n in entries],
+                          torch.tensor([pos for pos, _ in entries]))
+                         for (kind, *_), entries in buckets.items()]
+        self._bucket_index = torch.cat([b[3] for b in self._buckets]) if self._buckets else None
         self._sqrt_idx = [i for i, lab in enumerate(labels) if self._kinds[lab] == "l2norm"]
-        self._u: dict[str, Tensor] = {}
+        self._u: dict[int, Tensor] = {}
         self._weight_cache: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
     # ------------------------------------------------------------------ introspection
@@ -359,14 +363,22 @@ class SubnetNormPenalty:
             vals = _FusedNorms.apply(p, sizes, *tensors).unbind()
             for i, v in zip(positions, vals):
                 parts[i].append(v)
-        for label, names in self._group_layers:
-            rows = [self._params[n] for n in names]
-            g = torch.stack([torch.linalg.vector_norm(w.reshape(w.shape[0], -1), dim=1).sum() for w in rows])
-            parts[self._labels.index(label)].append(g.sum())
-        for label, names in self._spectral_layers:
-            sig = torch.stack([self._sigma(n) for n in names])
-            parts[self._labels.index(label)].append(sig.sum())
-        values = torch.stack([ps[0] if len(ps) == 1 else torch.stack(ps).sum() for ps in parts])
+        if self._buckets:
+            per_tensor = torch.cat([self._bucket_values(i) for i in range(len(self._buckets))])
+            idx = self._bucket_index.to(per_tensor.device)
+            parts[0].append(per_tensor.new_zeros(len(self._labels)).index_add(0, idx, per_tensor))
+        extra = parts[0].pop() if self._buckets else None
+        zero = None
+        scalars = []
+        for ps in parts:
+            if not ps:
+                if zero is None:
+                    zero = extra.new_zeros(())
+                ps = [zero]
+            scalars.append(ps[0] if len(ps) == 1 else torch.stack(ps).sum())
+        values = torch.stack(scalars)
+        if extra is not None:
+            values = values + extra
         if self._sqrt_idx:
             idx = torch.tensor(self._sqrt_idx, device=values.device)
             sq = values[idx]
@@ -375,26 +387,30 @@ class SubnetNormPenalty:
             values = values.index_put((idx,), root)
         return values
 
-    def _sigma(self, name: str) -> Tensor:
-        w = self._params[name]
-        mat = w.reshape(w.shape[0], -1)
-        u = self._u.get(name)
+    def _bucket_values(self, i: int) -> Tensor:
+        """Per-tensor values of bucket ``i`` (equal shapes): group norms or spectral norms."""
+        kind, _, tensors, _ = self._buckets[i]
+        mats = torch.stack(tensors) if len(tensors) > 1 else tensors[0].unsqueeze(0)
+        mats = mats.reshape(mats.shape[0], mats.shape[1], -1)          # (B, out, rest)
+        if kind == "group":
+            return torch.linalg.vector_norm(mats, dim=2).sum(dim=1)
+        u = self._u.get(i)
         iters = self._power_iterations
         with torch.no_grad():
-            wd = mat.detach()
+            wd = mats.detach()
             if u is None:
-                gen = torch.Generator().manual_seed(self._seed + len(self._u))
-                u = torch.randn(wd.shape[0], generator=gen, dtype=torch.float64)
+                gen = torch.Generator().manual_seed(self._seed + i)
+                u = torch.randn(wd.shape[0], wd.shape[1], 1, generator=gen, dtype=torch.float64)
                 iters = self._init_power_iterations
             u = u.to(device=wd.device, dtype=wd.dtype)
-            u = u / torch.linalg.vector_norm(u).clamp_min(1e-12)
+            u = u / torch.linalg.vector_norm(u, dim=1, keepdim=True).clamp_min(1e-12)
             for _ in range(iters):
-                v = torch.mv(wd.t(), u)
-                v = v / torch.linalg.vector_norm(v).clamp_min(1e-12)
-                u = torch.mv(wd, v)
-                u = u / torch.linalg.vector_norm(u).clamp_min(1e-12)
-            self._u[name] = u
-        return torch.dot(u, torch.mv(mat, v))
+                v = torch.bmm(wd.transpose(1, 2), u)
+                v = v / torch.linalg.vector_norm(v, dim=1, keepdim=True).clamp_min(1e-12)
+                u = torch.bmm(wd, v)
+                u = u / torch.linalg.vector_norm(u, dim=1, keepdim=True).clamp_min(1e-12)
+            self._u[i] = u
+        return torch.bmm(u.transpose(1, 2), torch.bmm(mats, v)).reshape(-1)   # uᵀ W v, u and v fixed
 
     def _weight_tensor(self, like: Tensor) -> Tensor:
         key = (like.dtype, like.device)
