@@ -1,0 +1,172 @@
+"""Benchmark: SubnetNormPenalty forward+backward vs the naive Python-loop formulation.
+
+Two models with 200 small parameter tensors each (100 layers, weight + bias):
+``conv100`` (100 Conv2d(16, 16, 3) layers, batch 16 of 16x16 maps) and ``mlp100``
+(100 Linear(16, 16) layers, batch 64). For each, in one process:
+
+- the penalty's forward+backward (``.grad`` reset to ``None`` before each run, as after
+  ``optimizer.zero_grad()``), ours vs the naive ``sum(p.pow(2).sum() for p in params)`` per
+  subnet, runs interleaved, median and IQR after warm-up; for a Mix-like setting (l2 on the
+  first third, l1 on the second, l2 on the last) and for each kind on the whole model;
+- one training step of the model (forward, MSE, backward, SGD step), to express the penalty's
+  cost as a fraction of a step.
+
+Run:  python benchmarks/bench_penalty.py [--repeats 200] [--out benchmarks/results/penalty.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+import torch
+from torch import nn
+
+from landprobe._io import save_json
+from landprobe.penalties import SubnetNormPenalty
+
+
+def make_conv100() -> tuple[nn.Module, torch.Tensor]:
+    layers = []
+    for _ in range(100):
+        layers += [nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()]
+    return nn.Sequential(*layers), torch.randn(16, 16, 16, 16)
+
+
+def make_mlp100() -> tuple[nn.Module, torch.Tensor]:
+    layers = []
+    for _ in range(100):
+        layers += [nn.Linear(16, 16), nn.Tanh()]
+    return nn.Sequential(*layers), torch.randn(64, 16)
+
+
+def naive_norm(kind: str, params: list[torch.Tensor]) -> torch.Tensor:
+    if kind == "l2":
+        return sum(p.pow(2).sum() for p in params)
+    if kind == "l1":
+        return sum(p.abs().sum() for p in params)
+    if kind == "l2norm":
+        return torch.sqrt(sum(p.pow(2).sum() for p in params))
+    if kind == "group":
+        return sum(p.reshape(p.shape[0], -1).norm(dim=1).sum() if p.dim() >= 2 else p.abs().sum() for p in params)
+    if kind == "spectral":  # exact, by SVD: the formulation a user would write without power iteration
+        return sum(torch.linalg.matrix_norm(p.reshape(p.shape[0], -1), 2) for p in params)
+    raise ValueError(kind)
+
+
+def stats(times: list[float]) -> dict:
+    q = statistics.quantiles(times, n=4)
+    return {"median_us": statistics.median(times) * 1e6, "iqr_us": (q[2] - q[0]) * 1e6, "n": len(times)}
+
+
+def time_pair(params, ours, naive, repeats: int, warmup: int) -> dict:
+    """Interleave the two callables; each run is forward + backward from fresh (None) grads."""
+    out = {"ours": [], "naive": []}
+    for i in range(warmup + repeats):
+        for name, fn in (("ours", ours), ("naive", naive)):
+            for p in params:
+                p.grad = None
+            t0 = time.perf_counter()
+            fn().backward()
+            t = time.perf_counter() - t0
+            if i >= warmup:
+                out[name].append(t)
+    res = {k: stats(v) for k, v in out.items()}
+    res["speedup"] = res["naive"]["median_us"] / res["ours"]["median_us"]
+    return res
+
+
+def time_step(model, x, repeats: int, warmup: int) -> dict:
+    y = torch.randn_like(model(x))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-6)
+    times = []
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return stats(times)
+
+
+def bench_model(name, model, x, repeats, warmup) -> dict:
+    torch.manual_seed(0)
+    params = list(model.parameters())
+    n = len(model) // 2  # layers
+    thirds = [f"{2 * i}" for i in range(n)]
+    a, b = thirds[: n // 3], thirds[n // 3: 2 * n // 3]
+    c = thirds[2 * n // 3:]
+    mix_sel = {tuple(a): "l2", tuple(b): "l1", tuple(c): "l2"}
+    mix = SubnetNormPenalty(model, mix_sel, weight=2e-4)
+    groups = [[p for i in sel for p in model[int(i)].parameters()] for sel in (a, b, c)]
+
+    def naive_mix():
+        return 2e-4 * (naive_norm("l2", groups[0]) + naive_norm("l1", groups[1]) + naive_norm("l2", groups[2]))
+
+    res = {"n_tensors": len(params), "n_params": sum(p.numel() for p in params),
+           "input_shape": list(x.shape)}
+    res["mix"] = time_pair(params, mix, naive_mix, repeats, warmup)
+    res["kinds"] = {}
+    for kind in ("l2", "l1", "l2norm", "group", "spectral"):
+        pen = SubnetNormPenalty(model, {"*": kind}, weight=2e-4, include_bias=kind != "spectral")
+        sel = params if kind != "spectral" else [p for p in params if p.dim() >= 2]
+        reps = repeats if kind != "spectral" else max(repeats // 4, 10)
+        res["kinds"][kind] = time_pair(params, pen, lambda k=kind, s=sel: 2e-4 * naive_norm(k, s), reps, warmup)
+    res["train_step"] = time_step(model, x, max(repeats // 10, 10), 3)
+    step = res["train_step"]["median_us"]
+    res["mix"]["fraction_of_step"] = res["mix"]["ours"]["median_us"] / step
+    res["mix"]["naive_fraction_of_step"] = res["mix"]["naive"]["median_us"] / step
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--out", default="benchmarks/results/penalty.json")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "src/landprobe/penalties.py",
+                                     "benchmarks/bench_penalty.py"], capture_output=True, text=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = "unknown", None
+    result = {
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "commit": commit,
+        "penalty_files_dirty": dirty,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "loadavg_start": os.getloadavg()},
+        "method": "perf_counter around forward+backward from None grads; ours and naive interleaved; "
+                  "median and IQR over repeats after warm-up; train step = zero_grad, forward, MSE, backward, SGD step",
+        "models": {},
+    }
+    for name, make in (("conv100", make_conv100), ("mlp100", make_mlp100)):
+        model, x = make()
+        result["models"][name] = r = bench_model(name, model, x, args.repeats, args.warmup)
+        print(f"{name}: {r['n_tensors']} tensors; mix ours {r['mix']['ours']['median_us']:.0f} us "
+              f"(IQR {r['mix']['ours']['iqr_us']:.0f}), naive {r['mix']['naive']['median_us']:.0f} us, "
+              f"speedup {r['mix']['speedup']:.2f}x; train step {r['train_step']['median_us'] / 1e3:.1f} ms, "
+              f"penalty = {100 * r['mix']['fraction_of_step']:.2f}% of a step")
+        for kind, kr in r["kinds"].items():
+            print(f"  {kind:9s} ours {kr['ours']['median_us']:8.0f} us  naive {kr['naive']['median_us']:8.0f} us  "
+                  f"speedup {kr['speedup']:.2f}x")
+    result["machine"]["loadavg_end"] = os.getloadavg()
+    save_json(args.out, result)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
