@@ -299,7 +299,8 @@ class SubnetNormPenalty:
 
         # Fused groups: per p, subnets with tensors contiguous. "group" sends its 1-D/0-D tensors
         # (each element its own group, i.e. |b|) to the p=1 batch; its matrices and the
-        # "spectral" matrices go to buckets of equal (shape, dtype, device), computed batched.
+        # "spectral" matrices go to buckets of equal (shape, dtype, device); spectral buckets run
+        # one batched power iteration each.
         fused: dict[int, list[tuple[Hashable, list[str]]]] = {1: [], 2: []}
         buckets: dict[tuple[str, tuple[int, ...], torch.dtype, torch.device], list[tuple[int, str]]] = {}
         for pos, label in enumerate(labels):
@@ -363,23 +364,20 @@ class SubnetNormPenalty:
             vals = _FusedNorms.apply(p, sizes, *tensors).unbind()
             for i, v in zip(positions, vals):
                 parts[i].append(v)
-        if self._buckets:
+        bucketed = None
+        if self._buckets:        # group/spectral matrices: per-tensor values, summed per subnet
             per_tensor = torch.cat([self._bucket_values(i) for i in range(len(self._buckets))])
             idx = self._bucket_index.to(per_tensor.device)
-            parts[0].append(per_tensor.new_zeros(len(self._labels)).index_add(0, idx, per_tensor))
-        extra = parts[0].pop() if self._buckets else None
-        zero = None
+            bucketed = per_tensor.new_zeros(len(self._labels)).index_add(0, idx, per_tensor)
         scalars = []
         for ps in parts:
-            if not ps:
-                if zero is None:
-                    zero = extra.new_zeros(())
-                ps = [zero]
+            if not ps:          # a subnet made only of bucketed matrices
+                ps = [bucketed.new_zeros(())]
             scalars.append(ps[0] if len(ps) == 1 else torch.stack(ps).sum())
         values = torch.stack(scalars)
-        if extra is not None:
-            values = values + extra
-        if self._sqrt_idx:
+        if bucketed is not None:
+            values = values + bucketed
+        if self._sqrt_idx:       # "l2norm": sqrt of the summed squares, gradient 0 at 0
             idx = torch.tensor(self._sqrt_idx, device=values.device)
             sq = values[idx]
             pos = sq > 0
@@ -390,10 +388,10 @@ class SubnetNormPenalty:
     def _bucket_values(self, i: int) -> Tensor:
         """Per-tensor values of bucket ``i`` (equal shapes): group norms or spectral norms."""
         kind, _, tensors, _ = self._buckets[i]
+        if kind == "group":     # per tensor: stacking the weights measured slower on CPU (copy + unbind)
+            return torch.stack([torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1).sum() for t in tensors])
         mats = torch.stack(tensors) if len(tensors) > 1 else tensors[0].unsqueeze(0)
         mats = mats.reshape(mats.shape[0], mats.shape[1], -1)          # (B, out, rest)
-        if kind == "group":
-            return torch.linalg.vector_norm(mats, dim=2).sum(dim=1)
         u = self._u.get(i)
         iters = self._power_iterations
         with torch.no_grad():
