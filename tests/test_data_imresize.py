@@ -135,15 +135,27 @@ class TestFeature:
         assert np.abs(got - w_first).max() >= 1
 
     def test_weights_are_cached(self):
-        imresize_module._weights_np.cache_clear()
-        imresize(torch.zeros(2, 33, 35), 0.5)
-        misses = imresize_module._weights_np.cache_info().misses
+        for fn in (imresize_module._polyphase_np, imresize_module._weights_np):
+            fn.cache_clear()
+        imresize(torch.zeros(2, 33, 35), 0.5)  # polyphase plans, one per dimension
+        imresize(torch.zeros(2, 33, 35), 0.37)  # not periodic: dense matrices
+        first = (imresize_module._polyphase_np.cache_info(), imresize_module._weights_np.cache_info())
         imresize(torch.ones(1, 33, 35), 0.5)
-        info = imresize_module._weights_np.cache_info()
-        assert info.misses == misses == 2 and info.hits >= 0
+        imresize(torch.ones(1, 33, 35), 0.37)
+        second = (imresize_module._polyphase_np.cache_info(), imresize_module._weights_np.cache_info())
+        assert first[0].misses == second[0].misses == 4  # (33, 0.5), (35, 0.5), (33, 0.37), (35, 0.37)
+        assert first[1].misses == second[1].misses == 2  # dense only for the 0.37 pair
+        assert second[0].hits == first[0].hits + 4  # plans are looked up, never recomputed
         W = resize_weights(33, 17, 0.5)
         assert W.shape == (17, 33) and not W.flags.writeable
         np.testing.assert_allclose(W.sum(axis=1), 1.0, rtol=0, atol=1e-13)
+
+    @pytest.mark.parametrize("in_len,scale", [(33, 0.5), (31, 1 / 3), (40, 0.25), (17, 2), (9, 3), (11, 4), (12, 2 / 3), (13, 1.5)])
+    def test_polyphase_path_equals_dense_weights(self, in_len, scale):
+        assert imresize_module._polyphase_np(in_len, math.ceil(in_len * scale), scale, True) is not None
+        x = torch.from_numpy(np.random.default_rng(in_len).random((in_len, 5)))
+        W = torch.from_numpy(np.array(resize_weights(in_len, math.ceil(in_len * scale), scale)))
+        torch.testing.assert_close(imresize(x, (scale, 1.0)), W @ x, rtol=0, atol=1e-14)
 
     def test_kernel_function(self):
         xs = np.linspace(-2.5, 2.5, 41)

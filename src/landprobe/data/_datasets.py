@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -79,6 +80,21 @@ def _dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
 _MEMORY_CACHE: dict[str, dict[str, torch.Tensor]] = {}
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """Run many small tensor ops on one intra-op thread, then restore the setting.
+
+    Building patches is thousands of small ops: extra threads buy nothing, and on a busy
+    2-core machine OpenMP workers spin-waiting on each other made the T91 build 15x slower.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 class T91Patches(Dataset):
     """DRCN/SRCNN-style training pairs: 41x41 patches of the Y channel of a folder of images.
 
@@ -103,8 +119,9 @@ class T91Patches(Dataset):
     The patches are built once, as two float32 tensors ``inputs`` and ``targets`` of shape
     ``(N, 1, patch, patch)``, kept in a process-wide memory cache and, if ``cache_dir`` is
     given, in a file there named by a hash of the settings and of the image files' names,
-    sizes and modification times (a changed folder rebuilds). All 91 T91 images at x2 build
-    in about a second on 2 CPU cores (see ``benchmarks/results/imresize.json``).
+    sizes and modification times (a changed folder rebuilds). The build runs on one torch
+    thread (restored afterwards); all 91 T91 images at x2 build in under a second on the
+    2-core CI machine (``benchmarks/results/imresize.json``).
 
     Args:
         root: Folder of training images (PNG/JPEG/BMP), e.g. ``data/T91``.
@@ -166,7 +183,8 @@ class T91Patches(Dataset):
         if data is None and cache_file is not None and cache_file.is_file():
             data = torch.load(cache_file, weights_only=True)
         if data is None:
-            data = self._build()
+            with _one_thread():
+                data = self._build()
             if cache_file is not None:
                 atomic_torch_save(data, cache_file)
         _MEMORY_CACHE[key] = data
@@ -277,7 +295,8 @@ class SREvalSet(Dataset):
                 raise ValueError(
                     f"SREvalSet: image {str(f)!r} is smaller than scale {self.scale} in a side; remove it."
                 )
-            x, t = bicubic_pair(y, self.scale, quantize=self.quantize)
+            with _one_thread():
+                x, t = bicubic_pair(y, self.scale, quantize=self.quantize)
             item = (x.to(torch.float32)[None], t.to(torch.float32)[None])
             self._items[i] = item
         return item

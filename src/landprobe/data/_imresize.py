@@ -33,8 +33,8 @@ def cubic(x: np.ndarray) -> np.ndarray:
     )
 
 
-@functools.lru_cache(maxsize=256)
-def _weights_np(in_len: int, out_len: int, scale: float, antialias: bool) -> np.ndarray:
+def _contributions(in_len: int, out_len: int, scale: float, antialias: bool):
+    """MATLAB's ``contributions``: raw 1-based tap indices (may leave [1, in_len]) and weights."""
     kernel_width = 4.0
     if scale < 1 and antialias:
         # MATLAB: h = @(x) scale * kernel(scale * x); kernel_width = kernel_width / scale
@@ -46,18 +46,58 @@ def _weights_np(in_len: int, out_len: int, scale: float, antialias: bool) -> np.
         h = cubic
     x = np.arange(1, out_len + 1, dtype=np.float64)
     u = x / scale + 0.5 * (1.0 - 1.0 / scale)  # output pixel centre in input coordinates
-    left = np.floor(u - kernel_width / 2.0)
+    left = np.floor(u - kernel_width / 2.0).astype(np.int64)
     taps = int(math.ceil(kernel_width)) + 2
-    idx = left[:, None] + np.arange(taps, dtype=np.float64)[None, :]  # 1-based, may leave [1, in_len]
+    idx = left[:, None] + np.arange(taps, dtype=np.int64)[None, :]
     w = h(u[:, None] - idx)
     w = w / w.sum(axis=1, keepdims=True)
-    # MATLAB mirrors out-of-range indices: aux = [1:in_len, in_len:-1:1]
+    return left, idx, w
+
+
+def _mirror(idx1: np.ndarray, in_len: int) -> np.ndarray:
+    """MATLAB's boundary rule: 1-based indices into ``[1:n, n:-1:1]`` repeated; 0-based out."""
     aux = np.concatenate([np.arange(in_len), np.arange(in_len - 1, -1, -1)])
-    idx0 = aux[np.mod(idx.astype(np.int64) - 1, 2 * in_len)]
+    return aux[np.mod(idx1 - 1, 2 * in_len)]
+
+
+@functools.lru_cache(maxsize=256)
+def _weights_np(in_len: int, out_len: int, scale: float, antialias: bool) -> np.ndarray:
+    _, idx, w = _contributions(in_len, out_len, scale, antialias)
     mat = np.zeros((out_len, in_len), dtype=np.float64)
-    np.add.at(mat, (np.repeat(np.arange(out_len), taps), idx0.ravel()), w.ravel())
+    np.add.at(mat, (np.repeat(np.arange(out_len), idx.shape[1]), _mirror(idx, in_len).ravel()), w.ravel())
     mat.setflags(write=False)
     return mat
+
+
+_MAX_PHASES = 16
+
+
+@functools.lru_cache(maxsize=256)
+def _polyphase_np(in_len: int, out_len: int, scale: float, antialias: bool):
+    """Polyphase form of the weights when they repeat every ``p`` outputs (integer and
+    1/integer scales, and rationals with a small numerator), else None.
+
+    Output ``m * p + r`` = sum_j kernels[r][j] * in[pad[m * q + j]], with ``pad`` the
+    mirrored input indices; applied as shifted strided adds (a few taps per pixel).
+    """
+    left, idx, w = _contributions(in_len, out_len, scale, antialias)
+    taps = w.shape[1]
+    for p in range(1, min(_MAX_PHASES, out_len) + 1):
+        if out_len <= p:
+            break
+        steps = left[p:] - left[:-p]
+        if np.all(steps == steps[0]) and steps[0] > 0 and np.allclose(w[p:], w[:-p], rtol=0, atol=1e-13):
+            q = int(steps[0])
+            base = int(left[:p].min())
+            offsets = left[:p] - base
+            length = int(offsets.max()) + taps
+            kernels = np.zeros((p, length))
+            for r in range(p):
+                kernels[r, offsets[r] : offsets[r] + taps] = w[r]
+            m = -(-out_len // p)
+            pad = _mirror(base + np.arange((m - 1) * q + length), in_len)
+            return p, q, m, tuple(tuple(float(v) for v in row) for row in kernels), pad
+    return None
 
 
 def resize_weights(in_len: int, out_len: int, scale: float | None = None, antialias: bool = True) -> np.ndarray:
@@ -89,15 +129,36 @@ def resize_weights(in_len: int, out_len: int, scale: float | None = None, antial
 _TORCH_CACHE: dict = {}
 
 
-def _weights_torch(in_len, out_len, scale, antialias, dtype, device):
-    key = (in_len, out_len, scale, antialias, dtype, str(device))
-    mat = _TORCH_CACHE.get(key)
-    if mat is None:
-        if len(_TORCH_CACHE) > 512:
+def _cached_tensor(kind, key, make, device, dtype=None):
+    full = (kind, key, str(device), dtype)
+    t = _TORCH_CACHE.get(full)
+    if t is None:
+        if len(_TORCH_CACHE) > 1024:
             _TORCH_CACHE.clear()
-        mat = torch.from_numpy(np.array(_weights_np(in_len, out_len, scale, antialias))).to(device=device, dtype=dtype)
-        _TORCH_CACHE[key] = mat
-    return mat
+        t = make().to(device=device, dtype=dtype) if dtype is not None else make().to(device)
+        _TORCH_CACHE[full] = t
+    return t
+
+
+def _resize_rows(x: torch.Tensor, in_len: int, out_len: int, scale: float, antialias: bool) -> torch.Tensor:
+    """Resize dim -2 of ``x`` (any strides); returns a contiguous tensor."""
+    key = (in_len, out_len, scale, antialias)
+    plan = _polyphase_np(*key)
+    if plan is None:
+        W = _cached_tensor("dense", key, lambda: torch.from_numpy(np.array(_weights_np(*key))), x.device, x.dtype)
+        return torch.matmul(W, x)
+    p, q, m, kernels, pad = plan
+    pad_t = _cached_tensor("pad", key, lambda: torch.from_numpy(pad), x.device)
+    xp = x.index_select(-2, pad_t)  # mirrored border, contiguous
+    out = x.new_empty(*x.shape[:-2], m, p, x.shape[-1])
+    span = (m - 1) * q + 1
+    for r in range(p):
+        acc = out.select(-2, r)
+        acc.zero_()
+        for j, wj in enumerate(kernels[r]):
+            if wj != 0.0:
+                acc.add_(xp[..., j : j + span : q, :], alpha=wj)
+    return out.view(*x.shape[:-2], m * p, x.shape[-1])[..., :out_len, :]
 
 
 def _round_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -151,8 +212,11 @@ def imresize(
         out (no clipping). ``uint8`` in, ``uint8`` out: like MATLAB each dimension's pass is
         computed in float64 then rounded half away from zero and clipped to [0, 255].
 
-    Each dimension is one matmul with a dense weight matrix cached per
-    ``(in size, out size, scale)``; tensors stay on their device.
+    The weights are computed once per ``(in size, out size, scale)`` and cached. When they
+    repeat every few outputs (integer and 1/integer scales, the SR case) each dimension is a
+    handful of shifted strided multiply-adds (polyphase form, ``P`` taps per output pixel);
+    otherwise a matmul with the dense weight matrix. Tensors stay on their device and the
+    operation is differentiable.
 
     Args:
         image: Torch tensor or numpy array (see Convention).
@@ -180,7 +244,7 @@ def imresize(
     """
     is_numpy = isinstance(image, np.ndarray)
     if is_numpy:
-        arr = image
+        arr = image if image.flags.writeable else image.copy()  # torch wants writable memory
         if arr.ndim == 2:
             t = torch.from_numpy(np.ascontiguousarray(arr))
         elif arr.ndim == 3:
@@ -214,13 +278,13 @@ def imresize(
     for d in order:
         if scales[d] == 1.0 and out_hw[d] == in_hw[d]:
             continue  # identity (MATLAB skips it as well)
-        W = _weights_torch(in_hw[d], out_hw[d], scales[d], antialias, work_dtype, x.device)
         if d == 0:
-            x = torch.matmul(W, x)
-        else:
-            x = torch.matmul(x, W.T)
+            x = _resize_rows(x, in_hw[0], out_hw[0], scales[0], antialias)
+        else:  # the width as rows of the transposed view; index_select makes it contiguous
+            x = _resize_rows(x.transpose(-1, -2), in_hw[1], out_hw[1], scales[1], antialias).transpose(-1, -2)
         if is_uint8:
             x = _round_uint8(x)
+    x = x.contiguous()
     if is_uint8:
         x = x.to(torch.uint8)
     if is_numpy:

@@ -10,7 +10,7 @@ __all__ = ["psnr"]
 
 def _as_nchw(x, name):
     if isinstance(x, np.ndarray):
-        t = torch.from_numpy(np.ascontiguousarray(x))
+        t = torch.from_numpy(np.array(x) if not x.flags.writeable else np.ascontiguousarray(x))
         if t.dim() == 3:
             t = t.permute(2, 0, 1)
         elif t.dim() != 2:
