@@ -162,9 +162,10 @@ def _resize_rows(x: torch.Tensor, in_len: int, out_len: int, scale: float, antia
 
 
 def _round_uint8(x: torch.Tensor) -> torch.Tensor:
-    # MATLAB rounds half away from zero, then saturates; values here are >= -inf, so
-    # sign(x) * floor(|x| + 0.5) is exact for doubles.
-    return (torch.sign(x) * torch.floor(torch.abs(x) + 0.5)).clamp_(0, 255)
+    # MATLAB rounds half away from zero, then saturates to [0, 255]. Clipping first is the
+    # same (a negative value rounds to <= 0, a value above 255 to >= 255), and on [0, 255]
+    # half away from zero is floor(x + 0.5). In place: x is a fresh intermediate.
+    return x.clamp_(0, 255).add_(0.5).floor_()
 
 
 def _resolve(in_hw, scale, size):
@@ -273,7 +274,7 @@ def imresize(
         )
     in_hw = (t.shape[-2], t.shape[-1])
     out_hw, scales = _resolve(in_hw, scale, size)
-    x = t.to(work_dtype)
+    x = t.to(work_dtype, memory_format=torch.contiguous_format)  # numpy HWC comes in channels-last
     order = sorted(range(2), key=lambda d: scales[d])  # stable: height first on ties
     for d in order:
         if scales[d] == 1.0 and out_hw[d] == in_hw[d]:
