@@ -141,8 +141,8 @@ class SubnetNormPenalty:
         ...     _ = net[1].weight.fill_(-2.0), net[1].bias.fill_(3.0)  # Σ|θ| = 2 + 2 + 3 = 7
         >>> penalty = lp.SubnetNormPenalty(net, {"0": "l2", "1": "l1"}, weight={"0": 1.0, "1": 0.5})
         >>> loss = penalty()                                           # 6 + 0.5 * 7
-        >>> loss
-        tensor(9.5000, grad_fn=<SumBackward0>)
+        >>> loss.item(), loss.requires_grad
+        (9.5, True)
         >>> loss.backward(); net[1].weight.grad                        # 0.5 * sign(θ)
         tensor([[-0.5000, -0.5000]])
         >>> penalty.breakdown()
@@ -331,6 +331,12 @@ class SubnetNormPenalty:
                           torch.tensor([pos for pos, _ in entries]))
                          for (kind, *_), entries in buckets.items()]
         self._bucket_index = torch.cat([b[3] for b in self._buckets]) if self._buckets else None
+        # Fast path (l2/l1/l2norm only, the common case): each subnet is one fused output, so the
+        # per-subnet vector is one cat of the fused outputs, reordered if needed.
+        order = [pos for _, positions, _, _ in self._fused for pos in positions]
+        self._simple = not self._buckets and sorted(order) == list(range(len(labels)))
+        self._perm = (None if not self._simple or order == list(range(len(labels)))
+                      else torch.tensor([order.index(i) for i in range(len(labels))]))
         self._sqrt_idx = [i for i, lab in enumerate(labels) if self._kinds[lab] == "l2norm"]
         self._u: dict[int, Tensor] = {}
         self._weight_cache: dict[tuple[torch.dtype, torch.device], Tensor] = {}
@@ -359,6 +365,12 @@ class SubnetNormPenalty:
     # ------------------------------------------------------------------ evaluation
     def _values(self) -> Tensor:
         """Unweighted per-subnet values, shape (n_subnets,), in label order."""
+        if self._simple:
+            outs = [_FusedNorms.apply(p, sizes, *tensors) for p, _, sizes, tensors in self._fused]
+            values = outs[0] if len(outs) == 1 else torch.cat(outs)
+            if self._perm is not None:
+                values = values[self._perm.to(values.device)]
+            return self._apply_sqrt(values)
         parts: list[list[Tensor]] = [[] for _ in self._labels]
         for p, positions, sizes, tensors in self._fused:
             vals = _FusedNorms.apply(p, sizes, *tensors).unbind()
@@ -377,6 +389,9 @@ class SubnetNormPenalty:
         values = torch.stack(scalars)
         if bucketed is not None:
             values = values + bucketed
+        return self._apply_sqrt(values)
+
+    def _apply_sqrt(self, values: Tensor) -> Tensor:
         if self._sqrt_idx:       # "l2norm": sqrt of the summed squares, gradient 0 at 0
             idx = torch.tensor(self._sqrt_idx, device=values.device)
             sq = values[idx]
@@ -426,8 +441,8 @@ class SubnetNormPenalty:
                 non-finite parameters, or the subnet that overflowed.
         """
         values = self._values()
-        total = (values * self._weight_tensor(values)).sum()
-        if self._check_finite and not bool(torch.isfinite(total)):
+        total = torch.dot(values, self._weight_tensor(values))
+        if self._check_finite and not math.isfinite(total.item()):
             self._raise_non_finite(values.detach())
         return total
 
