@@ -51,16 +51,40 @@ class _EpochTracker:
         return float(total) / count
 
     def reset(self) -> None:
-        """Forget the batches of the current epoch (the history stays)."""
+        """Forget the batches of the current epoch (the history stays).
+
+        Example:
+            >>> from landprobe.metrics import EmpiricalErrorTracker
+            >>> tr = EmpiricalErrorTracker(); _ = tr.update(3.0, n=4); tr.reset()
+            >>> tr.count, tr.history
+            (0, [])
+        """
         self._sum, self._count = 0.0, 0
 
     @property
     def count(self) -> int:
-        """Samples accumulated in the current epoch."""
+        """Samples accumulated in the current epoch.
+
+        Example:
+            >>> from landprobe.metrics import EmpiricalErrorTracker
+            >>> tr = EmpiricalErrorTracker(); _ = tr.update(1.0, n=5); _ = tr.update(1.0, n=3)
+            >>> tr.count
+            8
+        """
         return self._count
 
     def compute(self) -> float:
-        """Sample-weighted mean over the batches of the current epoch so far."""
+        """Sample-weighted mean over the batches of the current epoch so far.
+
+        Raises:
+            ValueError: If nothing was added since the last epoch ended.
+
+        Example:
+            >>> from landprobe.metrics import EmpiricalErrorTracker
+            >>> tr = EmpiricalErrorTracker(); _ = tr.update(1.0, n=3); _ = tr.update(5.0, n=1)
+            >>> tr.compute()                  # (3 * 1 + 5) / 4; the epoch stays open
+            2.0
+        """
         if self._count == 0:
             raise ValueError(
                 f"{type(self).__name__}: no samples in the current epoch; call update(...) before compute()/end_epoch()."
@@ -68,7 +92,20 @@ class _EpochTracker:
         return self._sum / self._count
 
     def end_epoch(self) -> float:
-        """Close the epoch: append its mean to :attr:`history`, reset, and return the mean."""
+        """Close the epoch: append its mean to :attr:`history`, reset, and return the mean.
+
+        Raises:
+            ValueError: If nothing was added since the last epoch ended.
+
+        Example:
+            >>> from landprobe.metrics import EmpiricalErrorTracker
+            >>> tr = EmpiricalErrorTracker()
+            >>> for epoch_loss in (0.9, 0.5):
+            ...     _ = tr.update(epoch_loss, n=64)
+            ...     _ = tr.end_epoch()
+            >>> tr.history
+            [0.9, 0.5]
+        """
         value = self.compute()
         self.history.append(value)
         self.reset()
@@ -79,6 +116,13 @@ class _EpochTracker:
         """Per stage (label ``"epochs a-b"``): epochs seen, mean, min, max and last value.
 
         Stages with no finished epoch yet report ``n = 0`` and None values.
+
+        Example:
+            >>> from landprobe.metrics import PSNRTracker
+            >>> tr = PSNRTracker(stages=[(1, 2), (3, 4)]); tr.history = [30.0, 31.0, 33.0]
+            >>> s = tr.summary()
+            >>> s["epochs 1-2"]["mean"], s["epochs 3-4"]["n"], s["epochs 3-4"]["last"]
+            (30.5, 1, 33.0)
         """
         out: dict[str, dict[str, Any]] = {}
         for a, b in self.stages:
@@ -96,7 +140,14 @@ class _EpochTracker:
         return {}
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON state: kind, settings, stages, history and the open epoch's sums."""
+        """Plain-JSON state: kind, settings, stages, history and the open epoch's sums.
+
+        Example:
+            >>> from landprobe.metrics import PSNRTracker
+            >>> d = PSNRTracker(shave=2).to_dict()
+            >>> d["kind"], d["settings"], d["stages"][0]
+            ('PSNRTracker', {'shave': 2, 'data_range': 1.0}, [1, 15])
+        """
         return {
             "kind": type(self).__name__,
             "settings": self._settings(),
@@ -203,7 +254,15 @@ class PSNRTracker(_EpochTracker):
         return {"shave": self.shave, "data_range": self.data_range}
 
     def update(self, sr: torch.Tensor, hr: torch.Tensor) -> float:
-        """Add a batch ``(N, C, H, W)`` (or one ``(C, H, W)`` image); return its mean PSNR."""
+        """Add a batch ``(N, C, H, W)`` (or one ``(C, H, W)`` image); return its mean PSNR.
+
+        Example:
+            >>> import torch
+            >>> from landprobe.metrics import PSNRTracker
+            >>> hr = torch.zeros(2, 1, 4, 4)
+            >>> round(PSNRTracker().update(hr + 1 / 255, hr), 2)    # MSE 1 on [0, 255]
+            48.13
+        """
         vals = psnr(hr, sr, shave=self.shave, data_range=self.data_range)
         vals = torch.as_tensor(vals).reshape(-1)
         return self._add(float(vals.sum()), vals.numel())
@@ -238,7 +297,17 @@ class EmpiricalErrorTracker(_EpochTracker):
     _label = "empirical error"
 
     def update(self, loss, n: int = 1) -> float:
-        """Add a batch's mean loss (float or 0-d tensor) over ``n`` samples; return it."""
+        """Add a batch's mean loss (float or 0-d tensor) over ``n`` samples; return it.
+
+        Raises:
+            ValueError: If ``n`` is not a positive integer.
+
+        Example:
+            >>> import torch
+            >>> from landprobe.metrics import EmpiricalErrorTracker
+            >>> EmpiricalErrorTracker().update(torch.tensor(0.25), n=64)
+            0.25
+        """
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"EmpiricalErrorTracker.update: `n` must be the batch size, a positive integer; got {n!r}.")
         value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
