@@ -1,0 +1,283 @@
+"""Sparsity of weights (near-zero fraction, Hoyer's measure) and of activations (Treves–Rolls).
+
+Convention:
+    - Weights: over the selected parameters flattened into one vector (biases included).
+    - Activations of a subnet are the outputs of its submodule, captured with a forward hook
+      while the model runs on ``data`` (eval mode; a module called several times per forward,
+      such as a recurred block, contributes every call). A 2-D output ``(batch, features)`` has
+      stimuli = samples and units = features. An output with ≥ 3 dimensions is read channel
+      first, ``(batch, channels, *positions)``: units = channels, stimuli = every (sample,
+      position) pair, so a conv feature map ``(B, C, H, W)`` gives ``B·H·W`` stimuli of ``C`` units.
+      A 1-D output is one unit.
+    - The Treves–Rolls sparseness (Treves & Rolls 1991, in the form of Vinje & Gallant 2000 and
+      Willmore & Tolhurst 2001) of responses ``r_1..r_n`` is
+      ``S = (1 − (Σ r/n)² / (Σ r²/n)) / (1 − 1/n)``: 0 for equal responses, 1 when a single
+      one is non-zero. *Population* sparseness: over the units for each stimulus, averaged over
+      stimuli; *lifetime* sparseness: over the stimuli for each unit, averaged over units.
+      Responses that are all zero (0/0) are left out of the average; values are used as they are
+      (ReLU outputs are non-negative, the case the measure is meant for).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from landprobe.capacity._common import MODEL, check_model, check_positive_float
+from landprobe.params import ParamVector, Selector
+from landprobe.probes._engine import Engine, ModelGuard, call_model
+
+__all__ = ["fraction_near_zero", "hoyer", "treves_rolls", "activation_sparseness"]
+
+
+def _flat(x: Any) -> Tensor:
+    if isinstance(x, nn.Module):
+        ts = [p.detach().reshape(-1) for p in x.parameters()]
+    elif isinstance(x, ParamVector):
+        ts = [t.detach().reshape(-1) for t in x.tensors]
+    elif isinstance(x, Tensor):
+        ts = [x.detach().reshape(-1)]
+    elif isinstance(x, np.ndarray):
+        ts = [torch.from_numpy(np.asarray(x, dtype=np.float64)).reshape(-1)]
+    elif isinstance(x, (list, tuple)):
+        ts = [_flat(v) for v in x]
+    else:
+        raise TypeError(f"expected a tensor, array, ParamVector, module or list of tensors, got {type(x).__name__}")
+    ts = [t.to(torch.float64).cpu() for t in ts]
+    return torch.cat(ts) if ts else torch.zeros(0, dtype=torch.float64)
+
+
+def fraction_near_zero(x: Any, threshold: float = 1e-3) -> float:
+    """Fraction of the entries with ``|w| < threshold``.
+
+    Args:
+        x: A tensor, numpy array, ParamVector, module (its parameters) or list of tensors.
+        threshold: The "near zero" bound (> 0).
+
+    Raises:
+        ValueError: If ``x`` is empty or ``threshold`` is not positive.
+
+    Example:
+        >>> import torch
+        >>> from landprobe.capacity import fraction_near_zero
+        >>> fraction_near_zero(torch.tensor([0.0, 1e-4, -0.5, 2.0]))    # 2 of 4 below 1e-3
+        0.5
+    """
+    threshold = check_positive_float(threshold, "threshold")
+    v = _flat(x)
+    if v.numel() == 0:
+        raise ValueError("fraction_near_zero: the input holds no entries")
+    return float((v.abs() < threshold).double().mean())
+
+
+def hoyer(x: Any) -> float:
+    """Hoyer's sparseness ``(√n − ‖w‖₁/‖w‖₂) / (√n − 1)`` (Hoyer 2004): 0 for a constant vector, 1 for a one-hot.
+
+    Args:
+        x: A tensor, numpy array, ParamVector, module (its parameters) or list of tensors.
+
+    Returns:
+        A float in [0, 1]; NaN for an all-zero vector (0/0).
+
+    Raises:
+        ValueError: If ``x`` has fewer than 2 entries.
+
+    Example:
+        >>> import torch
+        >>> from landprobe.capacity import hoyer
+        >>> hoyer(torch.ones(4)), hoyer(torch.tensor([0.0, 0.0, 3.0, 0.0]))
+        (0.0, 1.0)
+        >>> round(hoyer(torch.tensor([1.0, 1.0, 0.0, 0.0])), 12)   # (2 - 2/sqrt(2)) / (2 - 1)
+        0.585786437627
+    """
+    v = _flat(x)
+    n = v.numel()
+    if n < 2:
+        raise ValueError(f"hoyer: needs at least 2 entries, got {n}")
+    l2 = float(torch.linalg.vector_norm(v))
+    if l2 == 0.0:
+        return float("nan")
+    l1 = float(v.abs().sum())
+    r = math.sqrt(n)
+    return (r - l1 / l2) / (r - 1)
+
+
+def _tr_rows(r: Tensor) -> Tensor:
+    """Treves–Rolls sparseness of each row of a float64 matrix (NaN where a row is all zero)."""
+    n = r.shape[1]
+    m1 = r.mean(dim=1)
+    m2 = r.pow(2).mean(dim=1)
+    s = (1 - m1.pow(2) / m2) / (1 - 1 / n)
+    return torch.where(m2 > 0, s, torch.full_like(s, float("nan")))
+
+
+def treves_rolls(responses: Any, kind: str = "population") -> float:
+    """Treves–Rolls sparseness of a ``(stimuli, units)`` response matrix, averaged.
+
+    Args:
+        responses: A 2-D array or tensor, rows = stimuli, columns = units.
+        kind: ``"population"`` (over units for each stimulus, mean over stimuli) or
+            ``"lifetime"`` (over stimuli for each unit, mean over units).
+
+    Returns:
+        The mean sparseness (rows or columns that are all zero are left out; NaN if all are).
+
+    Raises:
+        ValueError: On an unknown ``kind``, a matrix that is not 2-D, or fewer than 2 units
+            (population) or stimuli (lifetime).
+
+    Example:
+        >>> import numpy as np
+        >>> from landprobe.capacity import treves_rolls
+        >>> r = np.array([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])  # one-hot row: 1; constant row: 0
+        >>> treves_rolls(r, "population")
+        0.5
+        >>> treves_rolls(r, "lifetime")                          # columns (1,1), (0,1), (0,1): 0, 1, 1
+        0.6666666666666666
+    """
+    if kind not in ("population", "lifetime"):
+        raise ValueError(f"kind={kind!r}; expected 'population' (over units per stimulus) or 'lifetime' "
+                         f"(over stimuli per unit)")
+    r = torch.as_tensor(np.asarray(responses, dtype=np.float64)) if not isinstance(responses, Tensor) \
+        else responses.detach().to(torch.float64).cpu()
+    if r.dim() != 2:
+        raise ValueError(f"treves_rolls needs a 2-D (stimuli, units) matrix, got shape {tuple(r.shape)}")
+    m = r if kind == "population" else r.T
+    if m.shape[1] < 2:
+        what = "units" if kind == "population" else "stimuli"
+        raise ValueError(f"treves_rolls: {kind} sparseness needs at least 2 {what}, got {m.shape[1]}")
+    s = _tr_rows(m)
+    s = s[torch.isfinite(s)]
+    return float(s.mean()) if s.numel() else float("nan")
+
+
+def _as_responses(out: Tensor) -> Tensor:
+    t = out.detach().to(torch.float64)
+    if t.dim() == 1:
+        return t.reshape(-1, 1)
+    if t.dim() == 2:
+        return t
+    return t.movedim(1, -1).reshape(-1, t.shape[1])
+
+
+class _Accumulator:
+    """Streaming sums for population (per-stimulus S) and lifetime (per-unit moments) sparseness."""
+
+    def __init__(self) -> None:
+        self.pop_sum = 0.0
+        self.pop_count = 0
+        self.s1: Tensor | None = None
+        self.s2: Tensor | None = None
+        self.n = 0
+
+    def __call__(self, _module, _inputs, out) -> None:
+        if isinstance(out, (list, tuple)):
+            out = next((o for o in out if isinstance(o, Tensor)), None)
+        if not isinstance(out, Tensor):
+            return
+        r = _as_responses(out)
+        if r.shape[1] >= 2:
+            s = _tr_rows(r)
+            s = s[torch.isfinite(s)]
+            self.pop_sum += float(s.sum())
+            self.pop_count += int(s.numel())
+        if self.s1 is None or self.s1.shape[0] != r.shape[1]:
+            if self.s1 is not None:
+                raise ValueError(f"a hooked module returned {r.shape[1]} units after {self.s1.shape[0]}; "
+                                 f"activation sparseness needs a fixed number of units (channels)")
+            self.s1 = torch.zeros(r.shape[1], dtype=torch.float64, device=r.device)
+            self.s2 = torch.zeros_like(self.s1)
+        self.s1 += r.sum(dim=0)
+        self.s2 += r.pow(2).sum(dim=0)
+        self.n += r.shape[0]
+
+    def result(self) -> dict[str, float]:
+        pop = self.pop_sum / self.pop_count if self.pop_count else float("nan")
+        life = float("nan")
+        if self.s1 is not None and self.n >= 2:
+            m1, m2 = self.s1 / self.n, self.s2 / self.n
+            s = (1 - m1.pow(2) / m2) / (1 - 1 / self.n)
+            s = s[m2 > 0]
+            life = float(s.mean()) if s.numel() else float("nan")
+        return {"population_sparseness": pop, "lifetime_sparseness": life}
+
+
+def _module_of(model: nn.Module, key: Any, sel: Selector) -> nn.Module:
+    if isinstance(sel, nn.Module):
+        if not any(m is sel for m in model.modules()):
+            raise ValueError(f"subnet {key!r}: the module {type(sel).__name__} is not a submodule of {type(model).__name__}")
+        return sel
+    if isinstance(sel, str):
+        try:
+            return model.get_submodule(sel) if sel else model
+        except AttributeError:
+            pass
+    raise ValueError(f"subnet {key!r} = {sel!r}: activation sparseness needs a submodule (its output is the "
+                     f"subnet's activation): pass a dotted module path such as 'inet' or the module itself, "
+                     f"not a glob or a list")
+
+
+def activation_sparseness(model: nn.Module, data: Iterable, subnets: Mapping[Any, Selector] | None = None, *,
+                          max_batches: int | None = None) -> dict[str, dict[str, float]]:
+    """Population and lifetime Treves–Rolls sparseness of the outputs of the model and of subnets.
+
+    See the module's Convention for units and stimuli. The sums are streamed over batches, so
+    activations are never stored; the lifetime value is exact over all stimuli seen.
+
+    Args:
+        model: Any ``nn.Module``; run in eval mode on ``data`` (not modified).
+        data: Iterable of ``(x, y)`` batches (only ``x`` is used).
+        subnets: Mapping name → submodule (a dotted path or the module). ``"model"`` (the
+            model's own output) is always included.
+        max_batches: Use only the first batches of ``data``.
+
+    Returns:
+        ``{"model": {"population_sparseness": s, "lifetime_sparseness": s}, <subnet>: {...}}``.
+
+    Raises:
+        ValueError: If a subnet is not a submodule (e.g. a glob), or ``data`` is empty.
+
+    Example:
+        >>> import torch
+        >>> from landprobe.capacity import activation_sparseness
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3, bias=False), torch.nn.ReLU())
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+        >>> x = torch.tensor([[1.0, 0.0], [1.0, 1.0]])       # ReLU outputs (1, 0, 1) and (1, 1, 2)
+        >>> out = activation_sparseness(net, [(x, None)], {"relu": "1"})
+        >>> round(out["relu"]["population_sparseness"], 12)  # rows give 1/2 and 1/6: mean 1/3
+        0.333333333333
+        >>> round(out["relu"]["lifetime_sparseness"], 12)    # units (1,1): 0, (0,1): 1, (1,2): 1/5
+        0.4
+    """
+    check_model(model, "activation_sparseness")
+    modules = {MODEL: model}
+    for key, sel in (subnets or {}).items():
+        if str(key) == MODEL:
+            raise ValueError(f"subnets has a key {key!r}, which is reserved for the whole model; rename it")
+        modules[str(key)] = _module_of(model, key, sel)
+    engine = Engine(model, lambda o, y: o, data)
+    accs = {k: _Accumulator() for k in modules}
+    handles = []
+    seen = 0
+    try:
+        with ModelGuard(model), torch.no_grad():
+            engine.set_eval_modes()
+            for k, m in modules.items():
+                handles.append(m.register_forward_hook(accs[k]))
+            for x, _ in engine.batches():
+                if max_batches is not None and seen >= max_batches:
+                    break
+                call_model(model, x)
+                seen += 1
+    finally:
+        for h in handles:
+            h.remove()
+    if seen == 0:
+        raise ValueError("data yielded no batch: pass a non-empty DataLoader or list of (x, y) pairs")
+    return {k: a.result() for k, a in accs.items()}

@@ -1,0 +1,381 @@
+"""``LandscapeMonitor``: a training-loop callback that records the landscape epoch by epoch.
+
+At the end of every ``every``-th epoch it records, for the model as it then is: the empirical
+error, the top Hessian eigenvalue and the Hessian trace (whole model and per subnet), the
+capacity measures of :func:`landprobe.capacity.report`, and the linear interpolation between
+the previous recorded checkpoint and this one (its barrier, Frankle et al. 2020). Records go
+into a JSON history (written atomically after each record when ``directory`` is given) that
+:class:`MonitorHistory` loads and plots.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from landprobe._io import atomic_torch_save, save_json
+from landprobe._results import Result, require_matplotlib
+from landprobe.capacity._common import MODEL
+from landprobe.capacity.report import CHEAP_MEASURES, MEASURES, _restore_floats, report
+from landprobe.params import ParamVector, Selector, select
+from landprobe.probes.landscape import LandscapeProbe
+
+__all__ = ["LandscapeMonitor", "MonitorHistory"]
+
+HISTORY_FILE = "monitor.json"
+PREVIOUS_FILE = "monitor_previous.pt"
+
+
+@dataclass(frozen=True, eq=False)
+class MonitorHistory(Result):
+    """The records of a :class:`LandscapeMonitor`, one per recorded epoch.
+
+    Attributes:
+        records: One dict per recorded epoch with ``epoch``, ``loss``, ``seconds`` and, when
+            measured, ``lambda_max``, ``trace``, ``trace_stderr`` (whole model), ``hessian``
+            (``{scope: {"lambda_max", "trace", "trace_stderr"}}`` for ``"model"`` and each
+            subnet), ``capacity`` (``{scope: {measure: value}}``, see
+            :class:`~landprobe.capacity.CapacityReport`), and from the second record on
+            ``previous_epoch``, ``barrier``, ``barrier_alpha``, ``distance`` (‖θ_now − θ_prev‖ of
+            the parameters) and ``interpolation`` (the curve's ``alphas`` and ``losses``).
+        settings: The monitor's settings.
+
+    Example:
+        >>> from landprobe.monitor import MonitorHistory
+        >>> h = MonitorHistory([{"epoch": 1, "loss": 2.0, "capacity": {"model": {"l2": 3.0}}},
+        ...                     {"epoch": 2, "loss": 1.0, "capacity": {"model": {"l2": 4.0}}, "barrier": 0.5}])
+        >>> h.epochs.tolist(), h.series("l2").tolist(), h.series("barrier").tolist()
+        ([1.0, 2.0], [3.0, 4.0], [nan, 0.5])
+    """
+
+    records: list = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def epochs(self) -> np.ndarray:
+        """The recorded epochs (float64)."""
+        return np.array([r["epoch"] for r in self.records], dtype=np.float64)
+
+    def series(self, key: str, scope: str = MODEL) -> np.ndarray:
+        """One quantity over the records (NaN where absent): a top-level key (``"loss"``,
+        ``"barrier"``), a Hessian key of ``scope`` (``"lambda_max"``, ``"trace"``) or a capacity
+        measure of ``scope`` (``"l2"``, ``"fisher_rao"``, ...)."""
+        out = []
+        for r in self.records:
+            v = r.get(key) if scope == MODEL else None
+            if v is None:
+                v = r.get("hessian", {}).get(scope, {}).get(key)
+            if v is None:
+                v = r.get("capacity", {}).get(scope, {}).get(key)
+            out.append(np.nan if v is None else float(v))
+        return np.array(out, dtype=np.float64)
+
+    @property
+    def scopes(self) -> list[str]:
+        """``"model"`` and the subnets that appear in the records."""
+        seen: dict[str, None] = {MODEL: None}
+        for r in self.records:
+            for part in ("hessian", "capacity"):
+                seen.update(dict.fromkeys(r.get(part, {})))
+        return list(seen)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MonitorHistory:
+        data = dict(data)
+        data["records"] = _restore_floats(data.get("records", []))
+        return super().from_dict(data)
+
+    def plot(self, axes=None, norm: str = "l2"):
+        """Four panels over epochs: λ_max, Hessian trace (±2 stderr), ``norm`` per scope, barrier.
+
+        Returns the array of 4 axes.
+
+        Example:
+            >>> from landprobe.monitor import MonitorHistory
+            >>> h = MonitorHistory([{"epoch": 1, "loss": 2.0, "lambda_max": 3.0, "trace": 5.0},
+            ...                     {"epoch": 2, "loss": 1.0, "lambda_max": 2.0, "trace": 4.0, "barrier": 0.1}])
+            >>> axes = h.plot()
+            >>> [ax.get_ylabel() for ax in axes]
+            ['top eigenvalue', 'Hessian trace', 'l2', 'barrier to previous']
+        """
+        plt = require_matplotlib()
+        if axes is None:
+            _, axes = plt.subplots(1, 4, figsize=(15, 3.2))
+        ep = self.epochs
+        scopes = self.scopes
+        for s in scopes:
+            lam = self.series("lambda_max", s)
+            if np.isfinite(lam).any():
+                axes[0].plot(ep, lam, "o-", label=s)
+            tr, se = self.series("trace", s), self.series("trace_stderr", s)
+            if np.isfinite(tr).any():
+                axes[1].errorbar(ep, tr, yerr=2 * np.nan_to_num(se), fmt="o-", capsize=2, label=s)
+            nv = self.series(norm, s)
+            if np.isfinite(nv).any():
+                axes[2].plot(ep, nv, "o-", label=s)
+        axes[3].plot(ep, self.series("barrier"), "o-", color="k")
+        for ax, label in zip(axes, ("top eigenvalue", "Hessian trace", norm, "barrier to previous")):
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(label)
+            if ax.get_legend_handles_labels()[0] and len(scopes) > 1:
+                ax.legend(frameon=False, fontsize="small")
+        return axes
+
+
+def _hessian_function(probe: LandscapeProbe) -> Callable | None:
+    if callable(getattr(type(probe), "hessian", None)):
+        return lambda subnet: probe.hessian(subnet=subnet)
+    try:
+        from landprobe.curvature import hessian as fn
+    except ImportError:  # pragma: no cover - the curvature layer ships with the package
+        return None
+    return lambda subnet: fn(probe, subnet=subnet)
+
+
+class LandscapeMonitor:
+    """Record the landscape at the end of epochs, in any training loop.
+
+    Call ``monitor.epoch_end(epoch)`` (or ``monitor(epoch)``) after each epoch. When ``epoch``
+    is a multiple of ``every`` it records (see :class:`MonitorHistory` for the fields):
+
+    - the empirical error of the probe's data (``probe.loss()``);
+    - ``hessian``: the top Hessian eigenvalue (Lanczos) and the trace (Hutch++, ``trace_matvecs``
+      Hessian-vector products, seed 0) for the whole model and each subnet (diagonal blocks),
+      through ``probe.hessian(subnet=...)`` (:mod:`landprobe.curvature`);
+    - ``capacity``: :func:`landprobe.capacity.report` on the probe's data and loss;
+    - the interpolation ``probe.interpolate(previous, current, steps=interpolate_steps)`` from the
+      previous recorded checkpoint (kept as one cloned ParamVector, with the floating buffers
+      when the probe's ``bn="eval"``) and its barrier.
+
+    The model is never changed: every probe restores parameters, buffers, flags, modes and the
+    global RNG states bitwise. With ``directory`` the history is written atomically to
+    ``directory/monitor.json`` after each record, with the previous checkpoint in
+    ``monitor_previous.pt``, so that ``resume=True`` continues an interrupted run.
+
+    Args:
+        probe_or_model: A :class:`~landprobe.LandscapeProbe`, or a model (then ``loss_fn`` and
+            ``data`` build one with ``bn="eval"``).
+        loss_fn, data: For a model: the mean-reduced loss and the (x, y) batches to measure on
+            (a fixed, small subset of the training or validation data keeps this cheap).
+        every: Record when ``epoch % every == 0``.
+        hessian: Measure λ_max and the trace. trace_matvecs: Hutch++ products per trace (>= 4).
+        eig_tol: Relative residual tolerance of the top eigenvalue.
+        subnets: Mapping name → selector: Hessian blocks and capacity per subnet.
+        capacity: ``True`` (the groups of :data:`~landprobe.capacity.CHEAP_MEASURES`), ``False``,
+            ``"all"`` or a list of groups; ``capacity_options`` are passed to ``report``.
+        interpolate_steps: Points of the segment between consecutive checkpoints (>= 2).
+        directory: Where to write the history (``None``: keep it in memory only).
+        resume: Load the history and previous checkpoint found in ``directory``.
+        verbose: Write one line per record through ``tqdm.write``; ``logger``: a
+            ``logging.Logger`` to use instead.
+
+    Raises:
+        TypeError: If a model is given without ``loss_fn``/``data``, or a probe with them.
+        ValueError: On ``every < 1``, ``interpolate_steps < 2``, ``trace_matvecs < 4``, an unknown
+            capacity group, a selector that matches nothing, or ``resume`` without ``directory``.
+
+    Example:
+        >>> import torch
+        >>> from landprobe.monitor import LandscapeMonitor
+        >>> model = torch.nn.Linear(1, 1, bias=False)                      # L(w) = w**2
+        >>> data = [(torch.ones(4, 1), torch.zeros(4, 1))]
+        >>> monitor = LandscapeMonitor(model, torch.nn.MSELoss(), data, hessian=True, trace_matvecs=4)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.fill_(1.0)
+        >>> r1 = monitor(1)
+        >>> round(r1["loss"], 9), round(r1["lambda_max"], 6), round(r1["trace"], 6)   # L'' = 2
+        (1.0, 2.0, 2.0)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.fill_(-1.0)
+        >>> r2 = monitor(2)
+        >>> r2["barrier"], r2["capacity"]["model"]["l1"]                   # w: 1 -> -1 passes 0: below the chord
+        (0.0, 1.0)
+        >>> len(monitor.history)
+        2
+    """
+
+    def __init__(self, probe_or_model: LandscapeProbe | nn.Module, loss_fn: Callable | None = None,
+                 data: Iterable | None = None, *, every: int = 1, hessian: bool = True,
+                 trace_matvecs: int = 30, eig_tol: float = 1e-4, subnets: Mapping[Any, Selector] | None = None,
+                 capacity: bool | str | Sequence[str] = True, capacity_options: Mapping[str, Any] | None = None,
+                 interpolate_steps: int = 11, directory: str | Path | None = None, resume: bool = False,
+                 verbose: bool = False, logger: logging.Logger | None = None):
+        if isinstance(probe_or_model, LandscapeProbe):
+            if loss_fn is not None or data is not None:
+                raise TypeError("LandscapeMonitor got a LandscapeProbe and also loss_fn/data; the probe already holds "
+                                "them: pass LandscapeMonitor(probe) or LandscapeMonitor(model, loss_fn, data)")
+            self.probe = probe_or_model
+        elif isinstance(probe_or_model, nn.Module):
+            if loss_fn is None or data is None:
+                raise TypeError("LandscapeMonitor(model, loss_fn, data): a model needs loss_fn and data (the batches "
+                                "to measure on); or pass a LandscapeProbe")
+            self.probe = LandscapeProbe(probe_or_model, loss_fn, data)
+        else:
+            if isinstance(probe_or_model, type):
+                raise TypeError(f"received the class {probe_or_model.__name__}; pass an instance (model or probe)")
+            raise TypeError(f"probe_or_model has type {type(probe_or_model).__name__}; expected a LandscapeProbe "
+                            f"or an nn.Module")
+        for name, value, least in (("every", every, 1), ("interpolate_steps", interpolate_steps, 2),
+                                   ("trace_matvecs", trace_matvecs, 4)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name}={value!r}; expected an integer of at least {least}")
+        if not (isinstance(eig_tol, (int, float)) and eig_tol > 0):
+            raise ValueError(f"eig_tol={eig_tol!r}; expected a positive float such as 1e-4")
+        if capacity is True:
+            groups: list[str] = list(CHEAP_MEASURES)
+        elif capacity is False or capacity is None:
+            groups = []
+        elif capacity == "all":
+            groups = list(MEASURES)
+        elif isinstance(capacity, str) or not all(isinstance(g, str) and g in MEASURES for g in capacity):
+            raise ValueError(f"capacity={capacity!r}; expected True, False, 'all' or a list of groups from {MEASURES}")
+        else:
+            groups = list(capacity)
+        model = self.probe.model
+        self.subnets = dict(subnets or {})
+        for sel in self.subnets.values():
+            select(model, sel)                        # fail now, naming the selector
+        if str(MODEL) in map(str, self.subnets):
+            raise ValueError(f"subnets has a key {MODEL!r}, which is reserved for the whole model; rename it")
+        self._hessian = _hessian_function(self.probe) if hessian else None
+        if hessian and self._hessian is None:  # pragma: no cover
+            raise ValueError("hessian=True but landprobe.curvature is not available; pass hessian=False")
+        self.every, self.trace_matvecs, self.eig_tol = every, trace_matvecs, float(eig_tol)
+        self.capacity_groups = groups
+        self.capacity_options = dict(capacity_options or {})
+        self.interpolate_steps = interpolate_steps
+        self.directory = None if directory is None else Path(directory)
+        self.verbose, self.logger = verbose, logger
+        self._records: list[dict[str, Any]] = []
+        self._previous: ParamVector | None = None
+        self._previous_epoch: Any = None
+        self._names = self.probe._state_names()
+        if resume:
+            if self.directory is None:
+                raise ValueError("resume=True needs directory= (where monitor.json was written)")
+            self._resume()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def history(self) -> MonitorHistory:
+        """The records so far, as a :class:`MonitorHistory` (a copy)."""
+        return MonitorHistory(records=copy.deepcopy(self._records), settings=self.settings)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.probe._settings(
+            probe="monitor", every=self.every, hessian=self._hessian is not None, trace_matvecs=self.trace_matvecs,
+            trace_method="hutch++", eig_tol=self.eig_tol,
+            subnets={str(k): (v if isinstance(v, (str, list)) else repr(v)) for k, v in self.subnets.items()},
+            capacity=self.capacity_groups, interpolate_steps=self.interpolate_steps)
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write the history as JSON, atomically (default ``directory/monitor.json``)."""
+        if path is None:
+            if self.directory is None:
+                raise ValueError("LandscapeMonitor.save: give a path, or construct the monitor with directory=")
+            path = self.directory / HISTORY_FILE
+        return self.history.save(path)
+
+    @staticmethod
+    def load(path: str | Path) -> MonitorHistory:
+        """Read a history written by a monitor (a file, or the directory holding ``monitor.json``)."""
+        p = Path(path)
+        return MonitorHistory.load(p / HISTORY_FILE if p.is_dir() else p)
+
+    def plot(self, axes=None, norm: str = "l2"):
+        """:meth:`MonitorHistory.plot` of the records so far."""
+        return self.history.plot(axes, norm=norm)
+
+    def _resume(self) -> None:
+        hist_path = self.directory / HISTORY_FILE
+        if hist_path.exists():
+            self._records = list(MonitorHistory.load(hist_path).records)
+        prev_path = self.directory / PREVIOUS_FILE
+        if prev_path.exists():
+            blob = torch.load(prev_path, weights_only=True, map_location=self.probe.engine.device)
+            self._previous = ParamVector(blob["state"])
+            self._previous_epoch = blob["epoch"]
+
+    # ------------------------------------------------------------------ recording
+    def __call__(self, epoch: int) -> dict[str, Any] | None:
+        """Same as :meth:`epoch_end`."""
+        return self.epoch_end(epoch)
+
+    def _snapshot(self) -> ParamVector:
+        return ParamVector({n: t.detach().clone() for n, t in zip(self._names, self.probe._targets(self._names))})
+
+    def epoch_end(self, epoch: int) -> dict[str, Any] | None:
+        """Record the landscape now if ``epoch % every == 0``; returns the record (or ``None``)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
+            raise TypeError(f"epoch={epoch!r}; expected an integer epoch number")
+        if int(epoch) % self.every != 0:
+            return None
+        start = time.perf_counter()
+        probe = self.probe
+        rec: dict[str, Any] = {"epoch": int(epoch), "loss": probe.loss()}
+        if self._hessian is not None:
+            rec["hessian"] = {}
+            for scope, sel in [(MODEL, None)] + [(str(k), s) for k, s in self.subnets.items()]:
+                op = self._hessian(sel)
+                lam = float(np.asarray(op.top_eigenvalues(1, tol=self.eig_tol).values).reshape(-1)[0])
+                tr = op.trace(method="hutch++", matvecs=self.trace_matvecs, seed=0)
+                rec["hessian"][scope] = {"lambda_max": lam, "trace": float(tr.value), "trace_stderr": float(tr.stderr)}
+            rec.update(rec["hessian"][MODEL])
+        if self.capacity_groups:
+            rep = report(probe.model, probe.data, self.subnets or None, probe.loss_fn,
+                         measures=self.capacity_groups, **self.capacity_options)
+            rec["capacity"] = rep.values
+            if rep.skipped:
+                rec["capacity_skipped"] = rep.skipped
+        current = self._snapshot()
+        if self._previous is not None:
+            curve = probe.interpolate(self._previous, current, steps=self.interpolate_steps)
+            params = set(dict(probe.model.named_parameters()))
+            keep = [n for n in self._names if n in params]
+            rec.update(previous_epoch=self._previous_epoch, barrier=curve.barrier, barrier_alpha=curve.argmax_alpha,
+                       distance=(current.subset(keep) - self._previous.subset(keep)).norm(),
+                       interpolation={"alphas": curve.alphas.tolist(), "losses": curve.losses.tolist()})
+        self._previous, self._previous_epoch = current, int(epoch)
+        rec["seconds"] = time.perf_counter() - start
+        self._records.append(rec)
+        if self.directory is not None:
+            atomic_torch_save({"epoch": int(epoch), "state": current.state_dict()}, self.directory / PREVIOUS_FILE)
+            self.save()
+        self._say(rec)
+        return rec
+
+    def _say(self, rec: dict[str, Any]) -> None:
+        if not (self.verbose or self.logger):
+            return
+        parts = [f"epoch {rec['epoch']}", f"loss {rec['loss']:.5g}"]
+        if "lambda_max" in rec:
+            parts.append(f"λmax {rec['lambda_max']:.4g}")
+            parts.append(f"trace {rec['trace']:.4g}±{rec['trace_stderr']:.2g}")
+        cap = rec.get("capacity", {}).get(MODEL, {})
+        if "l2" in cap:
+            parts.append(f"‖θ‖ {cap['l2']:.4g}")
+        if "barrier" in rec:
+            parts.append(f"barrier {rec['barrier']:.3g}")
+        parts.append(f"({rec['seconds']:.1f} s)")
+        line = "LandscapeMonitor: " + ", ".join(parts)
+        if self.logger is not None:
+            self.logger.info(line)
+        else:
+            from tqdm.auto import tqdm
+
+            tqdm.write(line)
+
+
