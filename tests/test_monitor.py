@@ -109,6 +109,9 @@ def test_hessian_values_match_dense_blocks():
         assert rec["hessian"][scope]["trace"] == pytest.approx(float(H.trace()), rel=1e-9)
         assert rec["hessian"][scope]["lambda_max"] == pytest.approx(float(ev[-1]), rel=1e-8)
     assert rec["lambda_max"] == rec["hessian"]["model"]["lambda_max"]
+    only = LandscapeMonitor(net, nn.MSELoss(), data, hessian="model", capacity=False, trace_matvecs=45,
+                            eig_tol=1e-10, subnets={"last": "2"})(0)
+    assert list(only["hessian"]) == ["model"] and only["trace"] == rec["trace"]
 
 
 def test_barrier_between_identical_checkpoints_is_zero_and_matches_probe():
@@ -152,6 +155,7 @@ def test_every_resume_plot_and_messages(tmp_path, capsys, caplog):
     ({"interpolate_steps": 1}, ValueError, "interpolate_steps=1"),
     ({"trace_matvecs": 3}, ValueError, "trace_matvecs=3"),
     ({"eig_tol": 0}, ValueError, "eig_tol=0"),
+    ({"hessian": "blocks"}, ValueError, "hessian='blocks'"),
     ({"capacity": "some"}, ValueError, "capacity='some'"),
     ({"capacity": ["norms", "hessian"]}, ValueError, "capacity="),
     ({"subnets": {"model": "0"}}, ValueError, "reserved for the whole model"),
@@ -180,3 +184,21 @@ def test_construction_and_call_errors():
         monitor(1.5)
     with pytest.raises(ValueError, match="give a path"):
         monitor.save()
+
+
+def test_uses_the_bound_probe_method_when_present(monkeypatch):
+    from landprobe.curvature import hessian
+
+    calls = []
+
+    def bound(self, theta=None, subnet=None, **kw):
+        calls.append(subnet)
+        return hessian(self, theta, subnet, **kw)
+
+    monkeypatch.setattr(lp.LandscapeProbe, "hessian", bound, raising=False)
+    net, data = setup(4)
+    rec = LandscapeMonitor(net, nn.MSELoss(), data, capacity=False, trace_matvecs=45, subnets={"last": "2"})(0)
+    assert calls == [None, "2"]
+    monkeypatch.delattr(lp.LandscapeProbe, "hessian")
+    ref = LandscapeMonitor(net, nn.MSELoss(), data, capacity=False, trace_matvecs=45, subnets={"last": "2"})(0)
+    assert rec["hessian"] == ref["hessian"]

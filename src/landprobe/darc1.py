@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
 
 import torch
 from torch import Tensor

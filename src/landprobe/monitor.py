@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from landprobe._io import atomic_torch_save, save_json
+from landprobe._io import atomic_torch_save
 from landprobe._results import Result, require_matplotlib
 from landprobe.capacity._common import MODEL
 from landprobe.capacity.report import CHEAP_MEASURES, MEASURES, _restore_floats, report
@@ -170,7 +170,10 @@ class LandscapeMonitor:
         loss_fn, data: For a model: the mean-reduced loss and the (x, y) batches to measure on
             (a fixed, small subset of the training or validation data keeps this cheap).
         every: Record when ``epoch % every == 0``.
-        hessian: Measure λ_max and the trace. trace_matvecs: Hutch++ products per trace (>= 4).
+        hessian: ``True``: λ_max and the trace of the whole model and of each subnet's diagonal
+            block; ``"model"``: of the whole model only; ``False``: none. Each trace costs
+            ``trace_matvecs`` Hessian-vector products (each about two passes over ``data``).
+        trace_matvecs: Hutch++ products per trace (>= 4).
         eig_tol: Relative residual tolerance of the top eigenvalue.
         subnets: Mapping name → selector: Hessian blocks and capacity per subnet.
         capacity: ``True`` (the groups of :data:`~landprobe.capacity.CHEAP_MEASURES`), ``False``,
@@ -207,7 +210,7 @@ class LandscapeMonitor:
     """
 
     def __init__(self, probe_or_model: LandscapeProbe | nn.Module, loss_fn: Callable | None = None,
-                 data: Iterable | None = None, *, every: int = 1, hessian: bool = True,
+                 data: Iterable | None = None, *, every: int = 1, hessian: bool | str = True,
                  trace_matvecs: int = 30, eig_tol: float = 1e-4, subnets: Mapping[Any, Selector] | None = None,
                  capacity: bool | str | Sequence[str] = True, capacity_options: Mapping[str, Any] | None = None,
                  interpolate_steps: int = 11, directory: str | Path | None = None, resume: bool = False,
@@ -249,6 +252,9 @@ class LandscapeMonitor:
             select(model, sel)                        # fail now, naming the selector
         if str(MODEL) in map(str, self.subnets):
             raise ValueError(f"subnets has a key {MODEL!r}, which is reserved for the whole model; rename it")
+        if hessian not in (True, False, "model"):
+            raise ValueError(f"hessian={hessian!r}; expected True (model and subnets), 'model' (whole model only) or False")
+        self._hessian_scopes = "model" if hessian == "model" else "all"
         self._hessian = _hessian_function(self.probe) if hessian else None
         if hessian and self._hessian is None:  # pragma: no cover
             raise ValueError("hessian=True but landprobe.curvature is not available; pass hessian=False")
@@ -276,7 +282,8 @@ class LandscapeMonitor:
     @property
     def settings(self) -> dict[str, Any]:
         return self.probe._settings(
-            probe="monitor", every=self.every, hessian=self._hessian is not None, trace_matvecs=self.trace_matvecs,
+            probe="monitor", every=self.every,
+            hessian=(self._hessian_scopes if self._hessian is not None else False), trace_matvecs=self.trace_matvecs,
             trace_method="hutch++", eig_tol=self.eig_tol,
             subnets={str(k): (v if isinstance(v, (str, list)) else repr(v)) for k, v in self.subnets.items()},
             capacity=self.capacity_groups, interpolate_steps=self.interpolate_steps)
@@ -328,7 +335,8 @@ class LandscapeMonitor:
         rec: dict[str, Any] = {"epoch": int(epoch), "loss": probe.loss()}
         if self._hessian is not None:
             rec["hessian"] = {}
-            for scope, sel in [(MODEL, None)] + [(str(k), s) for k, s in self.subnets.items()]:
+            blocks = [(str(k), s) for k, s in self.subnets.items()] if self._hessian_scopes == "all" else []
+            for scope, sel in [(MODEL, None)] + blocks:
                 op = self._hessian(sel)
                 lam = float(np.asarray(op.top_eigenvalues(1, tol=self.eig_tol).values).reshape(-1)[0])
                 tr = op.trace(method="hutch++", matvecs=self.trace_matvecs, seed=0)

@@ -71,31 +71,28 @@ def check_positive_float(value: Any, name: str, *, allow_zero: bool = False) -> 
 
 def loss_and_grad(engine: Engine, params: Sequence[Tensor], want_grad: bool = True) -> tuple[float, list[Tensor] | None]:
     """Sample-weighted mean loss over the data at the model's current values, and its gradient
-    w.r.t. ``params`` (accumulated batch by batch; ``.grad`` fields are not touched)."""
+    w.r.t. ``params`` (accumulated batch by batch as Σ n_b ∇L_b, divided by N at the end;
+    ``.grad`` fields are not touched)."""
     sizes: list[int] = []
     losses: list[Tensor] = []
     grads: list[Tensor] | None = None
-    batches = list(engine.batches()) if want_grad else None
-    total = float(sum(batch_size(x) for x, _ in batches)) if want_grad else None
-    it = batches if want_grad else engine.batches()
-    for x, y in it:
+    for x, y in engine.batches():
         n = batch_size(x)
-        if want_grad:
-            with torch.enable_grad():
-                loss = engine.loss_fn(call_model(engine.model, x), y)
-                _check_scalar(loss)
-                g = torch.autograd.grad(loss * (n / total), list(params), allow_unused=True)
-            g = [torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, params)]
-            grads = g if grads is None else [a + b for a, b in zip(grads, g)]
-        else:
-            with torch.no_grad():
-                loss = engine.loss_fn(call_model(engine.model, x), y)
-                _check_scalar(loss)
+        with torch.set_grad_enabled(want_grad):
+            loss = engine.loss_fn(call_model(engine.model, x), y)
+            _check_scalar(loss)
+            if want_grad:
+                g = torch.autograd.grad(loss * n, list(params), allow_unused=True)
+                g = [torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, params)]
+                grads = g if grads is None else [a + b for a, b in zip(grads, g)]
         losses.append(loss.detach().double().reshape(()))
         sizes.append(n)
     if not losses:
         raise ValueError("data yielded no batch: pass a non-empty DataLoader or list of (x, y) pairs")
+    total = float(sum(sizes))
     w = torch.tensor(sizes, dtype=torch.float64, device=losses[0].device)
+    if grads is not None:
+        grads = [g / total for g in grads]
     return float((torch.stack(losses) * w).sum() / w.sum()), grads
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from landprobe._results import Result, require_matplotlib
 from landprobe.capacity._common import MODEL, check_model, scopes
 from landprobe.capacity.fisher_rao import fisher_rao_norm
-from landprobe.capacity.norms import NORM_MEASURES, subnet_norms
+from landprobe.capacity.norms import subnet_norms
 from landprobe.capacity.pathnorm import path_norm
 from landprobe.capacity.sharpness import epsilon_sharpness, pac_bayes_sigma
 from landprobe.capacity.sparsity import activation_sparseness, fraction_near_zero, hoyer

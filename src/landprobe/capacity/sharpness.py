@@ -10,12 +10,10 @@ Convention:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from landprobe.capacity._common import (
     check_model, check_positive_float, check_positive_int, loss_and_grad, make_engine,
