@@ -384,23 +384,27 @@ class TrajectoryRecorder:
         return [full[n].detach().to("cpu", torch.float64) for n in self.names], full
 
     def _gram(self, ref: list[Tensor]) -> np.ndarray:
-        """G_ij = <θ_i − ref, θ_j − ref> in float64, reading at most two blocks of snapshots at a time."""
+        """G_ij = <θ_i − ref, θ_j − ref> in float64.
+
+        Works tensor by tensor (one float64 ``(block, numel)`` matrix at a time) over blocks of
+        ``max_snapshots`` snapshots, so a spilled trajectory is read two blocks at a time.
+        """
         n = len(self)
         B = self.max_snapshots
         G = np.zeros((n, n))
         blocks = [list(range(s, min(s + B, n))) for s in range(0, n, B)]
 
-        def diffs(block):
-            return [[(t.double() - r) for t, r in zip(self._get(i), ref)] for i in block]
+        def mat(snaps, p):
+            return torch.stack([t[p].reshape(-1) for t in snaps]).double() - ref[p].reshape(1, -1)
 
         for bi, rows in enumerate(blocks):
-            A = diffs(rows)
+            A = [self._get(i) for i in rows]
             for bj in range(bi, len(blocks)):
                 cols = blocks[bj]
-                C = A if bj == bi else diffs(cols)
+                C = A if bj == bi else [self._get(i) for i in cols]
                 for p in range(len(ref)):
-                    X = torch.stack([a[p].reshape(-1) for a in A])
-                    Y = X if bj == bi else torch.stack([c[p].reshape(-1) for c in C])
+                    X = mat(A, p)
+                    Y = X if bj == bi else mat(C, p)
                     G[np.ix_(rows, cols)] += (X @ Y.T).numpy()
         iu = np.triu_indices(n, 1)
         G[(iu[1], iu[0])] = G[iu]
@@ -419,9 +423,10 @@ class TrajectoryRecorder:
         Builds M with rows θ_i − θ_final (one per snapshot), optionally centers its columns
         (PCA proper, as Li et al.'s code does with scikit-learn; ``centered=False`` takes the
         SVD of M itself), and takes the top ``k`` right singular vectors as directions. The
-        SVD comes from the n×n Gram matrix (float64, eigh), so memory stays at a couple of
-        snapshots beyond the recorder's own. Each snapshot's coordinates are the
-        least-squares projection of θ_i − θ_final onto the directions.
+        SVD comes from the n×n Gram matrix (float64, eigh), built one parameter tensor at a
+        time, so no n×P matrix is formed beyond the snapshots the recorder holds. Each
+        snapshot's coordinates are the least-squares projection of θ_i − θ_final onto the
+        directions.
 
         Args:
             final: θ_final: a state_dict, module or ParamVector; ``None`` takes the model's
