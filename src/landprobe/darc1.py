@@ -104,6 +104,14 @@ class DARC1Penalty:
 
         Raises:
             ValueError: If the penalty has not been called yet.
+
+        Example:
+            >>> import torch
+            >>> from landprobe.darc1 import DARC1Penalty
+            >>> pen = DARC1Penalty(0.1)
+            >>> _ = pen(torch.tensor([[2.0], [-4.0]]))              # 0.1 / 2 * (2 + 4)
+            >>> round(pen.breakdown()["darc1"], 12), pen.breakdown(weighted=False)
+            (0.3, {'darc1': 3.0})
         """
         if self.last is None:
             raise ValueError("DARC1Penalty.breakdown: no value yet; call the penalty on a batch of outputs first")

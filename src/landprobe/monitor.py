@@ -71,7 +71,14 @@ class MonitorHistory(Result):
     def series(self, key: str, scope: str = MODEL) -> np.ndarray:
         """One quantity over the records (NaN where absent): a top-level key (``"loss"``,
         ``"barrier"``), a Hessian key of ``scope`` (``"lambda_max"``, ``"trace"``) or a capacity
-        measure of ``scope`` (``"l2"``, ``"fisher_rao"``, ...)."""
+        measure of ``scope`` (``"l2"``, ``"fisher_rao"``, ...).
+
+        Example:
+            >>> from landprobe.monitor import MonitorHistory
+            >>> h = MonitorHistory([{"epoch": 1, "loss": 1.0, "hessian": {"inet": {"trace": 4.0}}}])
+            >>> h.series("trace", "inet").tolist(), h.series("trace").tolist()
+            ([4.0], [nan])
+        """
         out = []
         for r in self.records:
             v = r.get(key) if scope == MODEL else None
@@ -289,7 +296,19 @@ class LandscapeMonitor:
             capacity=self.capacity_groups, interpolate_steps=self.interpolate_steps)
 
     def save(self, path: str | Path | None = None) -> Path:
-        """Write the history as JSON, atomically (default ``directory/monitor.json``)."""
+        """Write the history as JSON, atomically (default ``directory/monitor.json``).
+
+        Example:
+            >>> import tempfile, torch
+            >>> from landprobe.monitor import LandscapeMonitor
+            >>> model = torch.nn.Linear(1, 1)
+            >>> monitor = LandscapeMonitor(model, torch.nn.MSELoss(), [(torch.ones(2, 1), torch.zeros(2, 1))],
+            ...                            hessian=False, capacity=False)
+            >>> _ = monitor(0); _ = monitor(1)                      # nothing trained in between
+            >>> path = monitor.save(tempfile.mkdtemp() + "/history.json")
+            >>> [r["epoch"] for r in LandscapeMonitor.load(path).records], LandscapeMonitor.load(path).records[1]["barrier"]
+            ([0, 1], 0.0)
+        """
         if path is None:
             if self.directory is None:
                 raise ValueError("LandscapeMonitor.save: give a path, or construct the monitor with directory=")
@@ -298,12 +317,33 @@ class LandscapeMonitor:
 
     @staticmethod
     def load(path: str | Path) -> MonitorHistory:
-        """Read a history written by a monitor (a file, or the directory holding ``monitor.json``)."""
+        """Read a history written by a monitor (a file, or the directory holding ``monitor.json``).
+
+        Example:
+            >>> import tempfile, torch
+            >>> from landprobe.monitor import LandscapeMonitor
+            >>> folder = tempfile.mkdtemp()
+            >>> monitor = LandscapeMonitor(torch.nn.Linear(1, 1), torch.nn.MSELoss(),
+            ...                            [(torch.ones(2, 1), torch.zeros(2, 1))], hessian=False, directory=folder)
+            >>> _ = monitor(3)                                      # written to folder/monitor.json
+            >>> LandscapeMonitor.load(folder).epochs.tolist()
+            [3.0]
+        """
         p = Path(path)
         return MonitorHistory.load(p / HISTORY_FILE if p.is_dir() else p)
 
     def plot(self, axes=None, norm: str = "l2"):
-        """:meth:`MonitorHistory.plot` of the records so far."""
+        """:meth:`MonitorHistory.plot` of the records so far.
+
+        Example:
+            >>> import torch
+            >>> from landprobe.monitor import LandscapeMonitor
+            >>> monitor = LandscapeMonitor(torch.nn.Linear(1, 1), torch.nn.MSELoss(),
+            ...                            [(torch.ones(2, 1), torch.zeros(2, 1))], hessian=False)
+            >>> _ = monitor(1)
+            >>> len(monitor.plot())                                 # four panels
+            4
+        """
         return self.history.plot(axes, norm=norm)
 
     def _resume(self) -> None:
@@ -325,7 +365,21 @@ class LandscapeMonitor:
         return ParamVector({n: t.detach().clone() for n, t in zip(self._names, self.probe._targets(self._names))})
 
     def epoch_end(self, epoch: int) -> dict[str, Any] | None:
-        """Record the landscape now if ``epoch % every == 0``; returns the record (or ``None``)."""
+        """Record the landscape now if ``epoch % every == 0``; returns the record (or ``None``).
+
+        Raises:
+            TypeError: If ``epoch`` is not an integer.
+
+        Example:
+            >>> import torch
+            >>> from landprobe.monitor import LandscapeMonitor
+            >>> model = torch.nn.Linear(1, 1, bias=False)
+            >>> _ = torch.nn.init.constant_(model.weight, 2.0)       # L = (2 * 1 - 0)**2 = 4
+            >>> monitor = LandscapeMonitor(model, torch.nn.MSELoss(), [(torch.ones(2, 1), torch.zeros(2, 1))],
+            ...                            every=2, hessian=False, capacity=["norms"])
+            >>> monitor.epoch_end(1) is None, monitor.epoch_end(2)["loss"], monitor.history.records[0]["capacity"]["model"]["l1"]
+            (True, 4.0, 2.0)
+        """
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
             raise TypeError(f"epoch={epoch!r}; expected an integer epoch number")
         if int(epoch) % self.every != 0:

@@ -80,7 +80,13 @@ class CapacityReport(Result):
         return list(self.values)
 
     def measure(self, name: str) -> dict[str, float]:
-        """One measure over the scopes that have it: ``{scope: value}``."""
+        """One measure over the scopes that have it: ``{scope: value}``.
+
+        Example:
+            >>> from landprobe.capacity import CapacityReport
+            >>> CapacityReport({"model": {"l2": 2.0, "path_norm_l2": 5.0}, "a": {"l2": 1.0}}).measure("l2")
+            {'model': 2.0, 'a': 1.0}
+        """
         return {s: v[name] for s, v in self.values.items() if name in v}
 
     @classmethod
