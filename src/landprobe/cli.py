@@ -1,0 +1,196 @@
+"""The ``landprobe`` command: ``landprobe demo``, ``landprobe reproduce`` (and more subcommands).
+
+Subcommands are registered through :data:`SUBCOMMANDS`, a dict name → registrar. A registrar
+receives the ``argparse`` sub-parsers object, adds its parser and sets ``func``: a callable
+taking the parsed namespace and returning an exit code. Another module adds one with
+``landprobe.cli.SUBCOMMANDS["probe"] = register_probe`` (before :func:`main` runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Callable
+
+__all__ = ["main", "SUBCOMMANDS", "build_parser"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer (>= 1), got {v}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
+    return v
+
+
+# ----------------------------------------------------------------------------- reproduce
+def _register_reproduce(sub) -> None:
+    from landprobe.recipes.reproduce import PRESETS, SETTINGS
+
+    p = sub.add_parser(
+        "reproduce", help="train the study's three penalty settings (Xu & Zhang) and summarise them",
+        description="Train WARSHIP-XZNet beta on T91 x2 under All-L2, Mix and All-L1 penalties, write "
+                    "history.jsonl, checkpoints, summary.json and figures. See docs/reproduce.md.")
+    p.add_argument("--setting", required=True, choices=[*SETTINGS, "all"], help="penalty setting, or all three")
+    p.add_argument("--preset", default="cpu", choices=list(PRESETS),
+                   help="paper: full width, all patches; cpu: width 0.25, 1,024 patches per epoch (default)")
+    p.add_argument("--epochs", type=_positive_int, default=45, help="epochs (default 45)")
+    p.add_argument("--max-steps", type=_positive_int, default=None, help="stop after N optimizer steps")
+    p.add_argument("--data", default=None, help="folder of training images (default data/T91 or the sample)")
+    p.add_argument("--val", default=None, help="folder of validation images (default data/Set5 or the sample)")
+    p.add_argument("--out", default="runs", help="output folder (default runs)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/SETTING/checkpoint.pt")
+    p.add_argument("--amp", default="off", choices=["off", "bf16"], help="bf16 autocast for forward+loss")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of init and data order (default 0)")
+    p.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
+    p.add_argument("--monitor", action="store_true", help="save a parameter snapshot every epoch")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=None,
+                   help="also checkpoint every N steps inside an epoch")
+    p.add_argument("--width", type=_positive_float, default=None,
+                   help="override the preset's width multiplier (1.0: 945,318 parameters)")
+    p.add_argument("--patches-per-epoch", type=_positive_int, default=None,
+                   help="override the preset's patches per epoch (a fresh random subset each epoch)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="global mini-batch (default 64)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch CPU threads (1 is fastest on a busy shared CPU)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_reproduce)
+
+
+def _run_reproduce(args) -> int:
+    from landprobe.recipes.reproduce import reproduce
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    extra = {k: getattr(args, k) for k in ("checkpoint_every", "width", "patches_per_epoch", "batch_size")
+             if getattr(args, k) is not None}
+    res = reproduce(args.setting, preset=args.preset, epochs=args.epochs, max_steps=args.max_steps,
+                    data=args.data, val=args.val, out=args.out, resume=args.resume, amp=args.amp,
+                    seed=args.seed, device=args.device, monitor=args.monitor,
+                    progress=not args.no_progress, **extra)
+    wall = time.perf_counter() - t0
+    if args.setting == "all" and res:
+        print(_format_summary(res))
+    elif res:
+        print(f"{args.setting}: {res['steps']} steps, validation PSNR {res['psnr']:.3f} dB "
+              f"(bicubic {res['bicubic_psnr']:.3f} dB)")
+    print(f"wall time {wall:.1f} s; results in {args.out}")
+    return 0
+
+
+def _format_summary(s: dict) -> str:
+    lines = ["setting   " + "  ".join(f"{k:>14}" for k in next(iter(s["psnr_by_stage"].values())) if k.startswith("epochs"))
+             + "     final"]
+    for name, row in s["psnr_by_stage"].items():
+        stages = [v["mean"] for k, v in row.items() if k.startswith("epochs")]
+        lines.append(f"{name:<9} " + "  ".join(f"{v:14.3f}" for v in stages) + f"  {row['final']:8.3f}")
+    if s.get("bicubic_psnr") is not None:
+        lines.append(f"bicubic   {s['bicubic_psnr']:.3f} dB")
+    for c in s["comparisons"].values():
+        lines.append(f"{c['claim']}: difference {c['difference_db']:+.3f} dB over epochs "
+                     f"{c['epochs'][0]}-{c['epochs'][1]} -> {'supported' if c['supported'] else 'not supported'}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- demo
+def _register_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo", help="one-minute demo: train a tiny WARSHIP under two penalties and interpolate",
+        description="On the embedded sample: train a tiny WARSHIP-XZNet beta under two penalty settings from "
+                    "the same initialisation, interpolate between the two solutions, print a table and write "
+                    "JSON and PNG.")
+    p.add_argument("--out", default="landprobe-demo", help="output folder (default landprobe-demo)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="training steps per setting")
+    p.add_argument("--points", type=_positive_int, default=None, help="points on the interpolation (>= 2)")
+    p.add_argument("--settings", nargs=2, default=None, metavar=("A", "B"), help="two of all-l2, mix, all-l1")
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from landprobe.recipes.demo import demo
+
+    kw = {k: v for k, v in (("steps", args.steps), ("points", args.points), ("settings", args.settings))
+          if v is not None}
+    demo(out=args.out, seed=args.seed, progress=not args.no_progress, verbose=True, **kw)
+    return 0
+
+
+#: name → registrar(subparsers); other modules may add entries (e.g. "probe").
+SUBCOMMANDS: dict[str, Callable] = {"demo": _register_demo, "reproduce": _register_reproduce}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``landprobe`` argument parser with every registered subcommand.
+
+    Example:
+        >>> from landprobe.cli import build_parser
+        >>> args = build_parser().parse_args(["reproduce", "--setting", "mix", "--max-steps", "5"])
+        >>> args.setting, args.max_steps, args.preset, args.amp
+        ('mix', 5, 'cpu', 'off')
+    """
+    parser = argparse.ArgumentParser(prog="landprobe", description="Landscape probes for PyTorch.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, register in SUBCOMMANDS.items():
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``landprobe`` console script.
+
+    Argument errors exit with status 2 and a usage message (argparse); a ``ValueError`` from
+    the library (e.g. a data folder that does not exist) is printed as
+    ``landprobe <command>: error: <message>`` and also exits with status 2.
+
+    Args:
+        argv: Arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit status (0 on success).
+
+    Example:
+        >>> from landprobe.cli import main
+        >>> main(["reproduce", "--setting", "mix", "--data", "/no/such/dir"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        SystemExit: 2
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as exc:
+        print(f"landprobe {args.command}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,551 @@
+"""The shared training loop of the recipes: one process or DDP, checkpointed, bitwise resumable.
+
+Everything the study's recipe does per step and per epoch lives here, so that ``reproduce``,
+``demo``, the benchmark and the tests run the same code:
+
+- data: a *continuous* stream of patch indices. Each "pool" is a fresh seeded permutation of
+  the training patches (all of them, or its first ``patches_per_epoch`` for a reduced preset);
+  pools are concatenated and cut into global batches of ``batch_size``, so every batch is
+  full and the epoch ``e`` ends after step ``ceil(e * P / B)``. With P = 9,362 T91 patches and
+  B = 64 that is 147, 293, ... and 6,583 steps after 45 epochs (the DESIGN's count);
+- step: forward (+ loss) under optional bf16 autocast, penalty in fp32, backward, global
+  gradient-norm clipping, SGD;
+- epoch end: validation (fp32, Y PSNR with ``scale`` pixels shaved, MSE, activation sparsity),
+  ``ReduceLROnPlateau`` on the validation MSE, norms and sparsity of each subnet, a history
+  record and an atomic checkpoint;
+- DDP: each of ``world`` ranks takes a contiguous shard of every global batch (the same
+  indices as the 1-process run); DDP averages the gradients, which equals the 1-process
+  gradient of a loss that averages over the batch (both the literal 1/(2N) and the
+  per-pixel-mean scaling do);
+- checkpoints hold only tensors, numbers, strings, lists and dicts (``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from landprobe._io import atomic_torch_save, atomic_write
+import json
+
+__all__ = ["TrainSpec", "Trainer", "steps_for_epochs", "hoyer", "population_sparseness_sums", "build_model"]
+
+SUBNETS = ("enet", "inet", "rnet")
+
+
+# ----------------------------------------------------------------------------- config
+@dataclass
+class TrainSpec:
+    """Every number that defines a training run (stored in checkpoints and summaries)."""
+
+    setting: str = "mix"
+    width: float = 1.0
+    recursions: int = 4
+    scale: int = 2
+    batch_size: int = 64
+    patches_per_epoch: int | None = None  # None: all patches every epoch
+    epochs: int = 45
+    max_steps: int | None = None
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    clip_norm: float | None = 1.0
+    penalty_weight: float = 2e-4
+    alpha: float | None = None  # None: DRCN's decay 1 -> 0 over the epochs (AlphaSchedule); a float: fixed
+    loss_scaling: str = "sum_over_pixels"  # the study's 1/(2N) sums, or "mean" (per-pixel mean)
+    plateau_factor: float = 0.1
+    plateau_patience: int = 5
+    amp: str = "off"  # "off" | "bf16"
+    seed: int = 0
+    checkpoint_every: int | None = None  # also checkpoint every K steps inside an epoch
+    sparsity_threshold: float = 1e-3
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def steps_for_epochs(epochs: float, patches: int, batch_size: int) -> int:
+    """Steps after ``epochs`` epochs with the continuous sampler: ``ceil(epochs * P / B)``.
+
+    Example:
+        >>> steps_for_epochs(1, 9362, 64), steps_for_epochs(45, 9362, 64)  # 146.28 per epoch
+        (147, 6583)
+    """
+    return int(math.ceil(epochs * patches / batch_size - 1e-9))
+
+
+# ----------------------------------------------------------------------------- model, loss
+def build_model(width: float, recursions: int = 4, seed: int = 0) -> nn.Module:
+    """The study's WARSHIP-XZNet β at ``width`` (1.0: the paper's 945,318 parameters),
+    initialised from ``seed`` without touching the global RNG."""
+    from landprobe.models import WarshipXZNetBeta
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return WarshipXZNetBeta(width=width, recursions=recursions)
+
+
+def split_output(out: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``(final, [intermediate, ...])`` from the model's output."""
+    if isinstance(out, torch.Tensor):
+        return out, []
+    if hasattr(out, "final") and hasattr(out, "intermediates"):
+        return out.final, list(out.intermediates)
+    if isinstance(out, (tuple, list)):
+        if len(out) == 2 and isinstance(out[1], (tuple, list)):
+            return out[0], list(out[1])
+        return out[0], list(out[1:])
+    raise TypeError(f"cannot read the model's output of type {type(out).__name__}; expected a tensor "
+                    f"or (final, intermediates).")
+
+
+class RecipeLoss(nn.Module):
+    """The study's loss without the penalty: :class:`landprobe.losses.RecursiveSupervisionLoss`
+    ``(1 − α)·L1 + α·L2`` with α either fixed or following DRCN's decay
+    (:class:`landprobe.losses.AlphaSchedule`, 1 → 0 linearly over the run's epochs), set by
+    :meth:`set_epoch`. ``components`` returns ``(total, L1, L2)``; ``loss(out, y)`` is the scalar
+    total, so a :class:`~landprobe.LandscapeProbe` can use it as its ``loss_fn``."""
+
+    def __init__(self, alpha: float | None, scaling: str, epochs: int):
+        super().__init__()
+        from landprobe.losses import AlphaSchedule, RecursiveSupervisionLoss
+
+        self.schedule = AlphaSchedule(1.0, 0.0, max(int(epochs), 1)) if alpha is None else None
+        self.inner = RecursiveSupervisionLoss(alpha=self.schedule(0) if self.schedule else alpha, reduction=scaling)
+
+    @property
+    def alpha(self) -> float:
+        return float(self.inner.alpha)
+
+    def set_epoch(self, epoch: int) -> None:
+        """α for the 0-based ``epoch`` (no change when α is fixed)."""
+        if self.schedule is not None:
+            self.inner.alpha = self.schedule(epoch)
+
+    def components(self, out: Any, y: torch.Tensor):
+        return self.inner.components(out, y)
+
+    def forward(self, out: Any, y: torch.Tensor) -> torch.Tensor:
+        return self.inner.components(out, y).total
+
+
+# ----------------------------------------------------------------------------- sparsity
+def hoyer(w: torch.Tensor) -> float:
+    """Hoyer's sparsity (2004) of a flat vector: ``(√n − ‖w‖₁/‖w‖₂) / (√n − 1)``, in [0, 1]
+    (0: all entries equal in magnitude; 1: one non-zero entry); NaN for w = 0. The same as
+    ``landprobe.capacity.hoyer``, which the recipe uses when it is installed.
+
+    Example:
+        >>> import torch
+        >>> hoyer(torch.tensor([0.0, 0.0, 0.0, 5.0])), hoyer(torch.ones(4))
+        (1.0, 0.0)
+    """
+    w = w.detach().reshape(-1).double()
+    n = w.numel()
+    l2 = float(w.norm())
+    if n < 2 or l2 == 0.0:
+        return float("nan")
+    return float((math.sqrt(n) - float(w.abs().sum()) / l2) / (math.sqrt(n) - 1))
+
+
+def population_sparseness_sums(out: torch.Tensor) -> tuple[float, int]:
+    """Σ and count of the Treves–Rolls population sparseness over the stimuli of one output.
+
+    Convention of ``landprobe.capacity`` (Treves & Rolls 1991, as Vinje & Gallant 2000): a
+    feature map ``(B, C, H, W)`` is ``B·H·W`` stimuli of ``C`` units; for each stimulus,
+    ``S = (1 − (mean r)² / mean(r²)) / (1 − 1/C)`` (0: all units equal; 1: one unit active);
+    all-zero stimuli are left out. Dividing the summed Σ by the count over all calls of a
+    module (a recurred block contributes each call) gives the mean population sparseness.
+
+    Example:
+        >>> import torch
+        >>> r = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]]).T.reshape(1, 2, 3, 1)
+        >>> population_sparseness_sums(r)       # stimuli (1, 0): S = 1; (0, 0): skipped; (1, 1): 0
+        (1.0, 2)
+    """
+    t = out.detach().to(torch.float64)
+    r = t.reshape(-1, 1) if t.dim() == 1 else (t if t.dim() == 2 else t.movedim(1, -1).reshape(-1, t.shape[1]))
+    n = r.shape[1]
+    if n < 2:
+        return 0.0, 0
+    m1, m2 = r.mean(dim=1), r.pow(2).mean(dim=1)
+    keep = m2 > 0
+    s = (1 - m1[keep].pow(2) / m2[keep]) / (1 - 1 / n)
+    return float(s.sum()), int(s.numel())
+
+
+def _capacity_fn(name: str, fallback: Callable) -> Callable:
+    try:
+        from landprobe import capacity
+
+        fn = getattr(capacity, name, None)
+        return fn if callable(fn) else fallback
+    except Exception:  # pragma: no cover - depends on what is installed
+        return fallback
+
+
+def _fraction_small(flat: torch.Tensor, threshold: float) -> float:
+    return float((flat.abs() < threshold).double().mean())
+
+
+# ----------------------------------------------------------------------------- helpers
+def _dist() -> tuple[int, int]:
+    d = torch.distributed
+    if d.is_available() and d.is_initialized():
+        return d.get_rank(), d.get_world_size()
+    return 0, 1
+
+
+def _rng_state() -> dict[str, Any]:
+    st = np.random.get_state()
+    py = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": st[0], "keys": torch.from_numpy(st[1].astype(np.int64)), "pos": int(st[2]),
+                  "has_gauss": int(st[3]), "cached": float(st[4])},
+        "python": {"version": py[0], "state": list(py[1]), "gauss": py[2]},
+    }
+
+
+def _set_rng_state(s: dict[str, Any]) -> None:
+    torch.set_rng_state(s["torch"])
+    n = s["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    p = s["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+def _subnet_params(model: nn.Module, name: str) -> list[torch.Tensor]:
+    sub = getattr(model, name, None)
+    return [p.detach() for p in sub.parameters()] if isinstance(sub, nn.Module) else []
+
+
+def activation_modules(model: nn.Module, name: str) -> dict[str, nn.Module]:
+    """The module whose output gives subnet ``name``'s activations: ``{"out": subnet}``, or, when
+    the subnet's last conv makes a single channel (an image, as WARSHIP's ``rnet``: no population
+    to be sparse over), ``{"hidden": its last nn.ReLU}`` (``rnet.relu2``, the K images)."""
+    sub = getattr(model, name, None)
+    if not isinstance(sub, nn.Module):
+        return {}
+    convs = [m for m in sub.modules() if isinstance(m, nn.Conv2d)]
+    relus = [m for m in sub.modules() if isinstance(m, nn.ReLU)]
+    if convs and convs[-1].out_channels < 2 and relus:
+        return {"hidden": relus[-1]}
+    return {"out": sub}
+
+
+def _first_tensor(o: Any) -> torch.Tensor | None:
+    if isinstance(o, torch.Tensor):
+        return o
+    if isinstance(o, (tuple, list)):
+        for v in o:
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    if isinstance(o, dict):
+        for v in o.values():
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    return None
+
+
+# ----------------------------------------------------------------------------- trainer
+class Trainer:
+    """Trains one setting of the study; see the module docstring for what each step does.
+
+    Args:
+        spec: The run's :class:`TrainSpec`.
+        inputs, targets: Training patches, float32 ``(N, 1, p, p)`` (e.g. ``T91Patches``).
+        val: Validation pairs ``[(x, y), ...]`` of ``(1, 1, H, W)`` or ``(1, H, W)`` tensors, or None.
+        out_dir: Folder for ``history.jsonl``, ``checkpoint.pt`` and ``final.json`` (rank 0), or None.
+        device: Where to train.
+        progress: tqdm bar with ETA (rank 0).
+        callback: ``callback(trainer)`` after every optimizer step (logging, tests).
+        model: Use this model instead of building one from ``spec`` (same init contract).
+    """
+
+    def __init__(self, spec: TrainSpec, inputs: torch.Tensor, targets: torch.Tensor, val=None,
+                 out_dir: str | os.PathLike | None = None, device: torch.device | str | None = None,
+                 progress: bool = False, callback: Callable[["Trainer"], None] | None = None,
+                 model: nn.Module | None = None):
+        from landprobe.penalties import SubnetNormPenalty
+
+        self.spec = spec
+        self.rank, self.world = _dist()
+        if spec.batch_size % self.world:
+            raise ValueError(f"batch_size={spec.batch_size} does not split over {self.world} ranks; "
+                             f"use a multiple of the world size.")
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.inputs, self.targets = inputs, targets
+        self.n_patches = int(inputs.shape[0])
+        self.pool_size = self.n_patches if spec.patches_per_epoch is None else min(int(spec.patches_per_epoch), self.n_patches)
+        self.val = val
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.progress = progress and self.rank == 0
+        self.callback = callback
+
+        self.model = (model if model is not None else build_model(spec.width, spec.recursions, spec.seed)).to(self.device)
+        self.penalty = SubnetNormPenalty.preset(self.model, spec.setting, weight=spec.penalty_weight)
+        self.loss = RecipeLoss(spec.alpha, spec.loss_scaling, spec.epochs)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=spec.lr, momentum=spec.momentum,
+                                         weight_decay=spec.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=spec.plateau_factor, patience=spec.plateau_patience)
+        self.ddp = None
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.ddp = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.gen = torch.Generator().manual_seed(spec.seed + 1)
+        self.pool = torch.empty(0, dtype=torch.int64)
+        self.pool_pos = 0
+        self.step = 0
+        self.epoch = 0  # completed epochs
+        self.history: list[dict[str, Any]] = []
+        self._acc = torch.zeros(3, dtype=torch.float64)  # Σ n·L1, Σ n·L2, Σ n over the epoch
+        self._epoch_seconds = 0.0
+        self.total_steps = steps_for_epochs(spec.epochs, self.pool_size, spec.batch_size)
+        if spec.max_steps is not None:
+            self.total_steps = min(self.total_steps, int(spec.max_steps))
+
+    # ---- data stream
+    def _next_indices(self, n: int) -> torch.Tensor:
+        out = []
+        while n > 0:
+            if self.pool_pos >= self.pool.numel():
+                self.pool = torch.randperm(self.n_patches, generator=self.gen)[: self.pool_size]
+                self.pool_pos = 0
+            take = min(n, self.pool.numel() - self.pool_pos)
+            out.append(self.pool[self.pool_pos:self.pool_pos + take])
+            self.pool_pos += take
+            n -= take
+        return torch.cat(out)
+
+    def epoch_end_step(self, epoch: int) -> int:
+        """Global step after which epoch ``epoch`` (1-based) ends."""
+        return steps_for_epochs(epoch, self.pool_size, self.spec.batch_size)
+
+    # ---- one step
+    def _autocast(self):
+        if self.spec.amp == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return torch.autocast(self.device.type, enabled=False)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step on the next global batch; returns this rank's loss components."""
+        spec = self.spec
+        idx = self._next_indices(spec.batch_size)
+        local = spec.batch_size // self.world
+        idx = idx[self.rank * local:(self.rank + 1) * local]
+        x = self.inputs[idx].to(self.device, non_blocking=True)
+        y = self.targets[idx].to(self.device, non_blocking=True)
+        net = self.ddp if self.ddp is not None else self.model
+        net.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            out = net(x)
+            total, l1, l2 = self.loss.components(out, y)
+        pen = self.penalty()  # fp32, outside autocast
+        (total.float() + pen).backward()
+        if spec.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), spec.clip_norm)
+        self.optimizer.step()
+        self.step += 1
+        n = x.shape[0]
+        self._acc += torch.tensor([float(l1.detach()) * n, float(l2.detach()) * n, float(n)], dtype=torch.float64)
+        return {"loss": float(total.detach()), "loss_final": float(l1.detach()), "loss_intermediate": float(l2.detach()),
+                "penalty": float(pen.detach())}
+
+    # ---- validation and measurements
+    @torch.no_grad()
+    def validate(self) -> dict[str, Any]:
+        """fp32 validation: mean Y PSNR (shave ``scale``), mean MSE over images, and the mean
+        Treves–Rolls population sparseness of the outputs of ``enet``, ``inet``, ``rnet``."""
+        from landprobe.metrics import psnr
+
+        if not self.val:
+            return {}
+        model = self.model
+        was = model.training
+        model.eval()
+        # the subnet's output; for a subnet whose output is one image (rnet), its last ReLU
+        acts = {(n, k): [0.0, 0] for n in SUBNETS for k in ("out", "hidden")}
+        hooks = []
+        for name in SUBNETS:
+            for kind, mod in activation_modules(model, name).items():
+                def hook(_m, _i, o, key=(name, kind)):
+                    t = _first_tensor(o)
+                    if t is not None:
+                        total, count = population_sparseness_sums(t)
+                        acts[key][0] += total
+                        acts[key][1] += count
+                hooks.append(mod.register_forward_hook(hook))
+        ps, mses = [], []
+        try:
+            for x, y in self.val:
+                x = (x if x.dim() == 4 else x[None]).to(self.device)
+                y = (y if y.dim() == 4 else y[None]).to(self.device)
+                sr, _ = split_output(model(x))
+                sr = sr.float()
+                ps.append(float(psnr(y, sr, shave=self.spec.scale, reduction="mean")))
+                mses.append(float((sr - y).double().pow(2).mean()))
+        finally:
+            for h in hooks:
+                h.remove()
+            model.train(was)
+        return {
+            "psnr": float(np.mean(ps)), "val_mse": float(np.mean(mses)),
+            "treves_rolls": {n: next((acts[(n, k)][0] / acts[(n, k)][1] for k in ("out", "hidden") if acts[(n, k)][1]),
+                                     None) for n in SUBNETS},
+        }
+
+    def measure_weights(self) -> dict[str, Any]:
+        """Per-subnet L1 and squared L2 norms, fraction of |w| < threshold and Hoyer sparsity."""
+        hoyer_fn = _capacity_fn("hoyer", hoyer)
+        small_fn = _capacity_fn("fraction_near_zero", _fraction_small)
+        norms, sparsity = {}, {}
+        for name in SUBNETS:
+            ps = _subnet_params(self.model, name)
+            if not ps:
+                continue
+            flat = torch.cat([p.reshape(-1) for p in ps]).double()
+            norms[name] = {"l1": float(flat.abs().sum()), "l2sq": float((flat * flat).sum())}
+            sparsity[name] = {"frac_small": float(small_fn(flat, self.spec.sparsity_threshold)),
+                              "hoyer": float(hoyer_fn(flat))}
+        return {"norms": norms, "sparsity": sparsity}
+
+    # ---- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": "landprobe-recipe-checkpoint-1",
+            "spec": self.spec.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "rng": _rng_state(),
+            "data": {"generator": self.gen.get_state(), "pool": self.pool.clone(), "pool_pos": self.pool_pos},
+            "acc": self._acc.clone(),
+            "epoch_seconds": self._epoch_seconds,
+            "history": json.loads(json.dumps(self.history)),
+        }
+
+    def load_state_dict(self, ck: dict[str, Any]) -> None:
+        if ck.get("format") != "landprobe-recipe-checkpoint-1":
+            raise ValueError("this file is not a landprobe recipe checkpoint (format key missing).")
+        mine, theirs = self.spec.to_dict(), dict(ck["spec"])
+        for k in ("max_steps", "epochs", "checkpoint_every"):  # may change on resume
+            mine.pop(k, None)
+            theirs.pop(k, None)
+        diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+        if diff:
+            raise ValueError(f"the checkpoint was written with other settings {diff} (checkpoint, now); "
+                             f"resume with the same options or start a new --out folder.")
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.epoch, self.step = int(ck["epoch"]), int(ck["step"])
+        _set_rng_state(ck["rng"])
+        self.gen.set_state(ck["data"]["generator"])
+        self.pool, self.pool_pos = ck["data"]["pool"].clone(), int(ck["data"]["pool_pos"])
+        self._acc = ck["acc"].clone()
+        self._epoch_seconds = float(ck["epoch_seconds"])
+        self.history = list(ck["history"])
+        self.loss.set_epoch(self.epoch)
+
+    def save_checkpoint(self) -> None:
+        if self.out_dir is not None and self.rank == 0:
+            atomic_torch_save(self.state_dict(), self.out_dir / "checkpoint.pt")
+
+    def _write_history(self) -> None:
+        if self.out_dir is None or self.rank != 0:
+            return
+        text = "".join(json.dumps(r) + "\n" for r in self.history)
+        atomic_write(self.out_dir / "history.jsonl", lambda fh: fh.write(text))
+
+    # ---- the loop
+    def _allreduce(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            t = t.to(self.device)
+            torch.distributed.all_reduce(t)
+            t = t.cpu()
+        return t
+
+    def end_epoch(self) -> dict[str, Any]:
+        """Validate, step the LR schedule, measure, append to history, checkpoint."""
+        acc = self._allreduce(self._acc.clone())
+        self.epoch += 1
+        rec: dict[str, Any] = {"epoch": self.epoch, "step": self.step,
+                               "lr": float(self.optimizer.param_groups[0]["lr"]),
+                               "alpha": float(self.loss.alpha)}
+        rec["loss_final"] = float(acc[0] / acc[2]) if acc[2] > 0 else float("nan")
+        rec["loss_intermediate"] = float(acc[1] / acc[2]) if acc[2] > 0 else float("nan")
+        with torch.no_grad():
+            rec["penalty"] = float(self.penalty())
+        rec["penalty_breakdown"] = {str(k): v for k, v in self.penalty.breakdown().items()}
+        t1 = time.perf_counter()
+        v = self.validate()
+        rec["seconds_validation"] = time.perf_counter() - t1
+        rec.update({k: v[k] for k in ("psnr", "val_mse") if k in v})
+        rec.update(self.measure_weights())
+        if "treves_rolls" in v:
+            for name, val in v["treves_rolls"].items():
+                rec["sparsity"].setdefault(name, {})["treves_rolls"] = val
+        if "val_mse" in v:
+            self.scheduler.step(v["val_mse"])
+        self.loss.set_epoch(self.epoch)
+        rec["seconds"] = self._epoch_seconds
+        self.history.append(rec)
+        self._acc.zero_()
+        self._epoch_seconds = 0.0
+        self._write_history()
+        self.save_checkpoint()
+        return rec
+
+    def run(self) -> list[dict[str, Any]]:
+        """Train until ``spec.epochs`` epochs or ``spec.max_steps`` steps; returns the history."""
+        spec = self.spec
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{spec.setting}", unit="step",
+                       dynamic_ncols=True)
+        try:
+            while self.step < self.total_steps:
+                t0 = time.perf_counter()
+                logs = self.train_step()
+                self._epoch_seconds += time.perf_counter() - t0
+                if not math.isfinite(logs["loss"]):
+                    raise FloatingPointError(
+                        f"training loss became {logs['loss']} at step {self.step} ({spec.setting}); "
+                        f"lower lr or keep clip_norm (default 1.0).")
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(epoch=self.epoch + 1, loss=f"{logs['loss']:.4g}",
+                                    psnr=f"{self.history[-1]['psnr']:.2f}" if self.history and "psnr" in self.history[-1] else "-")
+                if self.callback is not None:
+                    self.callback(self)
+                if self.step == self.epoch_end_step(self.epoch + 1):
+                    rec = self.end_epoch()
+                    if bar is not None and "psnr" in rec:
+                        bar.set_postfix(epoch=self.epoch, psnr=f"{rec['psnr']:.2f}")
+                elif spec.checkpoint_every and self.step % spec.checkpoint_every == 0:
+                    self.save_checkpoint()
+        finally:
+            if bar is not None:
+                bar.close()
+        if self.step != self.epoch_end_step(self.epoch):  # stopped inside an epoch (max_steps)
+            self.save_checkpoint()
+        return self.history

@@ -1,0 +1,441 @@
+"""``reproduce``: Xu & Zhang's three penalty settings trained as the study describes, and read off.
+
+See ``docs/reproduce.md`` for the choices the paper leaves open (loss scaling, clipping, the
+step count) and the measured runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from landprobe._io import load_json, save_json
+from landprobe.recipes._train import SUBNETS, Trainer, TrainSpec, steps_for_epochs
+
+__all__ = ["reproduce", "summarize", "PRESETS", "SETTINGS"]
+
+#: The study's three settings (Table II): kinds on (Enet, Inet, Rnet).
+SETTINGS = ("all-l2", "mix", "all-l1")
+
+#: Presets: ``paper`` is the study at full size; ``cpu`` the same code, narrower and with a
+#: fixed random subset of patches per epoch, sized for a 2-core CPU (see docs/reproduce.md).
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"width": 1.0, "patches_per_epoch": None},
+    "cpu": {"width": 0.25, "patches_per_epoch": 16 * 64},
+}
+
+_AMP = ("off", "bf16")
+
+
+def _repo_data(name: str) -> Path | None:
+    """``data/<name>`` in the working directory or in the source checkout, if either exists."""
+    here = Path(__file__).resolve()
+    for base in (Path.cwd(), *here.parents[2:4]):
+        p = base / "data" / name
+        if p.is_dir():
+            return p
+    return None
+
+
+def _resolve_dir(value, default_name: str, sample_subset: str, what: str) -> tuple[Path, str]:
+    from landprobe.data import sample_dir
+
+    if value is not None:
+        p = Path(value)
+        if not p.is_dir():
+            raise ValueError(f"{what}={str(value)!r}: no such folder ({p.resolve()}). Point it at a folder "
+                             f"of images, or leave it out to use data/{default_name} or the embedded sample.")
+        return p, str(p)
+    p = _repo_data(default_name)
+    if p is not None:
+        return p, str(p)
+    return sample_dir(sample_subset), f"embedded sample ({sample_subset})"
+
+
+def _check_int(name, value, minimum, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}={value!r}; expected an integer >= {minimum}"
+                         + (" or None" if allow_none else "") + ".")
+    return int(value)
+
+
+def _device(device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def _init_distributed(device: torch.device) -> bool:
+    """Start the process group when launched by ``torchrun`` (WORLD_SIZE > 1)."""
+    d = torch.distributed
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and d.is_available() and not d.is_initialized():
+        d.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        return True
+    return False
+
+
+def reproduce(setting: str, preset: str = "cpu", epochs: int = 45, max_steps: int | None = None,
+              data=None, val=None, out: str | os.PathLike = "runs", resume: bool = False,
+              amp: str = "off", seed: int = 0, device=None, monitor: bool = False,
+              progress: bool = True, *, callback: Callable | None = None,
+              **overrides: Any) -> dict[str, Any]:
+    """Train the study's WARSHIP-XZNet β under one or all three penalty settings.
+
+    The recipe (Xu & Zhang, as DRCN; choices the paper leaves open are marked *ours*):
+    T91 at x2, 41x41 patches at stride 21 (9,362 patches), mini-batch 64, SGD from lr 0.01,
+    momentum 0.9, weight decay 0 (the penalty is explicit: ``SubnetNormPenalty.preset``,
+    λ = 2e-4), the loss ``(1 − α)·L1 + α·L2`` with the literal scaling (sums over pixels
+    divided by 2N and 2RN) and α = 0.5 (*ours*: fixed), global gradient-norm clipping at 1.0
+    (*ours*: without it SGD diverges at this scaling; DRCN clips too),
+    ``ReduceLROnPlateau(mode="min", factor=0.1, patience=5)`` stepped each epoch on the
+    validation MSE (Set5 Y at x2), 45 epochs. Data order: a continuous stream of seeded
+    permutations cut into full batches, so epoch ``e`` ends at step ``ceil(e * P / 64)``
+    (6,583 steps for 45 epochs of the 9,362 patches; the paper's 6,601 is not reachable with
+    batches of 64 from 9,362 patches: ceil gives 147 x 45 = 6,615, floor 146 x 45 = 6,570).
+
+    Presets: ``"paper"``: full width (945,318 parameters), all patches every epoch;
+    ``"cpu"``: width 0.25 and a fresh seeded random subset of 1,024 patches (16 steps) per
+    epoch, for a 2-core CPU (all three settings x 45 epochs in about 20 minutes with bf16).
+
+    Writes ``out/SETTING/``: ``history.jsonl`` (one record per epoch: epoch, step, lr, psnr,
+    val_mse, loss_final, loss_intermediate, penalty, norms, sparsity, seconds),
+    ``checkpoint.pt`` (every epoch and every ``checkpoint_every`` steps, atomic, loadable with
+    ``torch.load(..., weights_only=True)``), ``final.json``; with ``monitor=True`` also a
+    parameter snapshot per epoch in ``snapshots/`` (for ``TrajectoryRecorder.from_directory``).
+    For ``setting="all"`` also ``out/summary.json`` and figures (:func:`summarize`).
+
+    Args:
+        setting: ``"all-l2"``, ``"mix"``, ``"all-l1"`` or ``"all"`` (the three in turn).
+        preset: ``"paper"`` or ``"cpu"``.
+        epochs: Epochs (45 in the study).
+        max_steps: Stop after this many optimizer steps (a checkpoint is written, and
+            ``final.json`` holds the validation PSNR there); None runs all epochs.
+        data: Folder of training images; default ``data/T91`` of the checkout (or of the
+            working directory), else the embedded sample.
+        val: Folder of validation images; default ``data/Set5``, else the embedded sample.
+        out: Output folder.
+        resume: Continue from ``out/SETTING/checkpoint.pt``. On CPU with the same seed the
+            result equals an uninterrupted run bitwise.
+        amp: ``"off"`` (fp32) or ``"bf16"`` (autocast around forward and loss; the penalty and
+            validation stay fp32).
+        seed: Seeds the initialisation and, separately, the data order.
+        device: Torch device; default CUDA if available, else CPU.
+        monitor: Save a parameter snapshot after each epoch (trajectory probes).
+        progress: tqdm progress bar with ETA.
+        callback: ``callback(trainer)`` after each optimizer step (logging, tests).
+        **overrides: Any :class:`~landprobe.recipes._train.TrainSpec` field (``width``,
+            ``patches_per_epoch``, ``batch_size``, ``clip_norm``, ``loss_scaling``,
+            ``alpha``, ``checkpoint_every``, ``scale``, ...).
+
+    Returns:
+        For one setting, ``final.json``'s content (spec, steps, PSNR, timing); for ``"all"``,
+        the summary (see :func:`summarize`).
+
+    Raises:
+        ValueError: On an unknown setting, preset or amp, ``epochs``/``max_steps`` below 1, a
+            data/val folder that does not exist (names the path), an unknown override, or an
+            existing checkpoint in ``out/SETTING`` without ``resume=True``.
+
+    Example:
+        >>> import tempfile, landprobe as lp
+        >>> from landprobe.recipes import reproduce
+        >>> d = tempfile.mkdtemp()
+        >>> res = reproduce("mix", data=lp.data.sample_dir("train"),
+        ...                 val=lp.data.sample_dir("val"), out=d, max_steps=2,
+        ...                 width=0.05, batch_size=8, progress=False)
+        >>> res["steps"], res["spec"]["setting"]          # stopped by max_steps, inside epoch 1
+        (2, 'mix')
+        >>> 20 < res["psnr"] < 45 and 30 < res["bicubic_psnr"] < 40
+        True
+    """
+    if not isinstance(setting, str) or setting.lower() not in (*SETTINGS, "all"):
+        raise ValueError(f"setting={setting!r}; expected one of {[*SETTINGS, 'all']} (Xu & Zhang, Table II).")
+    setting = setting.lower()
+    if preset not in PRESETS:
+        raise ValueError(f"preset={preset!r}; expected one of {list(PRESETS)}.")
+    if amp not in _AMP:
+        raise ValueError(f"amp={amp!r}; expected 'off' (fp32) or 'bf16' (autocast).")
+    epochs = _check_int("epochs", epochs, 1)
+    max_steps = _check_int("max_steps", max_steps, 1, allow_none=True)
+    seed = _check_int("seed", seed, 0)
+    fields = set(TrainSpec.__dataclass_fields__)
+    bad = sorted(set(overrides) - fields)
+    if bad:
+        raise ValueError(f"unknown option(s) {bad}; reproduce accepts the TrainSpec fields {sorted(fields)}.")
+    data_dir, data_desc = _resolve_dir(data, "T91", "train", "data")
+    val_dir, val_desc = _resolve_dir(val, "Set5", "val", "val")
+    out = Path(out)
+    dev = _device(device)
+    _init_distributed(dev)
+
+    settings = SETTINGS if setting == "all" else (setting,)
+    results = {}
+    for s in settings:
+        spec_kw = dict(PRESETS[preset])
+        spec_kw.update(setting=s, epochs=epochs, max_steps=max_steps, amp=amp, seed=seed)
+        spec_kw.update(overrides)
+        spec = TrainSpec(**spec_kw)
+        results[s] = _run_setting(spec, preset, data_dir, data_desc, val_dir, val_desc, out / s, resume,
+                                  dev, monitor, progress, callback)
+    if setting != "all":
+        return results[setting]
+    rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    if rank == 0:
+        return summarize(out)
+    return {}
+
+
+def _run_setting(spec: TrainSpec, preset, data_dir, data_desc, val_dir, val_desc, out_dir: Path,
+                 resume, device, monitor, progress, callback) -> dict[str, Any]:
+    from landprobe.data import SREvalSet, T91Patches
+
+    ckpt = out_dir / "checkpoint.pt"
+    if ckpt.exists() and not resume:
+        raise ValueError(f"{str(ckpt)!r} exists: pass resume=True (--resume) to continue that run, "
+                         f"or choose another out folder.")
+    patches = T91Patches(data_dir, scale=spec.scale, patch=41, stride=21)
+    val_set = SREvalSet(val_dir, spec.scale)
+    val_pairs = [val_set[i] for i in range(len(val_set))]
+
+    user_cb = callback
+    snap_dir = out_dir / "snapshots"
+
+    trainer = Trainer(spec, patches.inputs, patches.targets, val=val_pairs, out_dir=out_dir,
+                      device=device, progress=progress, callback=user_cb)
+    if monitor and trainer.rank == 0:
+        _install_monitor(trainer, snap_dir)
+    if resume and ckpt.exists():
+        trainer.load_state_dict(torch.load(ckpt, weights_only=True, map_location="cpu"))
+    start_step = trainer.step
+    t0 = time.perf_counter()
+    history = trainer.run()
+    wall = time.perf_counter() - t0
+    steps_now = trainer.step - start_step
+    final = {
+        "spec": spec.to_dict(), "preset": preset, "data": data_desc, "val": val_desc,
+        "patches": trainer.n_patches, "patches_per_epoch": trainer.pool_size,
+        "steps_per_epoch": trainer.pool_size / spec.batch_size,
+        "parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "world_size": trainer.world, "device": str(device), "torch": torch.__version__,
+        "epochs_completed": trainer.epoch, "steps": trainer.step,
+        "wall_seconds_this_call": wall, "steps_this_call": steps_now,
+        "seconds_per_step_this_call": (wall / steps_now) if steps_now else None,
+        "bicubic_psnr": val_set.bicubic_psnr(),
+    }
+    last = history[-1] if history and history[-1]["step"] == trainer.step else None
+    if last is None:  # stopped inside an epoch: measure where it stopped
+        v = trainer.validate()
+        final["psnr"], final["val_mse"] = v.get("psnr"), v.get("val_mse")
+    else:
+        final["psnr"], final["val_mse"] = last.get("psnr"), last.get("val_mse")
+    if trainer.rank == 0:
+        save_json(out_dir / "final.json", final)
+    return final
+
+
+def _install_monitor(trainer: Trainer, snap_dir: Path) -> None:
+    from landprobe._io import atomic_torch_save
+
+    original = trainer.end_epoch
+
+    def end_epoch():
+        rec = original()
+        tensors = {n: p.detach().cpu().clone() for n, p in trainer.model.named_parameters()}
+        atomic_torch_save({"step": trainer.step, "tensors": tensors},
+                          snap_dir / f"snapshot_{trainer.step:09d}.pt")
+        return rec
+
+    trainer.end_epoch = end_epoch  # type: ignore[method-assign]
+    if trainer.step == 0 and not (snap_dir / f"snapshot_{0:09d}.pt").exists():
+        tensors = {n: p.detach().cpu().clone() for n, p in trainer.model.named_parameters()}
+        atomic_torch_save({"step": 0, "tensors": tensors}, snap_dir / f"snapshot_{0:09d}.pt")
+
+
+# ----------------------------------------------------------------------------- summary
+def _read_history(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _stages(epochs: int) -> list[tuple[int, int]]:
+    if epochs == 45:
+        return [(1, 15), (16, 30), (31, 45)]
+    parts = np.array_split(np.arange(1, epochs + 1), 3)
+    return [(int(p[0]), int(p[-1])) for p in parts if len(p)]
+
+
+def summarize(out: str | os.PathLike, *, figures: bool = True) -> dict[str, Any]:
+    """Stage table, the study's two comparisons and figures from ``out/{all-l2,mix,all-l1}``.
+
+    Reads each setting's ``history.jsonl``; the stages are epochs 1–15, 16–30 and 31–45 (for
+    another number of epochs, three near-equal parts). The study's claims, judged here on the
+    mean validation PSNR over stages 2 and 3:
+
+    - Enet/Rnet, L1 beats L2: All-L1 (L1, L1, L1) above Mix (L2, L1, L2);
+    - Inet, L2 beats L1: All-L2 (L2, L2, L2) above Mix.
+
+    Each comparison reports both means, their difference, the number of epochs of stages 2–3
+    where the claimed order holds, and ``supported`` (difference > 0): whatever was measured.
+    Writes ``out/summary.json`` and, with ``figures``, ``psnr_stages.png`` (the study's
+    Figures 2–5: one panel per stage and one for all epochs), ``norms.png`` and
+    ``sparsity.png``.
+
+    Args:
+        out: The ``out`` folder of a ``reproduce(setting="all")`` run.
+        figures: Also draw the PNG figures (needs matplotlib).
+
+    Returns:
+        The summary dict.
+
+    Raises:
+        ValueError: If a setting's ``history.jsonl`` is missing or empty (names the path).
+
+    Example:
+        >>> import json, tempfile, pathlib, landprobe as lp
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> for s, p in {"all-l2": 31.0, "mix": 30.0, "all-l1": 29.0}.items():
+        ...     (d / s).mkdir()
+        ...     _ = (d / s / "history.jsonl").write_text(
+        ...         "".join(json.dumps({"epoch": e, "psnr": p + e / 10}) + "\\n" for e in range(1, 4)))
+        >>> from landprobe.recipes import summarize
+        >>> summ = summarize(d, figures=False)
+        >>> c = summ["comparisons"]
+        >>> c["inet_l2_beats_l1"]["difference_db"], c["inet_l2_beats_l1"]["supported"]  # 31 vs 30
+        (1.0, True)
+        >>> c["enet_rnet_l1_beats_l2"]["supported"]                 # all-l1 is 1 dB below mix
+        False
+    """
+    out = Path(out)
+    hist = {}
+    for s in SETTINGS:
+        p = out / s / "history.jsonl"
+        if not p.is_file():
+            raise ValueError(f"summarize: {str(p)!r} is missing; run reproduce(setting={s!r}, out={str(out)!r}) first.")
+        h = _read_history(p)
+        if not h:
+            raise ValueError(f"summarize: {str(p)!r} is empty (no completed epoch).")
+        hist[s] = h
+    epochs = min(len(h) for h in hist.values())
+    stages = _stages(epochs)
+    table = {}
+    for s, h in hist.items():
+        ps = np.array([r.get("psnr", np.nan) for r in h[:epochs]], dtype=float)
+        row = {}
+        for a, b in stages:
+            seg = ps[a - 1:b]
+            row[f"epochs {a}-{b}"] = {"mean": float(np.mean(seg)), "max": float(np.max(seg)), "last": float(seg[-1])}
+        row["final"] = float(ps[-1])
+        row["best"] = float(np.max(ps))
+        table[s] = row
+    late = (stages[1][0], stages[-1][1]) if len(stages) >= 2 else stages[0]
+
+    def late_psnr(s):
+        return np.array([r.get("psnr", np.nan) for r in hist[s][late[0] - 1:late[1]]], dtype=float)
+
+    def compare(better, worse, claim, subnet):
+        a, b = late_psnr(better), late_psnr(worse)
+        diff = float(np.mean(a) - np.mean(b))
+        return {
+            "claim": claim, "subnets": subnet, "epochs": list(late),
+            f"{better}_mean_db": float(np.mean(a)), f"{worse}_mean_db": float(np.mean(b)),
+            "difference_db": round(diff, 6), "epochs_where_claim_holds": int(np.sum(a > b)),
+            "epochs_compared": int(len(a)), "supported": bool(diff > 0),
+        }
+
+    comps = {
+        "enet_rnet_l1_beats_l2": compare("all-l1", "mix", "L1 beats L2 for Enet/Rnet: All-L1 > Mix", ["enet", "rnet"]),
+        "inet_l2_beats_l1": compare("all-l2", "mix", "L2 beats L1 for Inet: All-L2 > Mix", ["inet"]),
+    }
+    bicubic = None
+    finals = {}
+    for s in SETTINGS:
+        f = out / s / "final.json"
+        if f.is_file():
+            finals[s] = load_json(f)
+            bicubic = finals[s].get("bicubic_psnr", bicubic)
+    summary = {
+        "epochs": epochs, "stages": [list(st) for st in stages], "psnr_by_stage": table,
+        "comparisons": comps, "bicubic_psnr": bicubic,
+        "beats_bicubic": ({s: bool(table[s]["final"] > bicubic) for s in SETTINGS} if bicubic is not None else None),
+        "runs": {s: {k: finals[s].get(k) for k in ("preset", "steps", "parameters", "wall_seconds_this_call",
+                                                   "seconds_per_step_this_call", "data", "val")}
+                 for s in finals},
+    }
+    save_json(out / "summary.json", summary)
+    if figures:
+        _figures(out, hist, epochs, stages, bicubic)
+    return summary
+
+
+_COLORS = {"all-l2": "tab:blue", "mix": "tab:green", "all-l1": "tab:red"}
+_LABELS = {"all-l2": "All-L2", "mix": "Mix", "all-l1": "All-L1"}
+
+
+def _figures(out: Path, hist, epochs, stages, bicubic) -> None:
+    from landprobe._results import require_matplotlib
+
+    plt = require_matplotlib()
+    # PSNR per stage (Figures 2-5 of the study)
+    fig, axes = plt.subplots(1, len(stages) + 1, figsize=(4 * (len(stages) + 1), 3.4))
+    for ax, (a, b) in zip(axes, [*stages, (1, epochs)]):
+        for s, h in hist.items():
+            ep = [r["epoch"] for r in h[a - 1:b]]
+            ax.plot(ep, [r.get("psnr", np.nan) for r in h[a - 1:b]], "o-", ms=2.5, color=_COLORS[s], label=_LABELS[s])
+        if bicubic is not None:
+            ax.axhline(bicubic, color="0.5", ls="--", lw=0.8, label="bicubic")
+        ax.set_title(f"epochs {a}-{b}")
+        ax.set_xlabel("epoch")
+    axes[0].set_ylabel("validation PSNR (dB, Y)")
+    axes[-1].legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "psnr_stages.png", dpi=110)
+    plt.close(fig)
+    # norms per subnet
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6), sharex=True)
+    for j, sub in enumerate(SUBNETS):
+        for i, (key, label) in enumerate((("l1", "L1 norm Σ|θ|"), ("l2sq", "squared L2 Σθ²"))):
+            ax = axes[i, j]
+            for s, h in hist.items():
+                ax.plot([r["epoch"] for r in h], [r.get("norms", {}).get(sub, {}).get(key, np.nan) for r in h],
+                        color=_COLORS[s], label=_LABELS[s])
+            ax.set_title(f"{sub}: {label}", fontsize=9)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    axes[0, 0].legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "norms.png", dpi=110)
+    plt.close(fig)
+    # sparsity per subnet
+    keys = (("frac_small", "fraction |θ| < 1e-3"), ("hoyer", "Hoyer sparsity of θ"),
+            ("treves_rolls", "Treves-Rolls activity ratio"))
+    fig, axes = plt.subplots(3, 3, figsize=(12, 8.5), sharex=True)
+    for j, sub in enumerate(SUBNETS):
+        for i, (key, label) in enumerate(keys):
+            ax = axes[i, j]
+            for s, h in hist.items():
+                ax.plot([r["epoch"] for r in h],
+                        [np.nan if (v := r.get("sparsity", {}).get(sub, {}).get(key)) is None else v for r in h],
+                        color=_COLORS[s], label=_LABELS[s])
+            ax.set_title(f"{sub}: {label}", fontsize=9)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    axes[0, 0].legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "sparsity.png", dpi=110)
+    plt.close(fig)

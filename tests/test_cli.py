@@ -1,0 +1,97 @@
+"""The ``landprobe`` command: argument errors, missing folders, the demo and a reproduce run."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import landprobe as lp
+from landprobe import cli
+
+SAMPLE_TRAIN, SAMPLE_VAL = str(lp.data.sample_dir("train")), str(lp.data.sample_dir("val"))
+
+
+def run_main(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    return exc.value.code, capsys.readouterr().err
+
+
+def test_bad_setting_is_a_usage_error(capsys):
+    code, err = run_main(["reproduce", "--setting", "all-l3"], capsys)
+    assert code == 2 and "invalid choice: 'all-l3'" in err and "all-l2" in err
+
+
+@pytest.mark.parametrize("flag, value, match", [
+    ("--max-steps", "0", "expected a positive integer (>= 1), got 0"),
+    ("--epochs", "-3", "expected a positive integer (>= 1), got -3"),
+    ("--epochs", "ten", "expected a positive integer, got 'ten'"),
+    ("--seed", "-1", "expected a non-negative integer, got -1"),
+    ("--width", "0", "expected a positive finite number, got 0"),
+    ("--width", "wide", "expected a positive number, got 'wide'"),
+    ("--amp", "fp16", "invalid choice: 'fp16'"),
+])
+def test_bad_numbers_are_usage_errors(capsys, flag, value, match):
+    code, err = run_main(["reproduce", "--setting", "mix", flag, value], capsys)
+    assert code == 2 and match in err and flag in err
+
+
+def test_missing_setting_and_command(capsys):
+    code, err = run_main(["reproduce"], capsys)
+    assert code == 2 and "--setting" in err
+    code, err = run_main([], capsys)
+    assert code == 2 and "COMMAND" in err
+
+
+@pytest.mark.parametrize("flag", ["--data", "--val"])
+def test_missing_folder_names_the_path(tmp_path, capsys, flag):
+    missing = tmp_path / "nowhere" / "T91"
+    code, err = run_main(["reproduce", "--setting", "mix", flag, str(missing), "--out", str(tmp_path)], capsys)
+    assert code == 2 and str(missing) in err and err.startswith("landprobe reproduce: error:")
+
+
+def test_subcommands_are_a_registry(capsys):
+    def register(sub):
+        p = sub.add_parser("echo")
+        p.add_argument("word")
+        p.set_defaults(func=lambda args: print(args.word) or 0)
+
+    cli.SUBCOMMANDS["echo"] = register
+    try:
+        assert cli.main(["echo", "hello"]) == 0
+        assert capsys.readouterr().out == "hello\n"
+    finally:
+        del cli.SUBCOMMANDS["echo"]
+    assert set(cli.SUBCOMMANDS) >= {"demo", "reproduce"}
+
+
+def test_demo_writes_json_and_png(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out), "--steps", "3", "--points", "3", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    res = json.loads((out / "demo.json").read_text())
+    assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [r["setting"] for r in res["runs"]] == ["all-l2", "all-l1"]
+    assert res["curve"]["alphas"] == [0.0, 0.5, 1.0]
+    # the curve's ends are the empirical errors of the two trained models; the table prints them
+    c = res["curve_summary"]
+    assert c["loss_a"] == res["curve"]["losses"][0] and c["loss_b"] == res["curve"]["losses"][-1]
+    assert "all-l2" in printed and "barrier" in printed and f"{c['loss_a']:.5g}" in printed
+
+
+def test_reproduce_all_through_the_console_script(tmp_path):
+    out = tmp_path / "runs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "landprobe.cli", "reproduce", "--setting", "all", "--epochs", "2", "--max-steps", "2",
+         "--data", SAMPLE_TRAIN, "--val", SAMPLE_VAL, "--out", str(out), "--no-progress", "--threads", "1",
+         "--width", "0.05", "--batch-size", "32"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    # 49 sample patches, batch 32: epoch 1 ends after ceil(49 / 32) = 2 steps; --max-steps 2 stops there
+    for s in ("all-l2", "mix", "all-l1"):
+        rows = [json.loads(x) for x in (out / s / "history.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [2]
+    summary = json.loads((out / "summary.json").read_text())
+    assert "Enet/Rnet" in proc.stdout and "bicubic" in proc.stdout
+    assert summary["runs"]["mix"]["parameters"] > 0
