@@ -202,3 +202,22 @@ def test_uses_the_bound_probe_method_when_present(monkeypatch):
     monkeypatch.delattr(lp.LandscapeProbe, "hessian")
     ref = LandscapeMonitor(net, nn.MSELoss(), data, capacity=False, trace_matvecs=45, subnets={"last": "2"})(0)
     assert rec["hessian"] == ref["hessian"]
+
+
+def test_batchnorm_conv_model_untouched_and_skips_path_norm():
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.Conv2d(2, 1, 1)).to(D)
+    data = [(torch.randn(4, 1, 5, 5, dtype=D), torch.randn(4, 1, 5, 5, dtype=D))]
+    net.train()
+    net(data[0][0])                                           # non-trivial running statistics
+    monitor = LandscapeMonitor(net, nn.MSELoss(), data, trace_matvecs=6, subnets={"bn": "1"})
+    first = monitor(0)
+    with torch.no_grad():
+        net[1].running_mean.add_(0.5)                         # only a buffer moves
+    snap = snapshot(net)
+    second = monitor(1)
+    assert_same(net, snap)
+    assert "BatchNorm" in first["capacity_skipped"]["path_norm"]
+    assert second["distance"] == 0.0 and second["barrier"] >= 0.0
+    assert second["loss"] != first["loss"]                    # the buffers are part of the checkpoint
+    assert finite_numbers(second)
