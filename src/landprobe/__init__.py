@@ -10,11 +10,17 @@ __version__ = "0.1.0"
 # the spine: parameter vectors and subnet selectors
 from landprobe.params import ParamVector, select, select_subnets
 
-# capacity control
+# capacity control and measures
 from landprobe.penalties import SubnetNormPenalty
+from landprobe.darc1 import DARC1Penalty
+from landprobe import capacity
+from landprobe.capacity import CapacityReport
 
 # probes and their results
 from landprobe.probes import Curve, LandscapeProbe
+
+# training-time monitoring
+from landprobe.monitor import LandscapeMonitor, MonitorHistory
 
 # the super-resolution study's layers (subpackages)
 from landprobe import data, metrics  # noqa: E402  (after the spine: they may use it)
@@ -27,6 +33,11 @@ __all__ = [
     "select_subnets",
     # capacity control
     "SubnetNormPenalty",
+    "DARC1Penalty",
+    "capacity",
+    "CapacityReport",
+    "LandscapeMonitor",
+    "MonitorHistory",
     # probes and results
     "LandscapeProbe",
     "Curve",
