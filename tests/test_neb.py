@@ -1,0 +1,146 @@
+"""AutoNEB (Draxler et al. 2018) on the analytic test functions of its paper, and on small networks."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import landprobe as lp
+from helpers import CASES, assert_same_snapshot, perturbed, snapshot
+from landprobe.probes import toys
+from landprobe.probes.connect import connect
+from landprobe.probes.neb import auto_neb, paper_schedule
+
+# A short version of the paper's schedule: insertion cycles, then climbing cycles at a lower rate.
+QUICK = ([dict(steps=10, lr=0.02, insert=3)] + [dict(steps=10, lr=0.02, insert=4)] * 3
+         + [dict(steps=10, lr=0.002, climbing=True)] * 3)
+
+
+def loc(*xy):
+    return {"location": torch.tensor(xy, dtype=torch.float64)}
+
+
+@pytest.fixture(scope="module")
+def valley():
+    v = toys.CurvyValley()
+    return toys.toy_probe(v), *v.minima()
+
+
+@pytest.mark.parametrize("spring", [math.inf, 1.0])
+def test_curvy_valley_saddle_within_two_percent(valley, spring):
+    probe, a, b = valley
+    straight = probe.interpolate(a, b, steps=401)
+    assert straight.barrier == pytest.approx(2.977, abs=1e-3)
+    path = auto_neb(probe, a, b, schedule=QUICK, spring=spring)
+    assert path.max_loss == pytest.approx(1.0, rel=0.02)          # the saddle (0, 0), E = 1 exactly
+    assert path.knot_losses.max() == pytest.approx(1.0, rel=1e-3)  # the climbing image sits on it
+    assert path.method == "neb" and len(path.knots) == 2 + 3 + 3 * 4
+
+
+def test_eggcarton_barrier_two_and_flat_zero():
+    egg = toys.Eggcarton()
+    probe = toys.toy_probe(egg)
+    a, b = egg.minima()                                            # neighbours: the segment is the MEP
+    assert auto_neb(probe, a, b, schedule=QUICK).barrier == pytest.approx(2.0, abs=1e-9)
+    a, b = loc(0.5, 0.5), loc(1.5, 2.5)                            # the segment crosses two ridges
+    assert probe.interpolate(a, b, steps=201).barrier > 3.1
+    assert auto_neb(probe, a, b, schedule=QUICK).barrier == pytest.approx(2.0, rel=0.02)
+    flat = toys.Flat()
+    fp = toys.toy_probe(flat)
+    path = auto_neb(fp, *flat.minima(), schedule=QUICK[:2])
+    assert path.barrier == 0.0 and path.max_loss == 0.0
+
+
+def test_images_are_knots_and_losses_match_probe_loss(valley):
+    probe, a, b = valley
+    path = auto_neb(probe, a, b, schedule=QUICK[:3], sub_points=3, eval_points=5)
+    assert path.losses[0] == probe.loss(a) and path.losses[-1] == probe.loss(b)
+    images = [p.state_dict() for p in path.points]
+    assert len(images) == len(path.knots)
+    np.testing.assert_allclose(path.knot_losses, [probe.loss(im) for im in images], rtol=1e-12)
+    for k in path.knots:                                          # every image is on the grid
+        assert np.min(np.abs(path.ts - k)) == 0.0
+    d = np.array([(images[i + 1]["location"] - images[i]["location"]).norm().item() for i in range(len(images) - 1)])
+    np.testing.assert_allclose(np.diff(path.knots), d / d.sum(), rtol=1e-9)
+    assert path.length == pytest.approx(d.sum(), rel=1e-9)
+    j = len(images) // 2                                           # a point between images, by hand
+    t = 0.5 * (path.knots[j] + path.knots[j + 1])
+    i = int(np.argmin(np.abs(path.ts - t)))
+    if abs(path.ts[i] - t) < 1e-12:
+        mid = {"location": 0.5 * (images[j]["location"] + images[j + 1]["location"])}
+        assert path.losses[i] == pytest.approx(probe.loss(mid), rel=1e-9)
+
+
+def test_connect_method_neb_is_auto_neb(valley):
+    probe, a, b = valley
+    p1 = connect(probe, a, b, method="neb", schedule=QUICK[:2])
+    p2 = auto_neb(probe, a, b, schedule=QUICK[:2])
+    np.testing.assert_array_equal(p1.losses, p2.losses)
+    assert p1.settings["schedule"][0]["images"] == 5
+
+
+def test_paper_schedule():
+    s = paper_schedule(steps=1000, lr=0.1)
+    assert [c["steps"] for c in s] == [1000] * 4 + [2000] * 2 + [1000] * 8
+    assert [c["lr"] for c in s] == [0.1] * 6 + [0.01] * 4 + [0.001] * 4
+    assert [c["insert"] for c in s] == [3, 2, 2, 2] + [0] * 10
+    assert [c["climbing"] for c in s] == [False] * 4 + [True] * 10
+
+
+def test_network_band_descends_and_restores_the_model():
+    case = CASES[0]
+    model, data = case.build(dtype=torch.float64)
+    probe = lp.LandscapeProbe(model, case.loss_fn, data)
+    a, b = perturbed(model, 1, 1.0), perturbed(model, 2, 1.0)
+    before = snapshot(model)
+    sched = [dict(steps=15, lr=0.05, insert=3), dict(steps=15, lr=0.05, insert=2)]
+    path = auto_neb(probe, a, b, schedule=sched, sub_points=2)
+    assert_same_snapshot(before, snapshot(model))
+    line = probe.interpolate(a, b, steps=21)
+    assert path.losses.mean() < 0.5 * line.losses.mean()           # the images descended into the valley
+    assert path.knot_losses[1:-1].max() < line.losses.min()
+    assert path.losses[0] == probe.loss(a) and path.losses[-1] == probe.loss(b)
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("exc", [Boom, KeyboardInterrupt])
+@pytest.mark.parametrize("after", [0, 7, 25])
+def test_interrupted_neb_restores_the_model(exc, after):
+    case = CASES[1]
+    model, data = case.build(dtype=torch.float64)
+    a, b = perturbed(model, 1), perturbed(model, 2)
+    before = snapshot(model)
+    calls = {"n": 0}
+
+    def loss_fn(out, y):
+        calls["n"] += 1
+        if calls["n"] > after:
+            raise exc()
+        return nn.functional.l1_loss(out, y)
+
+    probe = lp.LandscapeProbe(model, loss_fn, data, bn="recompute")
+    with pytest.raises(exc):
+        auto_neb(probe, a, b, schedule=[dict(steps=3, lr=0.01, insert=2), dict(steps=3, lr=0.01, insert=1)])
+    assert_same_snapshot(before, snapshot(model))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(schedule=[]), "schedule=\\[\\]"),
+    (dict(schedule=[dict(steps=3)]), "needs 'steps' and 'lr'"),
+    (dict(schedule=[dict(steps=-1, lr=0.1)]), "steps'\\]=-1"),
+    (dict(schedule=[dict(steps=1, lr=-0.1)]), "lr'\\]=-0.1"),
+    (dict(schedule=[dict(steps=1, lr=0.1, insert=-2)]), "insert'\\]=-2"),
+    (dict(images=0), "images=0"),
+    (dict(spring=0.0), "spring=0.0"),
+    (dict(sub_points=0), "sub_points=0"),
+    (dict(eval_points=1), "eval_points=1"),
+])
+def test_bad_arguments_raise(valley, kwargs, match):
+    probe, a, b = valley
+    with pytest.raises(ValueError, match=match):
+        auto_neb(probe, a, b, **kwargs)
