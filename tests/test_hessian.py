@@ -11,6 +11,15 @@ from helpers_curvature import CASES, ConvBN, TanhMLP, case_id, dense_hessian, qu
 from landprobe.curvature import HVP_METHODS, HessianOperator, hessian
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny problems: one thread is faster, and immune to contention on the shared 2-core CI box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _probe(model, loss_fn, data, **kw):
     return lp.LandscapeProbe(model, loss_fn, data, **kw)
 
@@ -241,3 +250,17 @@ def test_errors():
     pv = lp.ParamVector({n: torch.zeros(3, dtype=torch.float64) for n in op.names})
     with pytest.raises(ValueError, match=r"v\['fc1.weight'\] has shape"):
         op.matvec(pv)
+
+
+@pytest.mark.parametrize("method", HVP_METHODS)
+def test_matmat_matches_dense(method):
+    case = CASES[1]
+    model, data = case.build()
+    H = dense_hessian(model, case.loss_fn, data)
+    op = hessian(_probe(model, case.loss_fn, data), hvp=method)
+    V = torch.randn(op.n, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    before = op.matvecs
+    torch.testing.assert_close(op.matmat(V), H @ V, rtol=0, atol=1e-10)
+    assert op.matvecs - before == 3
+    with pytest.raises(ValueError, match=r"V has shape \(5,\); expected a \(n, m\) tensor with n=29"):
+        op.matmat(torch.ones(5, dtype=torch.float64))

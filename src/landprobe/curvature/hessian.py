@@ -197,6 +197,53 @@ class HessianOperator:
         self.matvecs += 1
         return acc
 
+    def _hvp_many(self, vss: list[list[Tensor]]) -> list[list[Tensor]]:
+        """H @ v for several vectors: with double backward, each batch's gradient graph is built
+        once and differentiated once per vector (saves the forward and first backward per extra
+        vector, about a quarter of an HVP on CPU); forward-over-reverse loops."""
+        if self.hvp != "double-backward" or len(vss) == 1:
+            return [self._hvp_lists(vs) for vs in vss]
+        p = self._p
+        accs = [[torch.zeros_like(t) for t in self._theta] for _ in vss]
+        with p.session():
+            leaves = [t.detach().requires_grad_(True) for t in self._theta]
+            with torch.enable_grad():
+                for x, y, w in p.batches:
+                    loss = p.loss(self.names, leaves, x, y)
+                    g = torch.autograd.grad(loss, leaves, create_graph=True)
+                    for j, vs in enumerate(vss):
+                        hv = torch.autograd.grad(g, leaves, grad_outputs=vs, allow_unused=True,
+                                                 retain_graph=j + 1 < len(vss))
+                        hv = [torch.zeros_like(t) if h is None else h for h, t in zip(hv, leaves)]
+                        torch._foreach_add_(accs[j], list(hv), alpha=w)
+        self.matvecs += len(vss)
+        return accs
+
+    def matmat(self, V: Tensor) -> Tensor:
+        """H @ V for a (n, m) tensor of m flat vectors (columns); the result is (n, m) in the operator's dtype.
+
+        Faster than m calls of :meth:`matvec` with double backward (one forward and gradient
+        graph per batch for all columns). Memory: the m vectors and their products.
+
+        Raises:
+            ValueError: If ``V`` is not (n, m).
+
+        Example:
+            >>> import torch, landprobe as lp
+            >>> from landprobe.curvature import hessian
+            >>> model = torch.nn.Linear(2, 1, bias=False)
+            >>> x = torch.tensor([[1.0, 0.0], [0.0, 2.0]]); y = torch.zeros(2, 1)
+            >>> H = hessian(lp.LandscapeProbe(model, torch.nn.MSELoss(), [(x, y)]), dtype=torch.float64)
+            >>> H.matmat(torch.eye(2, dtype=torch.float64))                    # (2/N) X^T X
+            tensor([[1., 0.],
+                    [0., 4.]], dtype=torch.float64)
+        """
+        if not isinstance(V, Tensor) or V.dim() != 2 or V.shape[0] != self.n:
+            raise ValueError(f"V has shape {tuple(V.shape) if isinstance(V, Tensor) else type(V).__name__}; "
+                             f"expected a (n, m) tensor with n={self.n} rows (one column per vector)")
+        out = self._hvp_many([self._split(V[:, j]) for j in range(V.shape[1])])
+        return torch.stack([torch.cat([h.reshape(-1) for h in hv]) for hv in out], dim=1)
+
     def _check_flat(self, v: Tensor) -> None:
         if v.dim() != 1 or v.numel() != self.n:
             raise ValueError(

@@ -102,18 +102,21 @@ def lanczos(matvec: Callable[[Tensor], Tensor], v0: Tensor, steps: int, *, resta
         run = LanczosRun(np.array(alphas), np.array(betas), Q[: j + 1], beta, j + 1)
         if j + 1 == steps:
             break
-        if callback is not None and callback(run):
-            break
         breakdown = beta <= 1e-12 * max(scale, 1e-300) or not math.isfinite(beta)
+        # At a breakdown with restarts on, go on even if the callback is satisfied: the next
+        # block may hold further copies of a repeated eigenvalue.
+        if callback is not None and not (breakdown and restart) and callback(run):
+            break
         if breakdown:
             if not restart:
                 break
-            r = _rademacher(n, gen).to(device)
+            # Gaussian, not Rademacher: a few +-1 vectors are linearly dependent too often in small n.
+            r = torch.randn(n, generator=gen, dtype=torch.float64).to(device)
             for _ in range(2):
                 r = r - B.T @ (B @ r)
             rn = float(torch.linalg.vector_norm(r))
             if rn <= 1e-8 * math.sqrt(n):
-                break                           # the basis spans everything
+                break                           # the basis spans everything: H is fully known
             w, beta = r / rn, 0.0
         else:
             w = w / beta
@@ -143,9 +146,16 @@ def top_eigenvalues(op, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max
     Lanczos with full reorthogonalisation from a seeded Gaussian start, stopped once the
     recurrence's residual estimates β_m·|s_mi| of the k wanted Ritz pairs are below
     ``tol·|θ| + atol``; then every returned pair's residual ‖Hv − θv‖ is measured with a real
-    product (k more matvecs) and that decides its ``converged`` flag. On a breakdown the run
-    restarts with a vector orthogonal to the basis, so repeated eigenvalues are found with
-    their multiplicity once the Krylov space holds them.
+    product (k more matvecs) and that decides its ``converged`` flag. On a breakdown (the
+    Krylov space became invariant) the run restarts with a random vector orthogonal to the
+    basis, so repeated eigenvalues are found with their multiplicity in small problems.
+
+    Limitation (of every single-vector Krylov method, ARPACK's too): before its Krylov space
+    is exhausted, Lanczos sees one copy of an exactly repeated eigenvalue, so in a large
+    problem a returned set can skip further copies of a converged value; each returned pair
+    is still a true eigenpair to its residual. Ghosts (spurious copies from lost
+    orthogonality) do not arise: the basis is reorthogonalised in float64, and a value whose
+    vector is not orthogonal to an earlier equal one is flagged unconverged.
 
     Args:
         op: A :class:`~landprobe.curvature.HessianOperator` (or anything with ``n``,

@@ -58,8 +58,10 @@ class Eigenpairs(Result):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
-        out = super().from_dict({k: v for k, v in data.items() if k != "converged"})
-        object.__setattr__(out, "converged", np.asarray(data.get("converged", []), dtype=bool))
+        data = dict(data)
+        flags = np.asarray(data.pop("converged", []), dtype=bool)
+        out = super().from_dict(dict(data, converged=[]))
+        object.__setattr__(out, "converged", flags)
         return out
 
 

@@ -24,6 +24,21 @@ def _rademacher(n: int, count: int, gen: torch.Generator, device) -> Tensor:
     return z.mul_(2).sub_(1).to(device)
 
 
+_CHUNK = 32
+
+
+def _products(op, rows: Tensor) -> Tensor:
+    """H applied to each row of ``rows`` (m x n, float64), in chunks through ``op``'s batched path."""
+    out = []
+    for i in range(0, rows.shape[0], _CHUNK):
+        block = rows[i:i + _CHUNK]
+        if hasattr(op, "matmat"):
+            out.append(op.matmat(block.T).T.to(torch.float64))
+        else:
+            out.append(torch.stack([op._flat_matvec(r).to(torch.float64) for r in block]))
+    return torch.cat(out) if out else rows.new_zeros((0, rows.shape[1]))
+
+
 def _stderr(samples: np.ndarray) -> float:
     return float(np.std(samples, ddof=1) / math.sqrt(len(samples))) if len(samples) > 1 else float("nan")
 
@@ -51,10 +66,14 @@ def hutchinson(op, matvecs: int = 100, *, seed: int = 0) -> TraceEstimate:
         raise ValueError(f"matvecs={matvecs!r}; Hutchinson needs an integer of at least 2 (for its standard error)")
     gen = torch.Generator().manual_seed(int(seed))
     start = op.matvecs
-    samples = []
-    for _ in range(int(matvecs)):
-        z = _rademacher(op.n, 1, gen, op.device)[0]
-        samples.append(float(torch.dot(z, op._flat_matvec(z).to(torch.float64))))
+    samples: list[float] = []
+    left = int(matvecs)
+    while left > 0:                                   # chunks bound the memory of the probes
+        c = min(left, _CHUNK)
+        Z = _rademacher(op.n, c, gen, op.device)
+        HZ = _products(op, Z)
+        samples.extend(torch.sum(Z * HZ, dim=1).tolist())
+        left -= c
     s = np.asarray(samples)
     settings = dict(op.settings, seed=int(seed), estimator="hutchinson")
     return TraceEstimate(value=float(s.mean()), stderr=_stderr(s), matvecs=int(op.matvecs - start),
@@ -94,17 +113,11 @@ def hutchpp(op, matvecs: int = 99, *, seed: int = 0) -> TraceEstimate:
     gen = torch.Generator().manual_seed(int(seed))
     start = op.matvecs
     S = _rademacher(op.n, s, gen, op.device)
-    HS = torch.stack([op._flat_matvec(S[i]).to(torch.float64) for i in range(s)], dim=1)   # n x s
-    Q, _ = torch.linalg.qr(HS)
-    HQ = torch.stack([op._flat_matvec(Q[:, i]).to(torch.float64) for i in range(Q.shape[1])], dim=1)
-    deflated = float(torch.sum(Q * HQ))
-    samples = []
-    for _ in range(g_count):
-        g = _rademacher(op.n, 1, gen, op.device)[0]
-        g = g - Q @ (Q.T @ g)
-        hg = op._flat_matvec(g).to(torch.float64)
-        samples.append(float(torch.dot(g, hg)))
-    smp = np.asarray(samples)
+    Q, _ = torch.linalg.qr(_products(op, S).T)                      # n x s, orthonormal range of HS
+    deflated = float(torch.sum(Q.T * _products(op, Q.T.contiguous())))
+    G = _rademacher(op.n, g_count, gen, op.device)
+    G = G - (G @ Q) @ Q.T                                            # (I - QQᵀ) g, as rows
+    smp = torch.sum(G * _products(op, G), dim=1).cpu().numpy()
     settings = dict(op.settings, seed=int(seed), estimator="hutch++", sketch=int(s))
     return TraceEstimate(value=deflated + float(smp.mean()), stderr=_stderr(smp), matvecs=int(op.matvecs - start),
                          method="hutch++", samples=smp, deflated=deflated, settings=settings)

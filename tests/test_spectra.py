@@ -1,0 +1,278 @@
+"""Spectra of the Hessian: Lanczos eigenpairs, trace estimators, SLQ densities; dense float64 references and PyHessian."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import landprobe as lp
+from helpers import assert_same_snapshot, snapshot
+from helpers_curvature import CASES, case_id, dense_hessian, quadratic_problem
+from landprobe.curvature import (Eigenpairs, Spectrum, TraceEstimate, density, hessian, hutchinson, hutchpp,
+                                 lanczos, top_eigenvalues, trace)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny problems: one thread is faster, and immune to contention on the shared 2-core CI box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _op(case, **kw):
+    model, data = case.build()
+    H = dense_hessian(model, case.loss_fn, data)
+    return hessian(lp.LandscapeProbe(model, case.loss_fn, data), **kw), H
+
+
+def _expected(H, k, which):
+    ev = torch.linalg.eigvalsh(H).numpy()
+    if which == "LA":
+        return ev[::-1][:k]
+    if which == "SA":
+        return ev[:k]
+    return ev[np.argsort(-np.abs(ev), kind="stable")][:k]
+
+
+# ------------------------------------------------------------------ eigenvalues
+@pytest.mark.parametrize("method", ["lanczos", "arpack"])
+@pytest.mark.parametrize("which", ["LA", "SA", "LM"])
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_top_eigenvalues_match_dense(case, which, method):
+    op, H = _op(case)
+    res = op.top_eigenvalues(k=3, which=which, tol=1e-10, method=method)
+    expected = _expected(H, 3, which)
+    np.testing.assert_allclose(res.values, expected, rtol=1e-9, atol=1e-12 * np.abs(expected).max())
+    assert res.converged.tolist() == [True, True, True]
+    # residuals are real ones: recompute with the dense matrix
+    for lam, v, r in zip(res.values, res.vectors, res.residuals):
+        x = v.flatten()
+        assert abs(float(x.norm()) - 1) < 1e-12
+        true_r = float((H @ x - lam * x).norm())
+        assert abs(true_r - r) <= 1e-10 * abs(expected).max()
+        assert r <= 1e-10 * abs(lam) + res.settings["atol"]
+    assert isinstance(res, Eigenpairs) and res.matvecs > 3
+
+
+def test_convergence_flag_is_false_when_max_iter_is_too_small():
+    op, H = _op(CASES[0])
+    res = top_eigenvalues(op, k=1, which="LA", tol=1e-8, max_iter=3)
+    assert res.converged.tolist() == [False]
+    assert res.residuals[0] > 1e-8 * abs(res.values[0])
+    assert not res.all_converged
+    assert res.matvecs == 3 + 1                         # 3 Krylov steps + the residual check
+
+
+def test_repeated_eigenvalues_found_with_multiplicity_and_no_ghosts():
+    eigs = [5.0, 5.0, 5.0, 2.0, 1.0, 0.5, 0.25, 0.1]
+    model, data, loss_fn, A = quadratic_problem(eigs, seed=3)
+    op = hessian(lp.LandscapeProbe(model, loss_fn, data))
+    res = op.top_eigenvalues(k=4, which="LA", tol=1e-10)
+    np.testing.assert_allclose(res.values, [5.0, 5.0, 5.0, 2.0], rtol=1e-9)
+    V = torch.stack([v.flatten() for v in res.vectors])
+    torch.testing.assert_close(V @ V.T, torch.eye(4, dtype=torch.float64), rtol=0, atol=1e-9)
+    assert res.all_converged
+
+
+def test_zero_eigenvalues_at_a_zero_residual_minimum():
+    # over-parameterised linear regression: d = 12 weights, N = 5 samples, an exact fit exists
+    g = torch.Generator().manual_seed(0)
+    d, N = 12, 5
+    X = torch.randn(N, d, generator=g, dtype=torch.float64)
+    w_star = torch.linalg.lstsq(X, torch.randn(N, 1, generator=g, dtype=torch.float64)).solution
+    model = nn.Linear(d, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(w_star.T)
+    data = [(X[:3], X[:3] @ w_star), (X[3:], X[3:] @ w_star)]
+    probe = lp.LandscapeProbe(model, nn.MSELoss(), data)
+    assert probe.loss() < 1e-25
+    op = hessian(probe)
+    res = op.top_eigenvalues(k=d, which="SA", tol=1e-10)
+    scale = float(torch.linalg.eigvalsh(2 / N * X.T @ X).max())
+    zero = np.abs(res.values) <= 1e-10 * scale
+    assert int(zero.sum()) == d - N                     # rank of (2/N) XᵀX is N
+    np.testing.assert_allclose(np.sort(res.values)[d - N:], torch.linalg.eigvalsh(2 / N * X.T @ X)[d - N:].numpy(),
+                               rtol=1e-9)
+
+
+# ------------------------------------------------------------------ trace
+def test_hutchinson_is_unbiased_over_many_seeds():
+    model, data, loss_fn, A = quadratic_problem(np.linspace(-1.0, 4.0, 10), seed=1)
+    op = hessian(lp.LandscapeProbe(model, loss_fn, data))
+    exact = float(torch.trace(A))
+    draws = [hutchinson(op, matvecs=4, seed=s) for s in range(200)]
+    values = np.array([d.value for d in draws])
+    sd = values.std(ddof=1)
+    # the mean of 200 draws is within 4 standard errors of the exact trace ...
+    assert abs(values.mean() - exact) < 4 * sd / math.sqrt(200)
+    # ... and the reported standard errors match the spread of the estimates
+    rms_se = math.sqrt(np.mean([d.stderr ** 2 for d in draws]))
+    assert 0.75 < rms_se / sd < 1.25
+    # the variance is the known 2(||A||_F^2 - sum A_ii^2)/m
+    theory = math.sqrt(2 * (float((A ** 2).sum()) - float((torch.diag(A) ** 2).sum())) / 4)
+    assert 0.8 < sd / theory < 1.2
+
+
+def test_hutchpp_is_unbiased_and_beats_hutchinson_on_a_low_rank_dominated_case():
+    eigs = [100.0, 60.0, 30.0] + [0.1] * 27                 # a few outliers over a small bulk
+    model, data, loss_fn, A = quadratic_problem(eigs, seed=2)
+    op = hessian(lp.LandscapeProbe(model, loss_fn, data))
+    exact = float(np.sum(eigs))
+    pp = [hutchpp(op, matvecs=12, seed=s) for s in range(200)]
+    hu = [hutchinson(op, matvecs=12, seed=s) for s in range(50)]
+    vpp = np.array([d.value for d in pp])
+    vhu = np.array([d.value for d in hu])
+    assert abs(vpp.mean() - exact) / exact < 1e-2
+    assert abs(vpp.mean() - exact) < 4 * vpp.std(ddof=1) / math.sqrt(200) + 1e-12
+    assert vpp.std() < 0.1 * vhu.std()                      # deflation removes the outliers' variance
+    rms_se = math.sqrt(np.mean([d.stderr ** 2 for d in pp]))
+    assert 0.7 < rms_se / vpp.std(ddof=1) < 1.3
+    assert all(d.matvecs == 12 for d in pp)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_hutchpp_with_a_full_sketch_is_exact(case):
+    op, H = _op(case)
+    est = op.trace(method="hutch++", matvecs=3 * op.n)
+    assert math.isclose(est.value, float(torch.trace(H)), rel_tol=1e-9, abs_tol=1e-10)
+    assert est.stderr < 1e-9 * abs(float(torch.trace(H))) + 1e-10
+    assert isinstance(est, TraceEstimate) and est.method == "hutch++"
+
+
+# ------------------------------------------------------------------ SLQ
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_slq_with_n_steps_recovers_the_spectrum(case):
+    op, H = _op(case)
+    ev = torch.linalg.eigvalsh(H).numpy()
+    spec = op.density(steps=op.n, probes=2, seed=0)
+    scale = np.abs(ev).max()
+    for p in range(2):
+        nodes = np.sort(spec.nodes[p][np.isfinite(spec.nodes[p])])
+        assert len(nodes) == op.n
+        np.testing.assert_allclose(nodes, ev, rtol=0, atol=1e-9 * scale)
+        assert math.isclose(spec.weights[p].sum(), 1.0, rel_tol=1e-12)
+    # the first moment of each probe's quadrature is v'Hv / n for its Rademacher probe
+    g = torch.Generator().manual_seed(0)
+    for p in range(2):
+        v = torch.randint(0, 2, (op.n,), generator=g, dtype=torch.int8).double() * 2 - 1
+        first = float(np.nansum(spec.weights[p] * spec.nodes[p]))
+        assert math.isclose(first, float(v @ H @ v) / op.n, rel_tol=1e-9, abs_tol=1e-12 * scale)
+
+
+def test_slq_trace_estimate_converges_and_density_integrates_to_one():
+    model, data, loss_fn, A = quadratic_problem(np.linspace(-1.0, 4.0, 10), seed=1)
+    op = hessian(lp.LandscapeProbe(model, loss_fn, data))
+    spec = op.density(steps=4, probes=300, seed=0)
+    exact = float(torch.trace(A))
+    per_probe = op.n * np.nansum(spec.weights * spec.nodes, axis=1)
+    assert abs(spec.trace - exact) < 4 * per_probe.std(ddof=1) / math.sqrt(300)
+    assert abs(spec.trace - exact) / exact < 3e-2
+    np.testing.assert_allclose(spec.weights.sum(axis=1), 1.0, rtol=1e-12)
+    assert math.isclose(float(np.trapezoid(spec.density, spec.grid)), 1.0, rel_tol=1e-3)
+    # moments of degree < 2*steps are exact per probe; averaged they estimate tr(A^2)/n
+    assert abs(spec.moment(2) * op.n - float(torch.trace(A @ A))) / float(torch.trace(A @ A)) < 5e-2
+
+
+def test_slq_stops_at_an_invariant_subspace():
+    model, data, loss_fn, A = quadratic_problem([3.0, 3.0, 3.0, 1.0, 1.0, 1.0], seed=0)
+    op = hessian(lp.LandscapeProbe(model, loss_fn, data))
+    spec = density(op, steps=6, probes=1)
+    fin = np.isfinite(spec.nodes[0])
+    assert fin.sum() == 2                               # two distinct eigenvalues: two steps
+    np.testing.assert_allclose(np.sort(spec.nodes[0][fin]), [1.0, 3.0], rtol=1e-10)
+    assert np.all(spec.weights[0][~fin] == 0)
+
+
+# ------------------------------------------------------------------ results
+def test_results_round_trip_and_plot(tmp_path):
+    op, H = _op(CASES[0])
+    res = op.top_eigenvalues(k=2)
+    back = Eigenpairs.load(res.save(tmp_path / "eig.json"))
+    np.testing.assert_array_equal(back.values, res.values)
+    assert back.converged.dtype == bool and back.converged.tolist() == res.converged.tolist()
+    assert back.settings["which"] == "LA" and back.matvecs == res.matvecs
+    tr = op.trace(matvecs=9)
+    tb = TraceEstimate.load(tr.save(tmp_path / "tr.json"))
+    assert tb.value == tr.value and tb.stderr == tr.stderr and tb.method == "hutch++"
+    spec = op.density(steps=5, probes=2)
+    sb = Spectrum.load(spec.save(tmp_path / "spec.json"))
+    np.testing.assert_array_equal(sb.density, spec.density)
+    np.testing.assert_array_equal(sb.nodes, spec.nodes)
+    assert sb.n == op.n and sb.sigma == spec.sigma
+    ax = sb.plot()
+    assert ax.get_yscale() == "log" and len(ax.lines) == 1
+    assert ax.lines[0].get_xdata().shape == spec.grid.shape
+
+
+def test_spectra_leave_the_model_unchanged():
+    case = CASES[1]
+    model, data = case.build()
+    before = snapshot(model)
+    op = hessian(lp.LandscapeProbe(model, case.loss_fn, data))
+    op.top_eigenvalues(k=2, which="LM")
+    op.trace(method="hutchinson", matvecs=3)
+    op.density(steps=5)
+    top_eigenvalues(op, k=1, method="arpack")
+    assert_same_snapshot(before, snapshot(model))
+
+
+# ------------------------------------------------------------------ the peer
+def test_pyhessian_agrees_on_a_single_batch():
+    pyhessian = pytest.importorskip("pyhessian")
+    torch.manual_seed(0)
+    model = CASES[0].make_model()                       # float32, as PyHessian assumes
+    g = torch.Generator().manual_seed(9)
+    x, y = torch.randn(32, 4, generator=g), torch.randn(32, 2, generator=g)
+    crit = nn.MSELoss()
+    ours = hessian(lp.LandscapeProbe(model, crit, [(x, y)]), dtype=torch.float64)
+    top = ours.top_eigenvalues(k=1, tol=1e-10).values[0]
+    exact_trace = float(torch.trace(ours.dense()))
+    peer_model = copy.deepcopy(model)                    # PyHessian leaves its model in eval() with grads
+    torch.manual_seed(1)
+    ph = pyhessian.hessian(peer_model, crit, data=(x, y), cuda=False)
+    eig, _ = ph.eigenvalues(maxIter=500, tol=1e-7, top_n=1)
+    assert abs(eig[0] - top) / top < 1e-3
+    samples = np.array(ph.trace(maxIter=300, tol=0.0))
+    se = samples.std(ddof=1) / math.sqrt(len(samples))
+    assert abs(samples.mean() - exact_trace) < 4 * se
+    assert len(samples) == 300
+
+
+# ------------------------------------------------------------------ errors
+def test_errors():
+    op, H = _op(CASES[0])
+    with pytest.raises(ValueError, match="k=0; expected an integer from 1"):
+        op.top_eigenvalues(k=0)
+    with pytest.raises(ValueError, match="k=1000; expected an integer from 1 to the dimension n=67"):
+        op.top_eigenvalues(k=1000)
+    with pytest.raises(ValueError, match="which='BE'"):
+        op.top_eigenvalues(which="BE")
+    with pytest.raises(ValueError, match="tol=0"):
+        op.top_eigenvalues(tol=0)
+    with pytest.raises(ValueError, match="max_iter=1; expected an integer >= k=2"):
+        op.top_eigenvalues(k=2, max_iter=1)
+    with pytest.raises(ValueError, match="method='power'"):
+        op.top_eigenvalues(method="power")
+    with pytest.raises(ValueError, match="method='exact'"):
+        op.trace(method="exact")
+    with pytest.raises(ValueError, match="matvecs=3; Hutch\\+\\+ needs an integer of at least 4"):
+        trace(op, "hutch++", 3)
+    with pytest.raises(ValueError, match="matvecs=1; Hutchinson needs an integer of at least 2"):
+        trace(op, "hutchinson", 1)
+    with pytest.raises(ValueError, match="steps=0; expected a positive integer"):
+        op.density(steps=0)
+    with pytest.raises(ValueError, match="probes=0; expected a positive integer"):
+        op.density(probes=0)
+    with pytest.raises(ValueError, match="sigma=-1.0; expected a positive kernel width"):
+        op.density(steps=3, sigma=-1.0)
+    with pytest.raises(ValueError, match="grid=1; expected at least 2 points"):
+        op.density(steps=3, grid=1)
+    with pytest.raises(ValueError, match="grid must be a point count"):
+        op.density(steps=3, grid=np.array([0.0, np.nan]))
+    with pytest.raises(ValueError, match="start vector is zero"):
+        lanczos(lambda v: v, torch.zeros(3, dtype=torch.float64), 2)
