@@ -11,6 +11,7 @@ layer of the user's model is rewritten, and the model is restored exactly afterw
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -203,6 +204,17 @@ class _Functional:
             grads = torch.autograd.grad(loss, leaves, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads)]
         return float(loss.detach()), grads
+
+
+@contextlib.contextmanager
+def _quiet(probe):
+    """No progress bars from the engine's sweeps inside a search that shows its own."""
+    flag = probe.progress
+    probe.progress = False
+    try:
+        yield
+    finally:
+        probe.progress = flag
 
 
 def _endpoints(probe, a: Any, b: Any):

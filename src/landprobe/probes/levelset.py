@@ -21,7 +21,8 @@ import torch
 from landprobe._results import Result, require_matplotlib
 from landprobe.params import ParamVector
 from landprobe.probes._engine import ModelGuard
-from landprobe.probes.connect import _check_int, _check_positive, _endpoints, _Functional, _make_optimizer
+from landprobe.probes.connect import (_check_int, _check_positive, _endpoints, _Functional, _make_optimizer,
+                                      _quiet)
 
 __all__ = ["LevelSet", "level_set"]
 
@@ -194,7 +195,8 @@ def level_set(self, a: Any, b: Any, threshold: float, *, steps: int = 500, lr: f
                 torch._foreach_copy_(targets, ut)
                 torch._foreach_lerp_(targets, vt, al)
             return write
-        evals = self._sweep(names, [writer(float(al)) for al in s[1:-1]], "level set")
+        with _quiet(self):
+            evals = self._sweep(names, [writer(float(al)) for al in s[1:-1]], "level set")
         return np.array([e.loss for e in evals])
 
     def descend(m: ParamVector) -> tuple[bool, float, int, ParamVector]:

@@ -18,12 +18,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from landprobe.params import ParamVector
 from landprobe.probes._engine import ModelGuard
 from landprobe.probes.connect import (Path, _check_int, _check_positive, _endpoints, _evaluate_path, _Functional,
-                                      _polychain_coeffs)
+                                      _polychain_coeffs, _quiet)
 
 __all__ = ["auto_neb", "paper_schedule"]
 
@@ -200,10 +199,11 @@ def auto_neb(self, a: Any, b: Any, *, images: int | None = None, schedule: Seque
         knots = np.linspace(0.0, 1.0, len(band))       # index space: image i at t = i / (n - 1)
         per = sub_points + 1
         ts = np.linspace(0.0, 1.0, (len(band) - 1) * per + 1)
-        path = _evaluate_path(self, names=names, va=va, vb=vb, pnames=pnames, points=band,
-                              coeffs=lambda t: _polychain_coeffs(knots, t), ts=ts, knots=np.zeros(0),
-                              method="neb", settings={})
-        return path.losses.reshape(-1)[:: 1], per
+        with _quiet(self):
+            path = _evaluate_path(self, names=names, va=va, vb=vb, pnames=pnames, points=band,
+                                  coeffs=lambda t: _polychain_coeffs(knots, t), ts=ts, knots=np.zeros(0),
+                                  method="neb", settings={})
+        return path.losses, per
 
     history: list[dict[str, Any]] = []
     total_steps = sum(c["steps"] for c in schedule)

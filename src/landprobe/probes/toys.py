@@ -264,7 +264,8 @@ def two_unit_relu(dtype: torch.dtype = torch.float64) -> dict[str, Any]:
     y = torch.ones(2, 1, dtype=dtype)
 
     def state(w, u):
-        return {"hidden.weight": torch.tensor([[w[0]], [w[1]]], dtype=dtype), "out.weight": torch.tensor([u], dtype=dtype)}
+        return {"hidden.weight": torch.tensor([[w[0]], [w[1]]], dtype=dtype),
+                "out.weight": torch.tensor([u], dtype=dtype)}
 
     return {"model": model, "loss_fn": nn.MSELoss(), "data": [(x, y)], "a": state((1.0, -1.0), (1.0, 1.0)),
             "b": state((-2.0, 0.5), (0.5, 2.0)), "barrier": 0.5}
