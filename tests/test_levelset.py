@@ -141,3 +141,21 @@ def test_bad_arguments_raise(kwargs, match):
     kwargs = {"threshold": 3.0, **kwargs}
     with pytest.raises(ValueError, match=match):
         level_set(probe, p["a"], p["b"], **kwargs)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_pull_keeps_the_new_bead_near_the_midpoint(optimizer):
+    p = toys.deep_linear(seed=0)
+    probe = probe_of(p)
+    line = probe.interpolate(p["a"], p["b"], steps=51)
+    threshold = p["minimum"] + 0.3 * (line.losses.max() - p["minimum"])
+    lr = 0.2 if optimizer == "sgd" else 0.01
+    free = level_set(probe, p["a"], p["b"], threshold=threshold, steps=300, lr=lr, optimizer=optimizer)
+    held = level_set(probe, p["a"], p["b"], threshold=threshold, steps=300, lr=lr, optimizer=optimizer, pull=0.2)
+    assert free.connected and held.connected
+    a, b = free.beads[0], free.beads[-1]
+    mid = a.lerp(b, 0.5)
+    # the first descent starts at the midpoint of a and b; its bead is the one whose halves came next
+    d_free = min((bd - mid).norm() for bd in free.beads[1:-1])
+    d_held = min((bd - mid).norm() for bd in held.beads[1:-1])
+    assert 0 < d_held < d_free
