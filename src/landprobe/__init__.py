@@ -17,7 +17,17 @@ from landprobe import capacity
 from landprobe.capacity import CapacityReport
 
 # probes and their results
-from landprobe.probes import Curve, LandscapeProbe
+from landprobe.probes import (
+    Curve, LandscapeProbe, LevelSet, Path, PerturbationResult, Surface, TrajectoryMDS, TrajectoryPCA,
+    TrajectoryRecorder,
+)
+from landprobe import probes
+
+# curvature: probe.hessian(...) and its spectra
+from landprobe import curvature
+from landprobe.curvature import Eigenpairs, HessianOperator, Spectrum, TraceEstimate
+
+LandscapeProbe.hessian = curvature.hessian
 
 # training-time monitoring
 from landprobe.monitor import LandscapeMonitor, MonitorHistory
@@ -41,6 +51,19 @@ __all__ = [
     # probes and results
     "LandscapeProbe",
     "Curve",
+    "Surface",
+    "Path",
+    "LevelSet",
+    "PerturbationResult",
+    "TrajectoryRecorder",
+    "TrajectoryPCA",
+    "TrajectoryMDS",
+    "HessianOperator",
+    "Eigenpairs",
+    "TraceEstimate",
+    "Spectrum",
+    "probes",
+    "curvature",
     # subpackages
     "data",
     "metrics",
