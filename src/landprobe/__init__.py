@@ -33,7 +33,7 @@ LandscapeProbe.hessian = curvature.hessian
 from landprobe.monitor import LandscapeMonitor, MonitorHistory
 
 # the super-resolution study's layers (subpackages)
-from landprobe import data, metrics  # noqa: E402  (after the spine: they may use it)
+from landprobe import data, losses, metrics, models  # noqa: E402  (after the spine: they may use it)
 
 __all__ = [
     "__version__",
@@ -67,4 +67,6 @@ __all__ = [
     # subpackages
     "data",
     "metrics",
+    "models",
+    "losses",
 ]
