@@ -83,15 +83,16 @@ def test_demo_writes_json_and_png(tmp_path, capsys):
 def test_reproduce_all_through_the_console_script(tmp_path):
     out = tmp_path / "runs"
     proc = subprocess.run(
-        [sys.executable, "-m", "landprobe.cli", "reproduce", "--setting", "all", "--epochs", "2", "--max-steps", "2",
+        [sys.executable, "-m", "landprobe.cli", "reproduce", "--setting", "all", "--epochs", "2", "--max-steps", "1",
          "--data", SAMPLE_TRAIN, "--val", SAMPLE_VAL, "--out", str(out), "--no-progress", "--threads", "1",
-         "--width", "0.05", "--batch-size", "32"],
+         "--width", "0.05", "--batch-size", "64"],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    # 49 sample patches, batch 32: epoch 1 ends after ceil(49 / 32) = 2 steps; --max-steps 2 stops there
+    # 49 sample patches, batch 64: epoch 1 ends after ceil(49 / 64) = 1 step; --max-steps 1 stops there
     for s in ("all-l2", "mix", "all-l1"):
         rows = [json.loads(x) for x in (out / s / "history.jsonl").read_text().splitlines()]
-        assert [r["step"] for r in rows] == [2]
+        assert [r["step"] for r in rows] == [1]
+        assert json.loads((out / s / "final.json").read_text())["steps"] == 1
     summary = json.loads((out / "summary.json").read_text())
     assert "Enet/Rnet" in proc.stdout and "bicubic" in proc.stdout
     assert summary["runs"]["mix"]["parameters"] > 0

@@ -184,11 +184,13 @@ def test_max_steps_then_resume_continues(tmp_path):
 # ----------------------------------------------------------------------------- summary, monitor
 def test_all_settings_summary_and_figures(tmp_path):
     summ = reproduce("all", data=SAMPLE_TRAIN, val=SAMPLE_VAL, out=tmp_path, epochs=3, patches_per_epoch=8,
-                     progress=False, monitor=True, **TINY)
+                     progress=False, monitor={"hessian": False, "capacity": ["norms"]}, **TINY)
     for s in ("all-l2", "mix", "all-l1"):
         assert len(read_history(tmp_path / s / "history.jsonl")) == 3
         snaps = sorted((tmp_path / s / "snapshots").glob("snapshot_*.pt"))
         assert [torch.load(p, weights_only=True)["step"] for p in snaps] == [0, 1, 2, 3]
+        records = json.loads((tmp_path / s / "monitor" / "monitor.json").read_text())["records"]
+        assert [r["epoch"] for r in records] == [1, 2, 3] and "barrier" in records[-1]
     for name in ("summary.json", "psnr_stages.png", "norms.png", "sparsity.png"):
         assert (tmp_path / name).stat().st_size > 0
     on_disk = json.loads((tmp_path / "summary.json").read_text())
@@ -301,3 +303,18 @@ def test_demo_argument_errors(tmp_path):
         lp.recipes.demo(out=tmp_path, steps=0)
     with pytest.raises(ValueError, match="points=1"):
         lp.recipes.demo(out=tmp_path, points=1)
+
+
+def test_validation_on_centre_crops_and_whole_images_at_the_end(tmp_path):
+    from landprobe.recipes.reproduce import _centre_crop
+
+    x = torch.arange(2 * 10 * 12, dtype=torch.float32).reshape(2, 10, 12)[:1]
+    cx, cy = _centre_crop(x, x + 1, 5, 2)             # 5 -> 4 (a multiple of the scale), centred on even offsets
+    assert cx.shape == (1, 4, 4) and torch.equal(cx, x[:, 2:6, 4:8]) and torch.equal(cy, x[:, 2:6, 4:8] + 1)
+    final = tiny_run(tmp_path, epochs=1, patches_per_epoch=8, val_crop=64)
+    val = lp.data.SREvalSet(SAMPLE_VAL, 2)
+    crops = [_centre_crop(*val[i], 64, 2) for i in range(len(val))]
+    assert final["bicubic_psnr"] == pytest.approx(np.mean([float(lp.metrics.psnr(y, x, shave=2)) for x, y in crops]))
+    assert final["bicubic_psnr_whole_images"] == pytest.approx(val.bicubic_psnr())
+    assert final["val_crop"] == 64 and math.isfinite(final["psnr_whole_images"])
+    assert final["psnr_whole_images"] != final["psnr"]  # the whole images are another set

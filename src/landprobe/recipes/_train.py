@@ -68,6 +68,7 @@ class TrainSpec:
     seed: int = 0
     checkpoint_every: int | None = None  # also checkpoint every K steps inside an epoch
     sparsity_threshold: float = 1e-3
+    val_crop: int | None = None  # per-epoch validation on centre crops of this side (None: whole images)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -368,12 +369,13 @@ class Trainer:
 
     # ---- validation and measurements
     @torch.no_grad()
-    def validate(self) -> dict[str, Any]:
+    def validate(self, pairs=None) -> dict[str, Any]:
         """fp32 validation: mean Y PSNR (shave ``scale``), mean MSE over images, and the mean
         Treves–Rolls population sparseness of the outputs of ``enet``, ``inet``, ``rnet``."""
         from landprobe.metrics import psnr
 
-        if not self.val:
+        pairs = self.val if pairs is None else pairs
+        if not pairs:
             return {}
         model = self.model
         was = model.training
@@ -392,7 +394,7 @@ class Trainer:
                 hooks.append(mod.register_forward_hook(hook))
         ps, mses = [], []
         try:
-            for x, y in self.val:
+            for x, y in pairs:
                 x = (x if x.dim() == 4 else x[None]).to(self.device)
                 y = (y if y.dim() == 4 else y[None]).to(self.device)
                 sr, _ = split_output(model(x))
