@@ -25,7 +25,16 @@ WHICH = ("LA", "SA", "LM")
 
 @dataclass
 class LanczosRun:
-    """Output of :func:`lanczos`: T = tridiag(betas, alphas, betas) and the basis Q (m x n, float64)."""
+    """Output of :func:`lanczos`: T = tridiag(betas, alphas, betas) and the basis Q (m x n, float64).
+
+    Example:
+        >>> import numpy as np
+        >>> from landprobe.curvature import LanczosRun
+        >>> run = LanczosRun(np.array([1.0, 2.0]), np.array([0.5]), None, 0.0, 2)
+        >>> run.tridiagonal()
+        array([[1. , 0.5],
+               [0.5, 2. ]])
+    """
 
     alphas: np.ndarray
     betas: np.ndarray          # m - 1 couplings (0 where the run restarted after a breakdown)
