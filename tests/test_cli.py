@@ -68,15 +68,15 @@ def test_subcommands_are_a_registry(capsys):
 
 def test_demo_writes_json_and_png(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert cli.main(["demo", "--out", str(out), "--steps", "3", "--points", "3", "--no-progress"]) == 0
+    assert cli.main(["demo", "--out", str(out), "--steps", "3", "--points", "3", "--extend", "0.5", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     res = json.loads((out / "demo.json").read_text())
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [r["setting"] for r in res["runs"]] == ["all-l2", "all-l1"]
-    assert res["curve"]["alphas"] == [0.0, 0.5, 1.0]
-    # the curve's ends are the empirical errors of the two trained models; the table prints them
+    assert res["curve"]["alphas"] == [-0.5, 0.0, 0.5, 1.0, 1.5]
+    # the curve passes through the empirical errors of the two trained models; the table prints them
     c = res["curve_summary"]
-    assert c["loss_a"] == res["curve"]["losses"][0] and c["loss_b"] == res["curve"]["losses"][-1]
+    assert c["loss_a"] == res["curve"]["losses"][1] and c["loss_b"] == res["curve"]["losses"][3]
     assert "all-l2" in printed and "barrier" in printed and f"{c['loss_a']:.5g}" in printed
 
 

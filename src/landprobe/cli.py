@@ -95,6 +95,10 @@ def _run_reproduce(args) -> int:
                     seed=args.seed, device=args.device, monitor=args.monitor,
                     progress=not args.no_progress, **extra)
     wall = time.perf_counter() - t0
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return 0  # rank 0 reports
     if args.setting == "all" and res:
         print(_format_summary(res))
     elif res:
@@ -127,7 +131,8 @@ def _register_demo(sub) -> None:
                     "JSON and PNG.")
     p.add_argument("--out", default="landprobe-demo", help="output folder (default landprobe-demo)")
     p.add_argument("--steps", type=_positive_int, default=None, help="training steps per setting")
-    p.add_argument("--points", type=_positive_int, default=None, help="points on the interpolation (>= 2)")
+    p.add_argument("--points", type=_positive_int, default=None, help="points on the segment [0, 1] (>= 2)")
+    p.add_argument("--extend", type=float, default=None, help="evaluate past both ends by this fraction (default 0.5)")
     p.add_argument("--settings", nargs=2, default=None, metavar=("A", "B"), help="two of all-l2, mix, all-l1")
     p.add_argument("--seed", type=_nonneg_int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -137,8 +142,8 @@ def _register_demo(sub) -> None:
 def _run_demo(args) -> int:
     from landprobe.recipes.demo import demo
 
-    kw = {k: v for k, v in (("steps", args.steps), ("points", args.points), ("settings", args.settings))
-          if v is not None}
+    kw = {k: v for k, v in (("steps", args.steps), ("points", args.points), ("settings", args.settings),
+                            ("extend", args.extend)) if v is not None}
     demo(out=args.out, seed=args.seed, progress=not args.no_progress, verbose=True, **kw)
     return 0
 
