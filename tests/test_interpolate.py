@@ -326,3 +326,18 @@ def test_batch_points_vmap_path_matches(case):
         probe.interpolate(a, b, batch_points=0)
     with pytest.raises(ValueError, match="batch_points > 1 needs bn='eval'"):
         lp.LandscapeProbe(model, case.loss_fn, data, bn="train").interpolate(a, b, batch_points=2)
+
+
+@pytest.mark.parametrize("as_", ["module", "state_dict", "vector_view"])
+def test_endpoint_that_is_the_probed_model_itself(as_):
+    # regression (found while building plane): endpoints aliasing the model's storage
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    data = [(torch.ones(1, 1), torch.zeros(1, 1))]  # L(w) = w**2
+    probe = lp.LandscapeProbe(model, nn.MSELoss(), data)
+    a = {"module": model, "state_dict": model.state_dict(),
+         "vector_view": lp.ParamVector.from_module(model, copy=False)}[as_]
+    curve = probe.interpolate(a, {"weight": torch.tensor([[3.0]])}, steps=5)
+    np.testing.assert_allclose(curve.losses, [1.0, 2.25, 4.0, 6.25, 9.0], rtol=1e-6)
+    assert model.weight.item() == 1.0

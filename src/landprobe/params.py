@@ -524,7 +524,9 @@ def as_param_vector(theta: Any, model: nn.Module, *, names: Sequence[str], what:
     """Turn a state_dict, a module or a ParamVector into a ParamVector over ``names`` of ``model``.
 
     ``names`` are parameter and floating-buffer names of ``model``; an endpoint that lacks a
-    buffer falls back to the model's current value (parameters are required).
+    buffer falls back to the model's current value (parameters are required). Tensors that
+    share memory with the model's own (the probed model's state_dict or the model itself) are
+    cloned, so that probes may write into the model; others are used without a copy.
     """
     if isinstance(theta, type) and issubclass(theta, nn.Module):
         raise TypeError(f"{what} is the class {theta.__name__}; pass an instance (a trained model) or its state_dict.")
@@ -554,8 +556,18 @@ def as_param_vector(theta: Any, model: nn.Module, *, names: Sequence[str], what:
         ref = current[n]
         if t.device != ref.device or t.dtype != ref.dtype:
             t = t.to(device=ref.device, dtype=ref.dtype)
+        elif _shares_memory(t, ref):
+            # e.g. theta = model.state_dict() of the probed model itself: a probe writes into the
+            # model's tensors, so the endpoint must not be a view of them.
+            t = t.clone()
         out[n] = t
     return ParamVector(out)
+
+
+def _shares_memory(a: Tensor, b: Tensor) -> bool:
+    if a.device != b.device or a.numel() == 0 or b.numel() == 0:
+        return False
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def _finite_check(vec: ParamVector, what: str) -> None:
