@@ -148,8 +148,15 @@ def _run_demo(args) -> int:
     return 0
 
 
-#: name → registrar(subparsers); other modules may add entries (e.g. "probe").
-SUBCOMMANDS: dict[str, Callable] = {"demo": _register_demo, "reproduce": _register_reproduce}
+def _register_probe(sub) -> None:
+    from landprobe.probes._cli import register_probe
+
+    register_probe(sub)
+
+
+#: name → registrar(subparsers); other modules may add entries.
+SUBCOMMANDS: dict[str, Callable] = {"demo": _register_demo, "reproduce": _register_reproduce,
+                                    "probe": _register_probe}
 
 
 def build_parser() -> argparse.ArgumentParser:

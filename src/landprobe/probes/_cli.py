@@ -1,0 +1,196 @@
+"""``landprobe probe interpolate|plane|connect|level-set``: probes on saved checkpoints.
+
+Checkpoints are those of ``landprobe reproduce`` (``OUT/SETTING/checkpoint.pt``: the model's
+width is read from them) or any state_dict saved with ``torch.save``, with the model named by
+``--model`` (``warship``, ``drcn`` or an import path ``package.module:Class``). The empirical
+error is the study's recursive-supervision loss on T91 x2 patches (``--data``, default the
+repository's ``data/T91`` or the embedded sample) unless ``--loss mse``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["register_probe", "load_checkpoint"]
+
+PROBES = ("interpolate", "plane", "connect", "level-set")
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(state_dict, spec)`` from a recipe checkpoint or a plain state_dict file.
+
+    ``spec`` holds the recipe's settings (width, recursions, loss scaling, ...) or is empty.
+    Files are read with ``torch.load(..., weights_only=True)``.
+
+    Example:
+        >>> import tempfile, os, torch
+        >>> from landprobe.probes._cli import load_checkpoint
+        >>> f = os.path.join(tempfile.mkdtemp(), "sd.pt")
+        >>> torch.save(torch.nn.Linear(2, 1).state_dict(), f)
+        >>> sd, spec = load_checkpoint(f)
+        >>> sorted(sd), spec
+        (['bias', 'weight'], {})
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {str(path)!r} does not exist; pass a file written by landprobe reproduce "
+                         f"(OUT/SETTING/checkpoint.pt) or by torch.save(model.state_dict(), ...)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(f"cannot read checkpoint {str(path)!r}: {exc}") from exc
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        return obj["model"], dict(obj.get("spec", {}))
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj, {}
+    raise ValueError(f"{str(path)!r} holds neither a landprobe recipe checkpoint nor a state_dict")
+
+
+def _build_model(args, spec: dict[str, Any]) -> torch.nn.Module:
+    from landprobe import models
+
+    name = args.model
+    width = args.width if args.width is not None else float(spec.get("width", 1.0))
+    if name == "warship":
+        return models.WarshipXZNetBeta(width=width, recursions=int(spec.get("recursions", 4)))
+    if name == "drcn":
+        return models.DRCN(width=width)
+    if ":" not in name:
+        raise ValueError(f"--model {name!r}: expected warship, drcn or an import path 'package.module:Class'")
+    mod, _, cls = name.partition(":")
+    try:
+        factory = getattr(importlib.import_module(mod), cls)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"--model {name!r}: cannot import it ({exc})") from exc
+    kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
+    return factory(**kwargs)
+
+
+def _data(args, spec: dict[str, Any]):
+    from landprobe import data as lpdata
+
+    root = Path(args.data) if args.data else None
+    if root is None:
+        repo = Path(__file__).resolve().parents[3] / "data" / "T91"
+        root = repo if repo.is_dir() else lpdata.sample_dir("train")
+    patches = lpdata.T91Patches(root, scale=int(spec.get("scale", 2)))
+    n = min(args.patches, len(patches))
+    idx = torch.linspace(0, len(patches) - 1, n).round().long()  # evenly spread, deterministic
+    xs, ys = zip(*(patches[int(i)] for i in idx))
+    x, y = torch.stack(xs), torch.stack(ys)
+    return [(x[i:i + args.batch_size], y[i:i + args.batch_size]) for i in range(0, n, args.batch_size)]
+
+
+def _loss(args, spec: dict[str, Any]):
+    from landprobe.losses import RecursiveSupervisionLoss
+
+    if args.loss == "mse":
+        mse = torch.nn.MSELoss()
+
+        def final_mse(out, y):
+            return mse(out.final if hasattr(out, "final") else out, y)
+        return final_mse
+    return RecursiveSupervisionLoss(alpha=args.alpha, reduction=spec.get("loss_scaling", "sum_over_pixels"))
+
+
+def _run(args) -> int:
+    from landprobe.probes.landscape import LandscapeProbe
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sds, specs = zip(*(load_checkpoint(p) for p in args.checkpoints))
+    spec = specs[0]
+    model = _build_model(args, spec)
+    model.load_state_dict(sds[0])
+    probe = LandscapeProbe(model, _loss(args, spec), _data(args, spec), bn=args.bn, progress=not args.no_progress)
+    kind = args.probe
+    need = {"interpolate": 2, "connect": 2, "level-set": 2, "plane": (1, 3)}[kind]
+    count = len(sds)
+    if (isinstance(need, int) and count != need) or (isinstance(need, tuple) and count not in need):
+        raise ValueError(f"landprobe probe {kind} takes {need if isinstance(need, int) else ' or '.join(map(str, need))} "
+                         f"checkpoint(s), got {count}")
+    if kind == "interpolate":
+        res = probe.interpolate(sds[0], sds[1], steps=args.steps, subnet=args.subnet, extend=args.extend)
+        line = f"L(a) {res.loss_a:.6g}  L(b) {res.loss_b:.6g}  barrier {res.barrier:.6g} at alpha {res.argmax_alpha:.3g}"
+    elif kind == "plane":
+        kw = {"steps": args.steps, "subnet": args.subnet, "seed": args.seed}
+        if args.span is not None:
+            kw["span"] = args.span
+        if count == 3:
+            kw.pop("span", None)  # the grid is fitted to the three anchors
+            res = probe.plane(through=sds, **kw)
+        else:
+            res = probe.plane(sds[0], **kw)
+        line = f"center loss {res.center_loss:.6g}; grid {res.losses.shape}"
+    elif kind == "connect":
+        res = probe.connect(sds[0], sds[1], method=args.method, bends=args.bends, steps=args.train_steps, lr=args.lr)
+        line = f"{args.method} path: barrier {res.barrier:.6g}"
+    else:
+        if args.threshold is None:
+            raise ValueError("landprobe probe level-set needs --threshold (a loss value above both endpoints' losses)")
+        res = probe.level_set(sds[0], sds[1], args.threshold)
+        line = f"connected: {res.connected}"
+    out = Path(args.out)
+    stem = kind.replace("-", "_")
+    res.save(out / f"{stem}.json")
+    try:
+        ax = res.plot()
+        ax = ax[0] if isinstance(ax, (list, tuple)) else ax
+        fig = getattr(ax, "figure", None) or ax.flat[0].figure
+        fig.savefig(out / f"{stem}.png", dpi=120, bbox_inches="tight")
+    except ImportError:
+        print("matplotlib is not installed: no PNG (pip install 'landprobe[plot]')")
+    print(line)
+    print(f"wrote {out / (stem + '.json')}")
+    return 0
+
+
+def register_probe(sub) -> None:
+    """Add ``landprobe probe KIND CHECKPOINT...`` to the ``landprobe`` command.
+
+    Example:
+        >>> from landprobe.cli import build_parser
+        >>> a = build_parser().parse_args(["probe", "interpolate", "a.pt", "b.pt", "--steps", "11"])
+        >>> a.probe, a.checkpoints, a.steps, a.bn
+        ('interpolate', ['a.pt', 'b.pt'], 11, 'eval')
+    """
+    p = sub.add_parser("probe", help="probe saved checkpoints: interpolate, plane, connect, level-set",
+                       description=__doc__.split("\n\n")[1])
+    p.add_argument("probe", choices=PROBES, help="which probe")
+    p.add_argument("checkpoints", nargs="+", help="checkpoint files (2 for interpolate/connect/level-set; "
+                                                   "1 or 3 for plane: a centre, or three models a b c)")
+    p.add_argument("--model", default="warship", help="warship (default), drcn, or package.module:Class")
+    p.add_argument("--model-kwargs", default=None, help="JSON keyword arguments for an imported model class")
+    p.add_argument("--width", type=float, default=None, help="model width (default: from the checkpoint, else 1.0)")
+    p.add_argument("--data", default=None, help="folder of training images (default data/T91 or the sample)")
+    p.add_argument("--patches", type=int, default=512, help="patches evaluated per point (default 512)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--loss", choices=["study", "mse"], default="study", help="recursive supervision (default) or MSE")
+    p.add_argument("--alpha", type=float, default=0.5, help="weight of the intermediate outputs in the study loss")
+    p.add_argument("--bn", choices=["eval", "train", "recompute"], default="eval")
+    p.add_argument("--steps", type=int, default=None, help="points (interpolate: 51; plane: 21 per axis)")
+    p.add_argument("--subnet", default=None, help="move only this subnet (e.g. inet)")
+    p.add_argument("--extend", type=float, default=0.0, help="interpolate: extrapolate past both ends")
+    p.add_argument("--span", type=float, default=None, help="plane: half-width of the grid")
+    p.add_argument("--seed", type=int, default=0, help="plane: seed of the random directions")
+    p.add_argument("--method", choices=["bezier", "polychain", "neb"], default="polychain", help="connect: curve")
+    p.add_argument("--bends", type=int, default=3, help="connect: bends of the curve")
+    p.add_argument("--train-steps", type=int, default=200, help="connect: training steps of the bends")
+    p.add_argument("--lr", type=float, default=0.01, help="connect: learning rate of the bends")
+    p.add_argument("--threshold", type=float, default=None, help="level-set: the loss level")
+    p.add_argument("--out", default="probe-out", help="output folder (default probe-out)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_with_defaults)
+
+
+def _run_with_defaults(args: argparse.Namespace) -> int:
+    if args.steps is None:
+        args.steps = 51 if args.probe == "interpolate" else 21
+    return _run(args)

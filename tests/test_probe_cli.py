@@ -1,0 +1,70 @@
+"""``landprobe probe ...`` on saved checkpoints."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import landprobe as lp
+from landprobe.cli import main
+from landprobe.probes._cli import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ck")
+    paths = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        m = lp.models.WarshipXZNetBeta(width=0.05)
+        p = d / f"m{seed}.pt"
+        torch.save(m.state_dict(), p)
+        paths.append(str(p))
+    return paths
+
+
+def _args(out, *extra):
+    return ["--width", "0.05", "--patches", "32", "--batch-size", "16", "--data", str(lp.data.sample_dir("train")),
+            "--out", str(out), "--no-progress", *extra]
+
+
+def test_probe_interpolate_matches_the_library(checkpoints, tmp_path, capsys):
+    assert main(["probe", "interpolate", *checkpoints[:2], "--steps", "3", *_args(tmp_path)]) == 0
+    assert "barrier" in capsys.readouterr().out
+    got = lp.Curve.load(tmp_path / "interpolate.json")
+    assert (tmp_path / "interpolate.png").stat().st_size > 1000
+    # the same numbers through the library
+    patches = lp.data.T91Patches(lp.data.sample_dir("train"), scale=2)
+    idx = torch.linspace(0, len(patches) - 1, 32).round().long()
+    x, y = map(torch.stack, zip(*(patches[int(i)] for i in idx)))
+    model = lp.models.WarshipXZNetBeta(width=0.05)
+    data = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 32, 16)]
+    probe = lp.LandscapeProbe(model, lp.losses.RecursiveSupervisionLoss(alpha=0.5), data)
+    a, b = (load_checkpoint(p)[0] for p in checkpoints[:2])
+    np.testing.assert_allclose(got.losses, probe.interpolate(a, b, steps=3).losses, rtol=1e-6)
+
+
+def test_probe_plane_through_three(checkpoints, tmp_path):
+    assert main(["probe", "plane", *checkpoints, "--steps", "3", *_args(tmp_path)]) == 0
+    data = json.loads((tmp_path / "plane.json").read_text())
+    assert data["kind"] == "Surface" and np.asarray(data["losses"]).shape == (3, 3)
+
+
+def test_probe_cli_errors(checkpoints, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["probe", "interpolate", checkpoints[0], *_args(tmp_path)])
+    assert e.value.code == 2 and "takes 2 checkpoint(s), got 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["probe", "interpolate", checkpoints[0], str(tmp_path / "missing.pt"), *_args(tmp_path)])
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["probe", "level-set", *checkpoints[:2], *_args(tmp_path)])
+    assert "needs --threshold" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["probe", "interpolate", *checkpoints[:2], "--model", "nomodule", *_args(tmp_path)])
+    assert "expected warship, drcn or an import path" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    torch.save({"x": [1, 2]}, bad)
+    with pytest.raises(ValueError, match="neither a landprobe recipe checkpoint nor a state_dict"):
+        load_checkpoint(bad)
