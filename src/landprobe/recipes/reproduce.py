@@ -427,9 +427,15 @@ def summarize(out: str | os.PathLike, *, figures: bool = True) -> dict[str, Any]
         "comparisons": comps, "bicubic_psnr": bicubic,
         "beats_bicubic": ({s: bool(table[s]["final"] > bicubic) for s in SETTINGS} if bicubic is not None else None),
         "runs": {s: {k: finals[s].get(k) for k in ("preset", "steps", "parameters", "wall_seconds_this_call",
-                                                   "seconds_per_step_this_call", "data", "val")}
+                                                   "seconds_per_step_this_call", "data", "val", "val_crop",
+                                                   "psnr_whole_images", "bicubic_psnr_whole_images")}
                  for s in finals},
     }
+    whole = {s: f.get("psnr_whole_images") for s, f in finals.items()}
+    bic_whole = next((f.get("bicubic_psnr_whole_images") for f in finals.values()), None)
+    if bic_whole is not None and all(v is not None for v in whole.values()):
+        summary["bicubic_psnr_whole_images"] = bic_whole
+        summary["beats_bicubic_whole_images"] = {s: bool(v > bic_whole) for s, v in whole.items()}
     save_json(out / "summary.json", summary)
     if figures:
         _figures(out, hist, epochs, stages, bicubic)
@@ -476,7 +482,7 @@ def _figures(out: Path, hist, epochs, stages, bicubic) -> None:
     plt.close(fig)
     # sparsity per subnet
     keys = (("frac_small", "fraction |θ| < 1e-3"), ("hoyer", "Hoyer sparsity of θ"),
-            ("treves_rolls", "Treves-Rolls activity ratio"))
+            ("treves_rolls", "Treves-Rolls population sparseness"))
     fig, axes = plt.subplots(3, 3, figsize=(12, 8.5), sharex=True)
     for j, sub in enumerate(SUBNETS):
         for i, (key, label) in enumerate(keys):
