@@ -133,17 +133,29 @@ class Evaluation:
     batch_sizes: np.ndarray
 
     @staticmethod
-    def from_batches(losses: Sequence[float], sizes: Sequence[int]) -> Evaluation:
+    def from_batches(losses: Sequence[float], sizes: Sequence[int], population: int | None = None) -> Evaluation:
+        """Mean and standard error from per-batch losses and sizes.
+
+        Without ``population`` the standard error is that of a ratio (cluster) estimator over
+        batches, Var = B/(B-1) Σ w_b² (l_b − m)² (s²/B for equal batches): how well a random
+        subset of such batches pins the mean down; with all the data evaluated the mean itself
+        is exact. With ``population`` (the number of samples the batches were drawn from,
+        without replacement) the finite-population factor (1 − n/N) is applied: the error of
+        the estimate of the full-data mean, zero once every sample is used.
+        """
         l = np.asarray(losses, dtype=np.float64)
         n = np.asarray(sizes, dtype=np.float64)
         total = n.sum()
         w = n / total
         mean = float(np.dot(w, l))
         b = len(l)
-        # Standard error of a ratio (cluster) estimator over batches: Var = B/(B-1) Σ w_b² (l_b - m)²;
-        # with equal batch sizes this is s²/B. It measures how well a random subset of batches
-        # of this kind pins down the mean; with all the data evaluated the mean itself is exact.
-        se = float(math.sqrt(b / (b - 1) * np.sum(w**2 * (l - mean) ** 2))) if b > 1 else float("nan")
+        if b > 1:
+            var = b / (b - 1) * np.sum(w**2 * (l - mean) ** 2)
+            if population is not None:
+                var *= max(0.0, 1.0 - total / population)
+            se = float(math.sqrt(var))
+        else:
+            se = float("nan")
         return Evaluation(mean, se, l, n.astype(np.int64))
 
 
@@ -151,7 +163,9 @@ class Engine:
     """Runs the data through the model at given parameter values, in place, fast and safely."""
 
     def __init__(self, model: nn.Module, loss_fn: Callable, data: Iterable, *, bn: str = "eval",
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 precision: float | None = None, min_batches: int = 4, batch_size: int | None = None,
+                 seed: int = 0):
         if not isinstance(model, nn.Module):
             if isinstance(model, type) and issubclass(model, nn.Module):
                 raise TypeError(f"received the class {model.__name__}; instantiate it: {model.__name__}(...)")
@@ -183,6 +197,8 @@ class Engine:
                              f"(model.to({dtype})) or pass dtype=None")
         self.dtype = dtype
         self._bns = [m for m in model.modules() if is_batchnorm(m)]
+        self.precision = precision
+        self._sampler = None if precision is None else _PrecisionSampler(data, precision, min_batches, batch_size, seed)
 
     # ---- contexts
     def autocast(self):
@@ -223,20 +239,93 @@ class Engine:
         if self.bn == "recompute":
             self.recompute_bn()
             self.set_eval_modes()
+        if self._sampler is not None:
+            return self._evaluate_to_precision()
         losses: list[Tensor] = []
         sizes: list[int] = []
         with torch.no_grad(), self.autocast():
             for x, y in self.batches():
                 out = call_model(self.model, x)
                 loss = self.loss_fn(out, y)
-                if not isinstance(loss, Tensor) or loss.numel() != 1:
-                    raise ValueError(
-                        "loss_fn must return a scalar tensor (a mean-reduced loss such as nn.MSELoss()); "
-                        f"got {type(loss).__name__}" + (f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else "")
-                    )
-                losses.append(loss.detach().reshape(()).double())
+                losses.append(self._check_loss(loss))
                 sizes.append(batch_size(x))
         if not losses:
             raise ValueError("data yielded no batch: pass a non-empty DataLoader or list of (x, y) pairs")
         vals = torch.stack(losses).cpu().numpy()   # one device sync per point
         return Evaluation.from_batches(vals, sizes)
+
+    @staticmethod
+    def _check_loss(loss: Any) -> Tensor:
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            raise ValueError(
+                "loss_fn must return a scalar tensor (a mean-reduced loss such as nn.MSELoss()); "
+                f"got {type(loss).__name__}" + (f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else "")
+            )
+        return loss.detach().reshape(()).double()
+
+    def _evaluate_to_precision(self) -> Evaluation:
+        """Seeded random batches until 2·stderr <= precision·|loss| (or the data runs out)."""
+        sampler = self._sampler
+        losses: list[float] = []
+        sizes: list[int] = []
+        ev = None
+        with torch.no_grad(), self.autocast():
+            for batch in sampler.batches():
+                x, y = unpack_batch(batch)
+                x, y = to_device(x, self.device), to_device(y, self.device)
+                losses.append(float(self._check_loss(self.loss_fn(call_model(self.model, x), y))))
+                sizes.append(batch_size(x))
+                if len(losses) >= sampler.min_batches:
+                    ev = Evaluation.from_batches(losses, sizes, population=sampler.population)
+                    if 2.0 * ev.stderr <= sampler.precision * abs(ev.loss):
+                        return ev
+        if not losses:
+            raise ValueError("data yielded no batch: pass a non-empty DataLoader, Dataset or list of (x, y) pairs")
+        return Evaluation.from_batches(losses, sizes, population=sampler.population)
+
+
+class _PrecisionSampler:
+    """Seeded random batches for precision-targeted evaluation.
+
+    The same random order serves every point of a probe (common random numbers: differences
+    between points, such as barriers, are measured on the same samples).
+    """
+
+    def __init__(self, data: Any, precision: float, min_batches: int, batch_size_: int | None, seed: int):
+        from torch.utils.data import DataLoader, Dataset, IterableDataset
+        from torch.utils.data._utils.collate import default_collate
+
+        if not (isinstance(precision, (int, float)) and 0 < precision < 1 and math.isfinite(precision)):
+            raise ValueError(f"precision={precision!r}; expected a relative error in (0, 1), e.g. 0.01 for ±1% (2σ)")
+        if not isinstance(min_batches, int) or min_batches < 2:
+            raise ValueError(f"min_batches={min_batches!r}; expected an integer >= 2 (a standard error needs two batches)")
+        self.precision, self.min_batches = float(precision), min_batches
+        gen = torch.Generator().manual_seed(int(seed))
+        if isinstance(data, DataLoader):
+            if isinstance(data.dataset, IterableDataset):
+                raise ValueError("precision= needs random access to the data: a DataLoader over a map-style "
+                                 "Dataset, a Dataset, or a list of (x, y) batches; got an IterableDataset")
+            dataset, bs, collate = data.dataset, batch_size_ or data.batch_size or 1, data.collate_fn
+        elif isinstance(data, (list, tuple)):
+            self._mode = "batches"
+            self._batches = data
+            self._order = torch.randperm(len(data), generator=gen).tolist()
+            self.population = sum(batch_size(unpack_batch(b)[0]) for b in data)
+            return
+        elif isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+            dataset, bs, collate = data, batch_size_ or 64, default_collate
+        else:
+            raise ValueError(f"precision= needs random access to the data (a list of batches, a map-style "
+                             f"Dataset or a DataLoader over one); got {type(data).__name__}")
+        self._mode = "samples"
+        self._dataset, self._bs, self._collate = dataset, int(bs), collate
+        self.population = len(dataset)
+        self._order = torch.randperm(len(dataset), generator=gen).tolist()
+
+    def batches(self):
+        if self._mode == "batches":
+            for i in self._order:
+                yield self._batches[i]
+            return
+        for i in range(0, len(self._order), self._bs):
+            yield self._collate([self._dataset[j] for j in self._order[i:i + self._bs]])

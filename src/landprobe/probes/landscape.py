@@ -60,6 +60,17 @@ class LandscapeProbe:
         dtype: ``None`` evaluates in the model's dtype (fp32 recommended: barriers are small
             differences); ``torch.bfloat16`` opts in to autocast.
         progress: Show a progress bar over the points of multi-point probes.
+        precision: ``None`` (default): every point is one pass over all of ``data``. A number
+            such as ``0.01``: each point is evaluated on seeded random batches, drawn without
+            replacement, until its 2σ standard error (finite-population corrected) falls below
+            ``precision`` times the loss, or the data runs out (then the loss is exact). The
+            same random order serves every point (common random numbers), and each point's
+            error is reported (``Curve.stderr``). Needs random access: a list of batches, a
+            map-style Dataset, or a DataLoader over one (its ``batch_size`` and ``collate_fn``).
+        min_batches: With ``precision``: batches evaluated before the stopping rule applies.
+        batch_size: With ``precision`` and a Dataset: samples per batch (default: the
+            DataLoader's, or 64).
+        seed: With ``precision``: seed of the random order (the global RNG is not used).
 
     Example:
         >>> import torch, landprobe as lp
@@ -72,8 +83,10 @@ class LandscapeProbe:
 
     def __init__(self, model: nn.Module, loss_fn: Callable, data: Iterable, *, bn: str = "eval",
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-                 progress: bool = False):
-        self.engine = Engine(model, loss_fn, data, bn=bn, device=device, dtype=dtype)
+                 progress: bool = False, precision: float | None = None, min_batches: int = 4,
+                 batch_size: int | None = None, seed: int = 0):
+        self.engine = Engine(model, loss_fn, data, bn=bn, device=device, dtype=dtype, precision=precision,
+                             min_batches=min_batches, batch_size=batch_size, seed=seed)
         self.progress = progress
 
     # ---- conveniences
@@ -106,7 +119,7 @@ class LandscapeProbe:
     def _settings(self, **kw: Any) -> dict[str, Any]:
         from landprobe import __version__
 
-        kw.update(bn=self.bn, device=str(self.engine.device),
+        kw.update(bn=self.bn, device=str(self.engine.device), precision=self.engine.precision,
                   dtype=str(self.engine.dtype or next(self.model.parameters()).dtype),
                   model=type(self.model).__name__, landprobe=__version__)
         return kw
@@ -181,6 +194,9 @@ class LandscapeProbe:
 
         if self.bn != "eval":
             raise ValueError(f"batch_points > 1 needs bn='eval' (got bn={self.bn!r}); use batch_points=1")
+        if self.engine.precision is not None:
+            raise ValueError("batch_points > 1 evaluates all the data per point; it cannot be combined with "
+                             "precision= (use batch_points=1)")
         model, engine = self.model, self.engine
         rank, world = _dist_info()
         chunks = [list(range(i, min(i + chunk, len(values)))) for i in range(0, len(values), chunk)]
@@ -298,5 +314,6 @@ class LandscapeProbe:
             alphas=alphas, losses=losses, stderr=stderr,
             loss_a=float(losses[i0]), loss_b=float(losses[i1]),
             settings=self._settings(probe="interpolate", steps=steps, extend=float(extend), subnet=sub,
-                                    grid_extension_steps=k, batch_points=batch_points),
+                                    grid_extension_steps=k, batch_points=batch_points,
+                                    samples_per_point=[int(e.batch_sizes.sum()) for e in evals]),
         )

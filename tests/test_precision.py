@@ -1,0 +1,86 @@
+"""Precision-targeted evaluation: seeded random batches until 2σ <= precision · loss."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+import landprobe as lp
+from helpers import CASES, assert_same_snapshot, perturbed, snapshot
+
+
+def regression_dataset(n=2000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=g)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]]) + torch.randn(n, 1, generator=g)
+    return TensorDataset(x, y)
+
+
+def test_tight_precision_uses_all_data_and_is_exact():
+    model, data = CASES[0].build(dtype=torch.float64)
+    exact = lp.LandscapeProbe(model, CASES[0].loss_fn, data).evaluate()
+    ev = lp.LandscapeProbe(model, CASES[0].loss_fn, data, precision=1e-12, min_batches=2).evaluate()
+    assert ev.loss == pytest.approx(exact.loss, rel=1e-13)
+    assert ev.stderr == 0.0  # finite-population correction: every sample was used
+    assert sorted(ev.batch_sizes.tolist()) == sorted(exact.batch_sizes.tolist())
+
+
+@pytest.mark.parametrize("wrap", ["dataset", "loader"])
+def test_stops_once_the_target_is_met(wrap):
+    ds = regression_dataset()
+    data = ds if wrap == "dataset" else DataLoader(ds, batch_size=50)
+    model = nn.Linear(3, 1).double()
+    ds.tensors = tuple(t.double() for t in ds.tensors)
+    probe = lp.LandscapeProbe(model, nn.MSELoss(), data, precision=0.05, batch_size=50, seed=3)
+    ev = probe.evaluate()
+    assert 2 * ev.stderr <= 0.05 * ev.loss
+    assert 4 <= len(ev.batch_losses) < 40  # stopped well before the 2,000 samples
+    assert set(ev.batch_sizes.tolist()) == {50}
+    # the same seed draws the same samples
+    again = probe.evaluate()
+    assert again.loss == ev.loss
+
+
+def test_estimator_is_unbiased_and_its_error_bars_cover():
+    ds = regression_dataset(n=4000, seed=1)
+    model = nn.Linear(3, 1)
+    full = lp.LandscapeProbe(model, nn.MSELoss(), DataLoader(ds, batch_size=500)).loss()
+    estimates, covered = [], 0
+    for seed in range(120):
+        ev = lp.LandscapeProbe(model, nn.MSELoss(), ds, precision=0.1, batch_size=40, seed=seed).evaluate()
+        estimates.append(ev.loss)
+        covered += abs(ev.loss - full) <= 2 * ev.stderr
+    assert abs(np.mean(estimates) - full) / full < 0.01  # mean of many seeded draws
+    assert covered / 120 > 0.85                            # 2σ bars cover about 95%
+
+
+def test_interpolate_with_precision_reports_per_point_error_and_restores():
+    model, data = CASES[1].build()
+    before = snapshot(model)
+    probe = lp.LandscapeProbe(model, CASES[1].loss_fn, data * 10, precision=0.2, min_batches=3)
+    curve = probe.interpolate(perturbed(model, 1), perturbed(model, 2), steps=5)
+    assert len(curve.settings["samples_per_point"]) == 5 and curve.settings["precision"] == 0.2
+    used = np.array(curve.settings["samples_per_point"])
+    assert ((2 * curve.stderr <= 0.2 * curve.losses) | (used == 60)).all()
+    assert_same_snapshot(before, snapshot(model))
+
+
+def test_precision_errors():
+    model, data = CASES[0].build()
+    with pytest.raises(ValueError, match="precision=1.5; expected a relative error in"):
+        lp.LandscapeProbe(model, CASES[0].loss_fn, data, precision=1.5)
+    with pytest.raises(ValueError, match="min_batches=1"):
+        lp.LandscapeProbe(model, CASES[0].loss_fn, data, precision=0.1, min_batches=1)
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            yield from data
+
+    with pytest.raises(ValueError, match="got an IterableDataset"):
+        lp.LandscapeProbe(model, CASES[0].loss_fn, DataLoader(Stream(), batch_size=None), precision=0.1)
+    with pytest.raises(ValueError, match="needs random access"):
+        lp.LandscapeProbe(model, CASES[0].loss_fn, (b for b in data), precision=0.1)
+    probe = lp.LandscapeProbe(model, CASES[0].loss_fn, data, precision=0.1)
+    with pytest.raises(ValueError, match="cannot be combined with precision="):
+        probe.interpolate(model, perturbed(model, 1), batch_points=2)
