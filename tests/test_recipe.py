@@ -3,7 +3,6 @@ SIGKILL, checkpoint contents, summary and figures, and every error path (issue 5
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys

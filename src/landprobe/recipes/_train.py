@@ -22,11 +22,12 @@ Everything the study's recipe does per step and per epoch lives here, so that ``
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,7 +36,6 @@ import torch
 from torch import nn
 
 from landprobe._io import atomic_torch_save, atomic_write
-import json
 
 __all__ = ["TrainSpec", "Trainer", "steps_for_epochs", "hoyer", "population_sparseness_sums", "build_model"]
 

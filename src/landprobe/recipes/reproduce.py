@@ -7,11 +7,8 @@ step count) and the measured runs.
 from __future__ import annotations
 
 import json
-import math
 import os
-import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,7 +16,7 @@ import numpy as np
 import torch
 
 from landprobe._io import load_json, save_json
-from landprobe.recipes._train import SUBNETS, Trainer, TrainSpec, steps_for_epochs
+from landprobe.recipes._train import SUBNETS, Trainer, TrainSpec
 
 __all__ = ["reproduce", "summarize", "PRESETS", "SETTINGS"]
 
