@@ -241,7 +241,7 @@ class HessianOperator:
         if not isinstance(V, Tensor) or V.dim() != 2 or V.shape[0] != self.n:
             raise ValueError(f"V has shape {tuple(V.shape) if isinstance(V, Tensor) else type(V).__name__}; "
                              f"expected a (n, m) tensor with n={self.n} rows (one column per vector)")
-        out = self._hvp_many([self._split(V[:, j]) for j in range(V.shape[1])])
+        out = self._hvp_many([self._split(V[:, j].contiguous()) for j in range(V.shape[1])])
         return torch.stack([torch.cat([h.reshape(-1) for h in hv]) for hv in out], dim=1)
 
     def _check_flat(self, v: Tensor) -> None:

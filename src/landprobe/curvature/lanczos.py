@@ -41,6 +41,7 @@ class LanczosRun:
     basis: Tensor              # (m, n) float64, orthonormal rows
     last_beta: float           # β_m: norm of the part of H q_m outside the basis
     matvecs: int
+    products: Tensor | None = None   # (m, n) float64 rows H q_j, when kept
 
     def tridiagonal(self) -> np.ndarray:
         m = len(self.alphas)
@@ -55,7 +56,8 @@ def _rademacher(n: int, gen: torch.Generator) -> Tensor:
 
 
 def lanczos(matvec: Callable[[Tensor], Tensor], v0: Tensor, steps: int, *, restart: bool = False,
-            seed: int = 0, callback: Callable[[LanczosRun], bool] | None = None) -> LanczosRun:
+            seed: int = 0, callback: Callable[[LanczosRun], bool] | None = None,
+            keep_products: bool = False) -> LanczosRun:
     """Symmetric Lanczos with full reorthogonalisation against a float64 basis.
 
     Args:
@@ -67,6 +69,8 @@ def lanczos(matvec: Callable[[Tensor], Tensor], v0: Tensor, steps: int, *, resta
             multiple eigenvalues are found; otherwise stop there (as SLQ wants).
         seed: Seed of the restart vectors.
         callback: Called after each step with the run so far; returning True stops.
+        keep_products: Also keep the products H q_j (another 8·n bytes per step), so that
+            H v of any Ritz vector v = Σ s_j q_j is Σ s_j H q_j without a new product.
 
     Returns:
         A :class:`LanczosRun`.
@@ -89,6 +93,7 @@ def lanczos(matvec: Callable[[Tensor], Tensor], v0: Tensor, steps: int, *, resta
     if not math.isfinite(nrm) or nrm == 0.0:
         raise ValueError("the Lanczos start vector is zero or not finite")
     Q[0] = v0 / nrm
+    W = torch.empty_like(Q) if keep_products else None
     alphas: list[float] = []
     betas: list[float] = []
     gen = torch.Generator().manual_seed(int(seed) + 7919)
@@ -98,6 +103,8 @@ def lanczos(matvec: Callable[[Tensor], Tensor], v0: Tensor, steps: int, *, resta
     for j in range(steps):
         q = Q[j]
         w = matvec(q).to(device=device, dtype=torch.float64).reshape(-1)
+        if W is not None:
+            W[j] = w
         a = float(torch.dot(q, w))
         alphas.append(a)
         w = w - a * q
@@ -133,10 +140,15 @@ def lanczos(matvec: Callable[[Tensor], Tensor], v0: Tensor, steps: int, *, resta
             bigger = torch.empty(min(2 * Q.shape[0], steps + 1), n, dtype=torch.float64, device=device)
             bigger[: j + 1] = Q[: j + 1]
             Q = bigger
+            if W is not None:
+                bigger_w = torch.empty_like(Q)
+                bigger_w[: j + 1] = W[: j + 1]
+                W = bigger_w
         Q[j + 1] = w
         betas.append(beta)
     assert run is not None
     run.basis = Q[: len(alphas)]
+    run.products = None if W is None else W[: len(alphas)]
     return run
 
 
@@ -154,8 +166,11 @@ def top_eigenvalues(op, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max
 
     Lanczos with full reorthogonalisation from a seeded Gaussian start, stopped once the
     recurrence's residual estimates β_m·|s_mi| of the k wanted Ritz pairs are below
-    ``tol·|θ| + atol``; then every returned pair's residual ‖Hv − θv‖ is measured with a real
-    product (k more matvecs) and that decides its ``converged`` flag. On a breakdown (the
+    ``tol·|θ| + atol``; then every returned pair's residual ‖Hv − θv‖ is measured, not
+    estimated: the products H q_j of the Lanczos vectors are kept, so Hv = Σ s_j (H q_j) by
+    linearity from real products (no reliance on the recurrence, whose relation a float32 or
+    slightly asymmetric product breaks), and that decides its ``converged`` flag.
+    (``method="arpack"`` spends one more product per pair for it.) On a breakdown (the
     Krylov space became invariant) the run restarts with a random vector orthogonal to the
     basis, so repeated eigenvalues are found with their multiplicity in small problems.
 
@@ -173,7 +188,7 @@ def top_eigenvalues(op, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max
         which: ``"LA"`` largest algebraic, ``"SA"`` smallest algebraic, ``"LM"`` largest magnitude.
         tol: Relative residual tolerance.
         max_iter: Largest Krylov dimension (default ``min(n, max(100, 10 * k))``); memory
-            8·n·max_iter bytes. When it is reached the pairs are returned unconverged.
+            16·n·max_iter bytes (basis and products). When it is reached the pairs are returned unconverged.
         seed: Seed of the start vector.
         method: ``"lanczos"`` (this module) or ``"arpack"`` (SciPy ``eigsh`` on
             ``op.as_linear_operator()``; implicitly restarted, float64 numpy on the CPU).
@@ -236,6 +251,7 @@ def top_eigenvalues(op, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max
         idx = _order(th, which)[:k]
         theta = th[idx]
         vecs = torch.from_numpy(np.ascontiguousarray(V[:, idx].T)).to(op.device)
+        hvecs = None
         big = float(np.max(np.abs(th))) if th.size else 0.0
     else:
         def enough(run: LanczosRun) -> bool:
@@ -248,19 +264,21 @@ def top_eigenvalues(op, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max
             floor = atol if atol is not None else 100 * eps * float(np.max(np.abs(th)))
             return bool(np.all(est <= tol * np.abs(th[idx]) + floor))
 
-        run = lanczos(mv, v0, max_iter, restart=True, seed=seed, callback=enough)
+        run = lanczos(mv, v0, max_iter, restart=True, seed=seed, callback=enough, keep_products=True)
         th, S = np.linalg.eigh(run.tridiagonal())
         idx = _order(th, which)[:k]
         theta = th[idx]
         big = float(np.max(np.abs(th)))
         coef = torch.from_numpy(np.ascontiguousarray(S[:, idx].T)).to(run.basis)
         vecs = coef @ run.basis                   # (k', n) Ritz vectors, orthonormal
+        hvecs = coef @ run.products               # H applied to them, by linearity from real products
     floor = atol if atol is not None else 100 * eps * big
     residuals, flags = [], []
     out_vecs = []
     for i in range(len(theta)):
-        v = vecs[i] / torch.linalg.vector_norm(vecs[i])
-        hv = mv(v).to(torch.float64)
+        nv = torch.linalg.vector_norm(vecs[i])
+        v = vecs[i] / nv
+        hv = (hvecs[i] / nv) if hvecs is not None else mv(v).to(torch.float64)
         r = float(torch.linalg.vector_norm(hv - theta[i] * v))
         ok = r <= tol * abs(theta[i]) + floor
         # a ghost: a copy of an earlier value whose vector is not orthogonal to the earlier one

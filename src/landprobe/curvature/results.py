@@ -21,13 +21,14 @@ class Eigenpairs(Result):
     Attributes:
         values: Eigenvalue estimates (Ritz values), float64: descending for ``which="LA"``,
             ascending for ``"SA"``, by descending magnitude for ``"LM"``.
-        residuals: ‖H v − λ v‖ for each unit vector v, measured with one extra Hessian-vector
-            product per pair (not the Lanczos recurrence's estimate). |λ − λ_true| ≤ residual
-            for the nearest true eigenvalue.
+        residuals: ‖H v − λ v‖ for each unit vector v, from real Hessian-vector products
+            (Hv = Σ s_j H q_j over the kept Lanczos products; with ARPACK one extra product per
+            pair), not the Lanczos recurrence's estimate. |λ − λ_true| ≤ residual for the
+            nearest true eigenvalue.
         converged: Per pair, ``residual <= tol * |λ| + atol`` (see ``settings``); a copy of an
             eigenvalue whose vector is not orthogonal to an earlier one's (a ghost) is never
             marked converged.
-        matvecs: Hessian-vector products spent (Krylov steps plus the residual checks).
+        matvecs: Hessian-vector products spent.
         vectors: The unit eigenvectors as ParamVectors (not written by :meth:`save`; save them
             with ``torch.save(v.state_dict(), ...)``).
         settings: k, which, tol, atol, max_iter, seed, method, dtype, ...
