@@ -90,7 +90,7 @@ def test_history_records_and_checkpoint(tmp_path):
 
 
 def test_validation_psnr_matches_a_direct_computation(tmp_path):
-    tiny_run(tmp_path, epochs=1, patches_per_epoch=8)
+    tiny_run(tmp_path, epochs=1, patches_per_epoch=8, val_crop=None)  # whole images
     ck = torch.load(tmp_path / "mix" / "checkpoint.pt", weights_only=True)
     model = _train.build_model(TINY["width"], 4, seed=0)
     model.load_state_dict(ck["model"])
@@ -229,7 +229,7 @@ def test_hoyer_and_population_sparseness_closed_forms():
 
 def test_activation_sparseness_matches_lp_capacity(tmp_path):
     capacity = pytest.importorskip("landprobe.capacity")
-    tiny_run(tmp_path, epochs=1, patches_per_epoch=8)
+    tiny_run(tmp_path, epochs=1, patches_per_epoch=8, val_crop=None)  # whole images
     rec = read_history(tmp_path / "mix" / "history.jsonl")[0]
     model = _train.build_model(TINY["width"], 4, seed=0)
     model.load_state_dict(torch.load(tmp_path / "mix" / "checkpoint.pt", weights_only=True)["model"])
