@@ -302,6 +302,8 @@ def test_demo_argument_errors(tmp_path):
         lp.recipes.demo(out=tmp_path, steps=0)
     with pytest.raises(ValueError, match="points=1"):
         lp.recipes.demo(out=tmp_path, points=1)
+    with pytest.raises(ValueError, match="threads=0"):
+        lp.recipes.demo(out=tmp_path, threads=0)
 
 
 def test_validation_on_centre_crops_and_whole_images_at_the_end(tmp_path):

@@ -135,6 +135,8 @@ def _register_demo(sub) -> None:
     p.add_argument("--extend", type=float, default=None, help="evaluate past both ends by this fraction (default 0.5)")
     p.add_argument("--settings", nargs=2, default=None, metavar=("A", "B"), help="two of all-l2, mix, all-l1")
     p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--threads", type=_positive_int, default=1,
+                   help="torch CPU threads (default 1: fastest on a busy shared CPU)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_demo)
 
@@ -144,7 +146,7 @@ def _run_demo(args) -> int:
 
     kw = {k: v for k, v in (("steps", args.steps), ("points", args.points), ("settings", args.settings),
                             ("extend", args.extend)) if v is not None}
-    demo(out=args.out, seed=args.seed, progress=not args.no_progress, verbose=True, **kw)
+    demo(out=args.out, seed=args.seed, threads=args.threads, progress=not args.no_progress, verbose=True, **kw)
     return 0
 
 
