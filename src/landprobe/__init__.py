@@ -34,6 +34,7 @@ from landprobe.monitor import LandscapeMonitor, MonitorHistory
 
 # the super-resolution study's layers (subpackages)
 from landprobe import data, losses, metrics, models  # noqa: E402  (after the spine: they may use it)
+from landprobe import recipes  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -69,4 +70,5 @@ __all__ = [
     "metrics",
     "models",
     "losses",
+    "recipes",
 ]
