@@ -127,24 +127,32 @@ def _demo(out, settings, steps, points, extend, width, seed, amp, progress, verb
                      "batch_size": _DEMO_SPEC["batch_size"], "data": "embedded sample (train x2, val x2)",
                      "parameters": sum(p.numel() for p in model.parameters())},
     }
+    from landprobe._io import atomic_write
     from landprobe._results import require_matplotlib
 
-    plt = require_matplotlib()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    curve.plot(ax=ax, errorbars=False)
-    ax.set_xlabel(f"alpha  ({settings[0]} -> {settings[1]})")
-    ax.set_ylabel("recipe loss on sample patches")
-    fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
-    from landprobe._io import atomic_write
-
-    atomic_write(out / "demo.png", lambda fh: fig.savefig(fh, format="png", dpi=110), binary=True)
-    plt.close(fig)
+    written = [curve_path]
+    try:
+        plt = require_matplotlib()
+    except ImportError as exc:  # the JSON is the result; the PNG needs the plot extra
+        plt = None
+        note = f"no PNG: {exc}"
+    if plt is not None:
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        curve.plot(ax=ax, errorbars=False)
+        ax.set_xlabel(f"alpha  ({settings[0]} -> {settings[1]})")
+        ax.set_ylabel("recipe loss on sample patches")
+        fig.tight_layout()
+        atomic_write(out / "demo.png", lambda fh: fig.savefig(fh, format="png", dpi=110), binary=True)
+        plt.close(fig)
+        written.append(out / "demo.png")
     summary["seconds"] = time.perf_counter() - t_start
     save_json(curve_path, summary)
     if verbose:
         print(_table(summary))
-        print(f"wrote {curve_path} and {out / 'demo.png'} in {summary['seconds']:.1f} s")
+        if plt is None:
+            print(note)
+        print(f"wrote {' and '.join(map(str, written))} in {summary['seconds']:.1f} s")
     return summary
 
 
