@@ -247,10 +247,10 @@ class LandscapeProbe:
             extend: Extrapolate past both ends by this fraction of the segment, on the same
                 grid spacing (rounded up to whole steps), so 0 and 1 stay on the grid.
             batch_points: Evaluate this many points per model call (``torch.func.functional_call``
-                under ``vmap``; ``bn='eval'`` only). On a 2-core CPU it halved the time of a model
-                of 200+ small tensors and slowed a conv-heavy one (benchmarks/results/interpolate.json);
-                results agree with ``batch_points=1`` to float rounding. Costs ``batch_points``
-                copies of the parameters.
+                under ``vmap``; ``bn='eval'`` only). Results agree with ``batch_points=1`` to float
+                rounding; it costs ``batch_points`` copies of the parameters. On the 2-core CPU it
+                did not beat one point per pass (benchmarks/results/interpolate.json); it is
+                offered for devices where wider batched kernels pay.
 
         Returns:
             A :class:`Curve`. The model is restored exactly afterwards. Under
@@ -291,11 +291,23 @@ class LandscapeProbe:
         alphas[idx == 0] = 0.0
         alphas[idx == steps - 1] = 1.0
 
+        # Large tensors: one fused pass lerp(a, b, out=target) (a copy followed by an in-place
+        # lerp reads and writes them twice); small ones: two foreach kernels over all of them.
+        big = [i for i, t in enumerate(a_list) if t.numel() >= 1 << 16]
+        small = [i for i in range(len(a_list)) if i not in set(big)]
+        a_small, b_small = [a_list[i] for i in small], [b_eff[i] for i in small]
+
         def writer(alpha: float):
             def write(targets: list[torch.Tensor]) -> None:
-                torch._foreach_copy_(targets, a_list)
-                if alpha != 0.0:
-                    torch._foreach_lerp_(targets, b_eff, alpha)
+                if alpha == 0.0:
+                    torch._foreach_copy_(targets, a_list)
+                    return
+                for i in big:
+                    torch.lerp(a_list[i], b_eff[i], alpha, out=targets[i])
+                if small:
+                    t_small = [targets[i] for i in small]
+                    torch._foreach_copy_(t_small, a_small)
+                    torch._foreach_lerp_(t_small, b_small, alpha)
             return write
 
         if not isinstance(batch_points, int) or batch_points < 1:
