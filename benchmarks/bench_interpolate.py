@@ -56,6 +56,18 @@ def floor(model, data, loss_fn, points):
             torch.stack(losses).cpu()
 
 
+def floor_with_writes(model, data, loss_fn, points, a, b):
+    """The floor plus writing new weights before each pass (lerp into the parameters): the
+    part of a probe's cost that no implementation avoids when it evaluates in place."""
+    model.eval()
+    targets = [p.data for p in model.parameters()]
+    with torch.no_grad():
+        for i in range(points):
+            for t, x, y in zip(targets, a, b):
+                torch.lerp(x, y, i / max(points - 1, 1), out=t)
+            torch.stack([loss_fn(model(x), y) for x, y in data]).cpu()
+
+
 def loss_landscapes_curve(ma, mb, data, loss_fn, steps):
     import loss_landscapes
     from loss_landscapes.metrics import Metric
@@ -123,8 +135,11 @@ def main() -> None:
         n_params = sum(p.numel() for p in model.parameters())
         n_tensors = len(list(model.parameters()))
         probe = lp.LandscapeProbe(model, loss_fn, data)
+        pa = [p.detach().clone() for p in ma.parameters()]
+        pb = [p.detach().clone() for p in mb.parameters()]
         fns = {
             "floor": lambda: floor(model, data, loss_fn, args.points),
+            "floor_with_writes": lambda: floor_with_writes(model, data, loss_fn, args.points, pa, pb),
             "landprobe": lambda: probe.interpolate(ma, mb, steps=args.points),
             "loss_landscapes": lambda: loss_landscapes_curve(ma, mb, data, loss_fn, args.points),
         }
@@ -139,6 +154,8 @@ def main() -> None:
             "parameters": n_params, "tensors": n_tensors, "timings": t,
             "ratio_landprobe_over_floor": t["landprobe"]["median_s"] / f,
             "ratio_loss_landscapes_over_floor": t["loss_landscapes"]["median_s"] / f,
+            "ratio_floor_with_writes_over_floor": t["floor_with_writes"]["median_s"] / f,
+            "ratio_landprobe_over_floor_with_writes": t["landprobe"]["median_s"] / t["floor_with_writes"]["median_s"],
             "vmap_timings": tv,
             "ratio_landprobe_batch_points3_over_floor": tv["landprobe_batch_points3"]["median_s"] / tv["floor"]["median_s"],
             "ratio_plain_vmap3_over_floor": tv["vmap_chunk3_plain"]["median_s"] / tv["floor"]["median_s"],
