@@ -14,16 +14,14 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev
 
+from helpers import MLP
 
-class TanhMLP(nn.Module):
+
+class TanhMLP(MLP):
+    """The shared test MLP (tanh), narrower: dense Hessians stay small."""
+
     def __init__(self, d_in=4, hidden=5, d_out=2):
-        super().__init__()
-        self.fc1 = nn.Linear(d_in, hidden)
-        self.fc2 = nn.Linear(hidden, hidden)
-        self.head = nn.Linear(hidden, d_out)
-
-    def forward(self, x):
-        return self.head(torch.tanh(self.fc2(torch.tanh(self.fc1(x)))))
+        super().__init__(d_in, hidden, d_out)
 
 
 class TinyConv(nn.Module):

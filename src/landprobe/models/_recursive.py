@@ -91,6 +91,16 @@ class RecursiveSR(nn.Module):
     def _init_recursion_weights(self, recursions: int) -> None:
         self.recursion_weights = nn.Parameter(torch.full((recursions,), 1.0 / recursions))
 
+    def _init_study(self, recursions: int, recursive_convs) -> None:
+        """The study's initialisation: recursion weights 1/R, He for every conv of Enet and Rnet,
+        identity self-connections for the recursive convs (biases zero throughout)."""
+        self._init_recursion_weights(recursions)
+        for m in (*self.enet.modules(), *self.rnet.modules()):
+            if isinstance(m, nn.Conv2d):
+                he_init_(m)
+        for conv in recursive_convs:
+            identity_init_(conv)
+
     @property
     def recursions(self) -> int:
         """Number of recursions ``R`` (the length of ``recursion_weights``)."""

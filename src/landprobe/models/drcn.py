@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from landprobe.models._recursive import (
-    RecursiveSR, _check_positive_int, _check_width, _scaled, he_init_, identity_init_,
+    RecursiveSR, _check_positive_int, _check_width, _scaled,
 )
 
 
@@ -76,8 +76,4 @@ class DRCN(RecursiveSR):
         self.rnet.add_module("conv1", nn.Conv2d(f, f, 3, padding=1))
         self.rnet.add_module("relu1", nn.ReLU())
         self.rnet.add_module("conv2", nn.Conv2d(f, 1, 3, padding=1))
-        self._init_recursion_weights(recursions)
-        for m in (*self.enet.modules(), *self.rnet.modules()):
-            if isinstance(m, nn.Conv2d):
-                he_init_(m)
-        identity_init_(self.inet.conv)
+        self._init_study(recursions, [self.inet.conv])

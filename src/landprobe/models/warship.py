@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from landprobe.models._recursive import (
-    RecursiveSR, _check_positive_int, _check_width, _scaled, he_init_, identity_init_,
+    RecursiveSR, _check_positive_int, _check_width, _scaled,
 )
 
 
@@ -114,9 +114,4 @@ class WarshipXZNetBeta(RecursiveSR):
         self.rnet.add_module("images", nn.Conv2d(two_n, k, 3, padding=1))
         self.rnet.add_module("relu2", nn.ReLU())
         self.rnet.add_module("weigh", nn.Conv2d(k, 1, 3, padding=1))
-        self._init_recursion_weights(recursions)
-        for m in (*self.enet.modules(), *self.rnet.modules()):
-            if isinstance(m, nn.Conv2d):
-                he_init_(m)
-        identity_init_(self.inet.conv1)
-        identity_init_(self.inet.conv2)
+        self._init_study(recursions, [self.inet.conv1, self.inet.conv2])
