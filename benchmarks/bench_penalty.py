@@ -67,19 +67,23 @@ def stats(times: list[float]) -> dict:
 
 
 def time_pair(params, ours, naive, repeats: int, warmup: int) -> dict:
-    """Interleave the two callables; each run is forward + backward from fresh (None) grads.
+    """Interleave ours (autograd), ours direct and naive; each run is forward + backward from fresh (None) grads.
+
+    ``ours`` is the penalty object: "ours" runs ``ours().backward()``, "direct" runs
+    ``ours.backward()`` (value and gradient without autograd), "naive" runs ``naive().backward()``.
 
     Records wall time (perf_counter) and the calling thread's CPU time (thread_time): the
     penalty's small ops run on this one thread, so its CPU time is its cost even when other
     processes share the cores (wall time then includes waiting for a core).
     """
-    out = {"ours": ([], []), "naive": ([], [])}
+    out = {"ours": ([], []), "direct": ([], []), "naive": ([], [])}
+    runs = (("ours", lambda: ours().backward()), ("direct", ours.backward), ("naive", lambda: naive().backward()))
     for i in range(warmup + repeats):
-        for name, fn in (("ours", ours), ("naive", naive)):
+        for name, fn in runs:
             for p in params:
                 p.grad = None
             t0, c0 = time.perf_counter(), time.thread_time()
-            fn().backward()
+            fn()
             t, c = time.perf_counter() - t0, time.thread_time() - c0
             if i >= warmup:
                 out[name][0].append(t)
@@ -87,6 +91,8 @@ def time_pair(params, ours, naive, repeats: int, warmup: int) -> dict:
     res = {k: {"wall": stats(w), "cpu": stats(c)} for k, (w, c) in out.items()}
     res["speedup_wall"] = res["naive"]["wall"]["median_us"] / res["ours"]["wall"]["median_us"]
     res["speedup_cpu"] = res["naive"]["cpu"]["median_us"] / res["ours"]["cpu"]["median_us"]
+    res["direct_speedup_wall"] = res["naive"]["wall"]["median_us"] / res["direct"]["wall"]["median_us"]
+    res["direct_speedup_cpu"] = res["naive"]["cpu"]["median_us"] / res["direct"]["cpu"]["median_us"]
     return res
 
 
@@ -128,10 +134,11 @@ def bench_model(name, model, x, repeats, warmup) -> dict:
         sel = params if kind != "spectral" else [p for p in params if p.dim() >= 2]
         reps = repeats if kind != "spectral" else max(repeats // 4, 10)
         res["kinds"][kind] = time_pair(params, pen, lambda k=kind, s=sel: 2e-4 * naive_norm(k, s), reps, warmup)
-    res["train_step"] = time_step(model, x, 10, 2)
+    res["train_step"] = time_step(model, x, 50, 5)
     step = res["train_step"]
     for clock, sclock in (("wall", "wall"), ("cpu", "cpu_all_threads")):
         res["mix"][f"fraction_of_step_{clock}"] = res["mix"]["ours"][clock]["median_us"] / step[sclock]["median_us"]
+        res["mix"][f"direct_fraction_of_step_{clock}"] = res["mix"]["direct"][clock]["median_us"] / step[sclock]["median_us"]
         res["mix"][f"naive_fraction_of_step_{clock}"] = res["mix"]["naive"][clock]["median_us"] / step[sclock]["median_us"]
     return res
 
@@ -159,7 +166,7 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "loadavg_start": os.getloadavg()},
-        "method": "forward+backward from None grads, ours and naive interleaved, median and IQR over repeats "
+        "method": "forward+backward from None grads, ours (penalty().backward()), direct (penalty.backward(), no autograd graph) and naive interleaved, median and IQR over repeats "
                   "after warm-up; clocks: wall (perf_counter) and CPU time of the calling thread (thread_time; "
                   "the penalty's ops are single-threaded, so this is its cost when other processes share the "
                   "cores); train step = zero_grad, forward, MSE, backward, SGD step, wall and process CPU time "
@@ -174,9 +181,12 @@ def main() -> None:
               f"cpu {r['train_step']['cpu_all_threads']['median_us'] / 1e3:.1f} ms")
         for kind, kr in [("mix", m)] + list(r["kinds"].items()):
             print(f"  {kind:9s} cpu: ours {kr['ours']['cpu']['median_us']:7.0f} us (IQR {kr['ours']['cpu']['iqr_us']:5.0f}) "
-                  f"naive {kr['naive']['cpu']['median_us']:7.0f} us -> {kr['speedup_cpu']:5.2f}x | wall: ours "
-                  f"{kr['ours']['wall']['median_us']:7.0f} naive {kr['naive']['wall']['median_us']:7.0f} -> {kr['speedup_wall']:5.2f}x")
-        print(f"  mix penalty / train step: cpu {100 * m['fraction_of_step_cpu']:.2f}%, wall {100 * m['fraction_of_step_wall']:.2f}% "
+                  f"direct {kr['direct']['cpu']['median_us']:6.0f} us naive {kr['naive']['cpu']['median_us']:7.0f} us "
+                  f"-> {kr['speedup_cpu']:5.2f}x / direct {kr['direct_speedup_cpu']:5.2f}x | wall: "
+                  f"{kr['speedup_wall']:5.2f}x / direct {kr['direct_speedup_wall']:5.2f}x")
+        print(f"  mix penalty / train step: cpu {100 * m['fraction_of_step_cpu']:.2f}% (direct "
+              f"{100 * m['direct_fraction_of_step_cpu']:.2f}%), wall {100 * m['fraction_of_step_wall']:.2f}% "
+              f"(direct {100 * m['direct_fraction_of_step_wall']:.2f}%) "
               f"(naive: cpu {100 * m['naive_fraction_of_step_cpu']:.2f}%)")
     result["machine"]["loadavg_end"] = os.getloadavg()
     save_json(args.out, result)

@@ -110,14 +110,32 @@ def check_against_naive(model, selectors, kinds, weights, include_bias, **kw):
     ref_parts = naive_penalty(model, selectors, norms, weights, include_bias)
     ref = sum(ref_parts.values())
     torch.testing.assert_close(got, ref, **TOL)
-    for g, r in zip(grads(model, got), grads(model, ref)):
+    ref_grads = grads(model, ref)
+    for g, r in zip(grads(model, got), ref_grads):
         torch.testing.assert_close(g, r, **TOL)
     bd = pen.breakdown()
     assert list(bd) == list(keyed)
     for key, sel in selectors.items():
         assert bd[tuple(sel) if isinstance(sel, list) else sel] == pytest.approx(ref_parts[key].item(), rel=1e-10)
     assert sum(bd.values()) == pytest.approx(got.item(), rel=1e-12)
+    check_direct_backward(model, pen, ref, ref_grads)
     return pen
+
+
+def check_direct_backward(model, pen, ref, ref_grads):
+    """``pen.backward()`` writes the reference gradient into ``.grad`` and returns the value."""
+    for p in model.parameters():
+        p.grad = None
+    value = pen.backward()
+    assert not value.requires_grad and value.dim() == 0
+    torch.testing.assert_close(value, ref.detach(), **TOL)
+    for p, r in zip(model.parameters(), ref_grads):
+        torch.testing.assert_close(torch.zeros_like(p) if p.grad is None else p.grad, r, **TOL)
+    pen.backward(scale=0.5)                      # accumulates into the existing .grad
+    for p, r in zip(model.parameters(), ref_grads):
+        torch.testing.assert_close(torch.zeros_like(p) if p.grad is None else p.grad, 1.5 * r, **TOL)
+    for p in model.parameters():
+        p.grad = None
 
 
 # --------------------------------------------------------------------------- values and gradients
@@ -423,3 +441,59 @@ def test_equal_shape_layers_split_across_subnets(kinds):
     model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(5)]).double()
     sel = {"a": ["0", "2", "3"], "b": ["1", "4"]}
     check_against_naive(model, sel, dict(zip(sel, kinds)), {"a": 0.25, "b": 4.0}, False)
+
+
+# --------------------------------------------------------------------------- stacked buckets, backward()
+class Deep(nn.Module):
+    """Many same-shaped layers (stacked buckets) plus one big layer (never stacked)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(*[nn.Linear(5, 5) for _ in range(9)])
+        self.b = nn.Sequential(*[nn.Linear(5, 3) for _ in range(4)], nn.Linear(40, 30))
+
+
+@pytest.mark.parametrize("limits", [None, (10, 60)], ids=["default", "tiny-limits"])
+@pytest.mark.parametrize("kinds", [("l2", "l1"), ("l1", "l2norm"), ("l2norm", "l2")], ids=lambda k: "+".join(k))
+def test_stacked_buckets_match_naive(monkeypatch, limits, kinds):
+    # tiny limits: tensors above 10 elements are not stacked, buckets split every 60 elements
+    import landprobe.penalties as pmod
+    if limits is not None:
+        monkeypatch.setattr(pmod, "_STACK_MAX_NUMEL", limits[0])
+        monkeypatch.setattr(pmod, "_STACK_MAX_BUCKET", limits[1])
+    model = build(Deep)
+    pen = check_against_naive(model, {"a": "a", "b": "b"}, dict(zip("ab", kinds)), {"a": 0.7, "b": 1.3}, True)
+    plan_segments = [seg for plan, _ in pen._fused for seg in plan.segments]
+    stacked = sum(seg[3] for seg in plan_segments)
+    assert stacked >= (2 if limits is None else 1)
+    if limits is not None:
+        assert len(plan_segments) > 6               # chunked
+
+
+def test_backward_skips_frozen_parameters_and_matches_autograd():
+    model = build(Deep)
+    for p in model.b.parameters():
+        p.requires_grad_(False)
+    pen = SubnetNormPenalty(model, {"a": "l2", "b": "l1"}, weight=0.1)
+    pen().backward()
+    auto = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = None
+    pen.backward()
+    for p, a in zip(model.parameters(), auto):
+        if a is None:
+            assert p.grad is None
+        else:
+            torch.testing.assert_close(p.grad, a, rtol=0, atol=0)
+
+
+def test_backward_checks_scale_and_finiteness():
+    model = build(Deep)
+    pen = SubnetNormPenalty(model, {"a": "l2"})
+    for bad in (float("nan"), "1", True):
+        with pytest.raises(ValueError, match="scale="):
+            pen.backward(scale=bad)
+    with torch.no_grad():
+        model.a[3].weight[0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"'a\.3\.weight'"):
+        pen.backward()
