@@ -341,3 +341,37 @@ def test_endpoint_that_is_the_probed_model_itself(as_):
     curve = probe.interpolate(a, {"weight": torch.tensor([[3.0]])}, steps=5)
     np.testing.assert_allclose(curve.losses, [1.0, 2.25, 4.0, 6.25, 9.0], rtol=1e-6)
     assert model.weight.item() == 1.0
+
+
+class CachingNet(nn.Module):
+    """Keeps a tensor attribute set in forward: lazily (as some positional-encoding caches) or
+    replaced on every call."""
+
+    def __init__(self, lazy: bool):
+        super().__init__()
+        self.fc = nn.Linear(3, 1)
+        self.lazy = lazy
+        if not lazy:
+            self._scale = torch.full((1,), 2.0)
+
+    def forward(self, x):
+        if not self.lazy or getattr(self, "_scale", None) is None:
+            self._scale = torch.full((1,), 2.0)
+        return self.fc(x) * self._scale
+
+
+@pytest.mark.parametrize("lazy", [True, False], ids=["cache-set-by-probe", "cache-replaced-by-probe"])
+def test_module_tensor_attributes_set_while_probing_are_put_back(lazy):
+    # The probe evaluates under torch.inference_mode: a cache created then is an inference
+    # tensor, and training through it afterwards would fail ("Inference tensors cannot be
+    # saved for backward"). The guard puts the attributes back.
+    torch.manual_seed(0)
+    model = CachingNet(lazy)
+    before = model.__dict__.get("_scale")
+    data = [(torch.randn(4, 3), torch.randn(4, 1))]
+    probe = lp.LandscapeProbe(model, nn.MSELoss(), data)
+    probe.interpolate(model, perturbed(model, 0, 0.1), steps=3)
+    assert model.__dict__.get("_scale") is before
+    x, y = data[0]
+    nn.functional.mse_loss(model(x), y).backward()      # training still works
+    assert model.fc.weight.grad is not None

@@ -82,6 +82,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _tensor_attrs(mod: nn.Module) -> dict[str, Tensor]:
+    """Tensor-valued plain attributes of a module (not parameters or buffers)."""
+    return {k: v for k, v in vars(mod).items() if isinstance(v, Tensor) and not isinstance(v, nn.Parameter)}
+
+
 class ModelGuard(contextlib.AbstractContextManager):
     """Snapshot everything a probe may touch and restore it exactly on exit.
 
@@ -89,7 +94,10 @@ class ModelGuard(contextlib.AbstractContextManager):
     costs one extra copy of the model's state, not one per point); ``requires_grad`` flags,
     each module's train/eval mode, BatchNorm momenta and the global RNG states (torch, CUDA,
     numpy, Python) are put back too, also when an exception or KeyboardInterrupt ends the
-    probe.
+    probe. Plain tensor attributes of modules (caches a forward may set, e.g.
+    ``self._cache = ...``) are put back by identity: one set during the probe is removed, one
+    replaced is restored. The probe evaluates under ``torch.inference_mode``; without this, a
+    cache created then would be an inference tensor that later breaks the user's training.
     """
 
     def __init__(self, model: nn.Module):
@@ -102,6 +110,7 @@ class ModelGuard(contextlib.AbstractContextManager):
                          for name, b in mod._buffers.items() if b is not None]
         self._modes = [(mod, mod.training) for mod in m.modules()]
         self._momenta = [(mod, mod.momentum) for mod in m.modules() if is_batchnorm(mod)]
+        self._attrs = [(mod, _tensor_attrs(mod)) for mod in m.modules()]
         self._rng = _rng_state()
         return self
 
@@ -118,6 +127,12 @@ class ModelGuard(contextlib.AbstractContextManager):
             mod.training = flag
         for mod, mom in self._momenta:
             mod.momentum = mom
+        for mod, saved in self._attrs:
+            for name, t in _tensor_attrs(mod).items():
+                if name not in saved:
+                    delattr(mod, name)
+                elif t is not saved[name]:
+                    setattr(mod, name, saved[name])
         _set_rng_state(self._rng)
         return None
 
@@ -243,7 +258,7 @@ class Engine:
             return self._evaluate_to_precision()
         losses: list[Tensor] = []
         sizes: list[int] = []
-        with torch.no_grad(), self.autocast():
+        with torch.inference_mode(), self.autocast():
             for x, y in self.batches():
                 out = call_model(self.model, x)
                 loss = self.loss_fn(out, y)
@@ -269,7 +284,7 @@ class Engine:
         losses: list[float] = []
         sizes: list[int] = []
         ev = None
-        with torch.no_grad(), self.autocast():
+        with torch.inference_mode(), self.autocast():
             for batch in sampler.batches():
                 x, y = unpack_batch(batch)
                 x, y = to_device(x, self.device), to_device(y, self.device)

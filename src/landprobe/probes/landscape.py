@@ -37,9 +37,11 @@ class LandscapeProbe:
 
     The empirical error of θ is the sample-weighted mean over ``data`` of
     ``loss_fn(model(x), y)`` (exact for mean-reduced losses: each batch counts by its
-    number of samples). A probe writes each θ into the model's own tensors, measures, and
-    restores parameters, buffers, ``requires_grad`` flags, train/eval modes and the global
-    RNG states bitwise when it ends, also on an exception or KeyboardInterrupt. It makes no
+    number of samples). A probe writes each θ into the model's own tensors, measures (under
+    ``torch.inference_mode``), and restores parameters, buffers, ``requires_grad`` flags,
+    train/eval modes and the global RNG states bitwise when it ends, also on an exception or
+    KeyboardInterrupt; tensor attributes that a forward sets on a module (caches) are put
+    back by identity. It makes no
     copy of the model per point: one clone of its state is taken per call.
 
     Args:
