@@ -17,22 +17,35 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def timeit(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1) -> dict[str, dict]:
-    """Run each function ``warmup`` times, then ``repeats`` rounds interleaved; seconds per call."""
+    """Run each function ``warmup`` times, then ``repeats`` rounds interleaved; seconds per call.
+
+    Per function: median and IQR of wall time, and the per-round ``runs`` (wall) and
+    ``cpu_runs`` (process CPU time, all threads), so that callers can form paired ratios.
+    """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             times[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
     out = {}
     for k, ts in times.items():
         a = np.asarray(ts)
         out[k] = {"median_s": float(np.median(a)), "iqr_s": float(np.percentile(a, 75) - np.percentile(a, 25)),
-                  "runs": [float(t) for t in a]}
+                  "cpu_median_s": float(np.median(cpu[k])),
+                  "runs": [float(t) for t in a], "cpu_runs": [float(t) for t in cpu[k]]}
     return out
+
+
+def paired_ratio(t: dict[str, dict], num: str, den: str, clock: str = "runs") -> float:
+    """Median over rounds of ``num``'s time / ``den``'s time in the same round (``clock``:
+    ``"runs"`` wall, ``"cpu_runs"`` CPU): robust to load that drifts between rounds."""
+    return float(np.median(np.asarray(t[num][clock]) / np.asarray(t[den][clock])))
 
 
 def environment() -> dict:

@@ -21,7 +21,7 @@ from torch import nn
 import landprobe as lp
 
 sys.path.insert(0, __import__("os").path.dirname(__file__))
-from _common import RESULTS, environment, timeit  # noqa: E402
+from _common import RESULTS, environment, paired_ratio, timeit  # noqa: E402
 
 
 def big_cheap() -> nn.Module:
@@ -51,6 +51,15 @@ def make_data(seed=0):
 def floor(model, data, loss_fn, points):
     model.eval()
     with torch.no_grad():
+        for _ in range(points):
+            losses = [loss_fn(model(x), y) for x, y in data]
+            torch.stack(losses).cpu()
+
+
+def floor_inference_mode(model, data, loss_fn, points):
+    """The floor under torch.inference_mode instead of no_grad (what landprobe evaluates under)."""
+    model.eval()
+    with torch.inference_mode():
         for _ in range(points):
             losses = [loss_fn(model(x), y) for x, y in data]
             torch.stack(losses).cpu()
@@ -140,6 +149,7 @@ def main() -> None:
         fns = {
             "floor": lambda: floor(model, data, loss_fn, args.points),
             "floor_with_writes": lambda: floor_with_writes(model, data, loss_fn, args.points, pa, pb),
+            "floor_inference_mode": lambda: floor_inference_mode(model, data, loss_fn, args.points),
             "landprobe": lambda: probe.interpolate(ma, mb, steps=args.points),
             "loss_landscapes": lambda: loss_landscapes_curve(ma, mb, data, loss_fn, args.points),
         }
@@ -156,6 +166,11 @@ def main() -> None:
             "ratio_loss_landscapes_over_floor": t["loss_landscapes"]["median_s"] / f,
             "ratio_floor_with_writes_over_floor": t["floor_with_writes"]["median_s"] / f,
             "ratio_landprobe_over_floor_with_writes": t["landprobe"]["median_s"] / t["floor_with_writes"]["median_s"],
+            "ratio_floor_inference_mode_over_floor": t["floor_inference_mode"]["median_s"] / f,
+            "paired_wall_landprobe_over_floor": paired_ratio(t, "landprobe", "floor"),
+            "paired_cpu_landprobe_over_floor": paired_ratio(t, "landprobe", "floor", "cpu_runs"),
+            "paired_wall_loss_landscapes_over_floor": paired_ratio(t, "loss_landscapes", "floor"),
+            "paired_cpu_loss_landscapes_over_floor": paired_ratio(t, "loss_landscapes", "floor", "cpu_runs"),
             "vmap_timings": tv,
             "ratio_landprobe_batch_points3_over_floor": tv["landprobe_batch_points3"]["median_s"] / tv["floor"]["median_s"],
             "ratio_plain_vmap3_over_floor": tv["vmap_chunk3_plain"]["median_s"] / tv["floor"]["median_s"],
