@@ -84,3 +84,99 @@ def test_precision_errors():
     probe = lp.LandscapeProbe(model, CASES[0].loss_fn, data, precision=0.1)
     with pytest.raises(ValueError, match="cannot be combined with precision="):
         probe.interpolate(model, perturbed(model, 1), batch_points=2)
+
+
+# ---------------------------------------------------------------- control variates
+def zero_model():
+    model = nn.Linear(3, 1).double()
+    nn.init.zeros_(model.weight), nn.init.zeros_(model.bias)
+    return model
+
+
+def y_squared(x, y):
+    return y.reshape(len(y), -1).pow(2).mean(1)
+
+
+def double_dataset(n, seed):
+    ds = regression_dataset(n, seed)
+    ds.tensors = tuple(t.double() for t in ds.tensors)
+    return ds
+
+
+def test_control_that_is_the_loss_itself_gives_the_exact_mean_at_once():
+    # MSE of a zero model is the mean of y²: the covariate predicts every batch loss exactly,
+    # so the regression estimate is the exact full-data mean with zero error at min_batches.
+    ds = double_dataset(2000, 0)
+    model = zero_model()
+    exact = float(ds.tensors[1].pow(2).mean())
+    probe = lp.LandscapeProbe(model, nn.MSELoss(), ds, precision=0.01, batch_size=20, seed=0, control=y_squared)
+    ev = probe.evaluate()
+    assert ev.loss == pytest.approx(exact, rel=1e-12)
+    assert ev.stderr <= 1e-12 * exact
+    assert len(ev.batch_losses) == 8                     # min_batches raised to 4 (k + 1) = 8
+    plain = lp.LandscapeProbe(model, nn.MSELoss(), ds, precision=0.01, batch_size=20, seed=0).evaluate()
+    assert len(plain.batch_losses) > 4 * len(ev.batch_losses)
+
+
+def test_control_estimator_is_unbiased_covers_and_needs_fewer_samples():
+    ds = double_dataset(4000, 1)
+    model = nn.Linear(3, 1).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.8, -1.5, 0.0]]))
+    full = lp.LandscapeProbe(model, nn.MSELoss(), DataLoader(ds, batch_size=500)).loss()
+
+    def covariates(x, y):                                 # correlated with, not equal to, the loss
+        return torch.stack([y[:, 0] ** 2, x[:, 2] ** 2, x[:, 1] * y[:, 0]], dim=1)
+
+    estimates, covered, used, used_plain = [], 0, [], []
+    for seed in range(100):
+        ev = lp.LandscapeProbe(model, nn.MSELoss(), ds, precision=0.1, batch_size=20, seed=seed,
+                               control=covariates).evaluate()
+        plain = lp.LandscapeProbe(model, nn.MSELoss(), ds, precision=0.1, batch_size=20, seed=seed).evaluate()
+        estimates.append(ev.loss)
+        covered += abs(ev.loss - full) <= 2 * ev.stderr
+        used.append(ev.batch_sizes.sum())
+        used_plain.append(plain.batch_sizes.sum())
+    assert abs(np.mean(estimates) - full) / full < 0.01
+    assert covered / 100 > 0.85
+    assert np.mean(used) < 0.8 * np.mean(used_plain)
+
+
+@pytest.mark.parametrize("wrap", ["dataset", "batches"])
+def test_control_with_all_the_data_is_exact(wrap):
+    ds = double_dataset(300, 2)
+    model = nn.Linear(3, 1).double()
+    data = ds if wrap == "dataset" else list(DataLoader(ds, batch_size=30))
+    exact = lp.LandscapeProbe(model, nn.MSELoss(), DataLoader(ds, batch_size=300)).loss()
+    ev = lp.LandscapeProbe(model, nn.MSELoss(), data, precision=1e-12, batch_size=30,
+                           control=y_squared).evaluate()
+    assert ev.loss == pytest.approx(exact, rel=1e-12) and ev.stderr == 0.0
+    assert ev.batch_sizes.sum() == 300
+
+
+def test_control_on_a_curve_records_the_setting_and_restores_the_model():
+    ds = double_dataset(1000, 3)
+    model = nn.Linear(3, 1).double()
+    before = snapshot(model)
+    probe = lp.LandscapeProbe(model, nn.MSELoss(), ds, precision=0.05, batch_size=25, control=y_squared)
+    curve = probe.interpolate(model, perturbed(model, 1, 0.3), steps=3)
+    assert curve.settings["control"] == "y_squared"
+    assert np.all(2 * curve.stderr <= 0.05 * curve.losses)
+    assert_same_snapshot(before, snapshot(model))
+
+
+def test_control_errors():
+    ds = double_dataset(100, 0)
+    model = zero_model()
+    with pytest.raises(ValueError, match="control= needs precision="):
+        lp.LandscapeProbe(model, nn.MSELoss(), ds, control=y_squared)
+    with pytest.raises(ValueError, match="control= needs precision="):
+        lp.LandscapeProbe(model, nn.MSELoss(), ds, precision=0.1, control=3.0)
+    bad_shape = lp.LandscapeProbe(model, nn.MSELoss(), ds, precision=0.1, batch_size=10,
+                                  control=lambda x, y: y.sum())
+    with pytest.raises(ValueError, match=r"per-sample covariates, shape \(10,\)"):
+        bad_shape.evaluate()
+    nan = lp.LandscapeProbe(model, nn.MSELoss(), ds, precision=0.1, batch_size=10,
+                            control=lambda x, y: y[:, 0] * float("nan"))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        nan.evaluate()

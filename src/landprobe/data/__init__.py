@@ -7,7 +7,7 @@ embedded sample (:func:`sample_dir`). See ``docs/sr_conventions.md``.
 """
 
 from landprobe.data._color import modcrop, rgb2y, rgb2ycbcr, ycbcr2rgb
-from landprobe.data._datasets import SREvalSet, T91Patches, bicubic_pair
+from landprobe.data._datasets import SREvalSet, T91Patches, bicubic_pair, sr_covariates
 from landprobe.data._images import IMAGE_EXTENSIONS, list_images, load_y
 from landprobe.data._imresize import cubic, imresize, resize_weights
 from landprobe.data._sample import sample_dir
@@ -31,4 +31,5 @@ __all__ = [
     "bicubic_pair",
     "T91Patches",
     "SREvalSet",
+    "sr_covariates",
 ]

@@ -324,3 +324,41 @@ class SREvalSet(Dataset):
             raise ValueError(f"bicubic_psnr: `reduction` must be 'mean' or 'none', got {reduction!r}.")
         vals = [float(psnr(t, x, shave=self.scale)) for x, t in (self[i] for i in range(len(self)))]
         return float(np.mean(vals)) if reduction == "mean" else vals
+
+
+def sr_covariates(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-patch covariates of an SR network's loss, for precision-targeted probes.
+
+    Two columns, cheap and independent of the model: the mean squared error of the bicubic
+    input against the target, ``mean((x − y)²)``, and the target's energy, ``mean(y²)``.
+    A residual SR network's per-patch loss tracks the first once trained and the second near
+    initialisation (where its output is far from the target); pass this function as
+    ``LandscapeProbe(..., precision=0.01, control=lp.data.sr_covariates)`` to estimate each
+    point by regression on both (measured on full-size WARSHIP at study initialisation:
+    R² ≈ 0.997 between 192 patches' losses and these two columns, so about 1/300 of the
+    samples are needed; ``benchmarks/bench_precision.py``).
+
+    Args:
+        x: ``(B, C, H, W)`` bicubic-upsampled inputs, the size of ``y``.
+        y: ``(B, C, H, W)`` targets.
+
+    Returns:
+        ``(B, 2)`` float64 tensor.
+
+    Raises:
+        ValueError: If ``x`` and ``y`` differ in shape.
+
+    Example:
+        >>> import torch, landprobe as lp
+        >>> x, y = torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)
+        >>> y[1] = 3.0
+        >>> lp.data.sr_covariates(x, y).tolist()              # [(0-1)², 1²], [(0-3)², 3²]
+        [[1.0, 1.0], [9.0, 9.0]]
+    """
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or x.shape != y.shape:
+        raise ValueError(
+            f"sr_covariates needs inputs and targets of one shape (bicubic-upsampled inputs); got "
+            f"{tuple(getattr(x, 'shape', ()))} and {tuple(getattr(y, 'shape', ()))}"
+        )
+    xd, yd = x.detach().double().flatten(1), y.detach().double().flatten(1)
+    return torch.stack([(xd - yd).pow(2).mean(1), yd.pow(2).mean(1)], dim=1)

@@ -73,6 +73,16 @@ class LandscapeProbe:
         batch_size: With ``precision`` and a Dataset: samples per batch (default: the
             DataLoader's, or 64).
         seed: With ``precision``: seed of the random order (the global RNG is not used).
+        control: With ``precision``: control variates, a callable ``control(x, y)`` returning
+            per-sample covariates, shape ``(batch,)`` or ``(batch, k)``, that do not depend on
+            the model and that track the per-sample loss (for super-resolution,
+            :func:`landprobe.data.sr_covariates`: the bicubic input's error and the target's
+            energy). Their exact mean is computed once by one pass of ``control`` over the
+            data; each point is then estimated by regression on them (see
+            ``Evaluation.with_control``), which needs about 1 − R² as many samples for the
+            same precision. At least 4(k + 1) batches are drawn per point, so that the
+            residual variance is not underestimated. Poor covariates cost nothing but the
+            pass and those batches: the error stays honest and more batches are drawn.
 
     Example:
         >>> import torch, landprobe as lp
@@ -86,9 +96,9 @@ class LandscapeProbe:
     def __init__(self, model: nn.Module, loss_fn: Callable, data: Iterable, *, bn: str = "eval",
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                  progress: bool = False, precision: float | None = None, min_batches: int = 4,
-                 batch_size: int | None = None, seed: int = 0):
+                 batch_size: int | None = None, seed: int = 0, control: Callable | None = None):
         self.engine = Engine(model, loss_fn, data, bn=bn, device=device, dtype=dtype, precision=precision,
-                             min_batches=min_batches, batch_size=batch_size, seed=seed)
+                             min_batches=min_batches, batch_size=batch_size, seed=seed, control=control)
         self.progress = progress
 
     # ---- conveniences
@@ -124,6 +134,8 @@ class LandscapeProbe:
         kw.update(bn=self.bn, device=str(self.engine.device), precision=self.engine.precision,
                   dtype=str(self.engine.dtype or next(self.model.parameters()).dtype),
                   model=type(self.model).__name__, landprobe=__version__)
+        if self.engine.control is not None:
+            kw["control"] = getattr(self.engine.control, "__qualname__", repr(self.engine.control))
         return kw
 
     def _targets(self, names: Sequence[str]) -> list[torch.Tensor]:
