@@ -58,7 +58,7 @@ def train(state: dict, patches, loss_fn, steps: int, seed: int) -> tuple[dict, l
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, losses
 
 
