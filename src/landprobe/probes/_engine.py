@@ -159,19 +159,21 @@ class Evaluation:
         the estimate of the full-data mean, zero once every sample is used.
         """
         l = np.asarray(losses, dtype=np.float64)
-        n = np.asarray(sizes, dtype=np.float64)
-        total = n.sum()
-        w = n / total
-        mean = float(np.dot(w, l))
-        b = len(l)
+        n = np.asarray(sizes, dtype=np.int64)
+        # Plain Python floats: for the handful of batches of one point this is several times
+        # cheaper than numpy's per-call overhead, and it runs once per point.
+        lf, nf = l.tolist(), [float(v) for v in sizes]
+        total = math.fsum(nf)
+        mean = math.fsum(ni * li for ni, li in zip(nf, lf)) / total
+        b = len(lf)
         if b > 1:
-            var = b / (b - 1) * np.sum(w**2 * (l - mean) ** 2)
+            var = b / (b - 1) * math.fsum((ni / total) ** 2 * (li - mean) ** 2 for ni, li in zip(nf, lf))
             if population is not None:
                 var *= max(0.0, 1.0 - total / population)
-            se = float(math.sqrt(var))
+            se = math.sqrt(var)
         else:
             se = float("nan")
-        return Evaluation(mean, se, l, n.astype(np.int64))
+        return Evaluation(mean, se, l, n)
 
     @staticmethod
     def with_control(losses: Sequence[float], sizes: Sequence[int], covariates: np.ndarray,
@@ -304,11 +306,15 @@ class Engine:
             for x, y in self.batches():
                 out = call_model(self.model, x)
                 loss = self.loss_fn(out, y)
-                losses.append(self._check_loss(loss))
+                if not isinstance(loss, Tensor) or loss.dim() != 0:
+                    loss = self._check_loss(loss)   # raises unless a one-element tensor
+                losses.append(loss)
                 sizes.append(batch_size(x))
         if not losses:
             raise ValueError("data yielded no batch: pass a non-empty DataLoader or list of (x, y) pairs")
-        vals = torch.stack(losses).cpu().numpy()   # one device sync per point
+        if any(l.dtype != losses[0].dtype for l in losses):
+            losses = [l.double() for l in losses]
+        vals = torch.stack(losses).double().cpu().numpy()   # one device sync per point
         return Evaluation.from_batches(vals, sizes)
 
     @staticmethod
