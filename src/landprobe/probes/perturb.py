@@ -21,6 +21,7 @@ import torch
 from landprobe._results import Result, require_matplotlib
 from landprobe.params import ParamVector, Selector, select
 from landprobe.probes._engine import ModelGuard, call_model, to_device, unpack_batch
+from landprobe.probes.landscape import _dist_info
 
 __all__ = ["PerturbationResult", "perturb"]
 
@@ -130,7 +131,11 @@ def perturb(self, optimizer: torch.optim.Optimizer | Callable[[list], torch.opti
     Each repeat starts from the model as it is, adds noise to the parameters (of ``subnet``),
     measures the empirical error, trains ``steps`` mini-batch steps on the probe's data
     (batches cycled in order, the model in train mode, autocast as the probe's dtype), and
-    measures again. Afterwards the model (parameters, buffers, ``requires_grad`` flags,
+    measures again. Under ``torch.distributed`` the repeats are split across ranks (repeat r on
+    rank r mod world size; each repeat's noise and retraining depend on ``(seed, r)`` only) and
+    gathered, so every rank returns the same result as one process; pass the plain module to
+    the probe, not a DistributedDataParallel wrapper (each rank retrains on its own).
+    Afterwards the model (parameters, buffers, ``requires_grad`` flags,
     ``.grad`` tensors, modes), the optimizer (its ``state`` and ``param_groups``, the very
     same objects) and the global RNG states are exactly as before.
 
@@ -226,7 +231,8 @@ def perturb(self, optimizer: torch.optim.Optimizer | Callable[[list], torch.opti
             engine.set_eval_modes()
             base = engine.evaluate().loss
             seeds = np.random.SeedSequence(int(seed)).generate_state(2 * repeats)
-            for r in range(repeats):
+            rank, world = _dist_info()
+            for r in range(rank, repeats, world):
                 with torch.no_grad():
                     torch._foreach_copy_([t.data for t in state_tensors], start)
                     vec = ParamVector({n: p.detach() for n, p in zip(pnames, noisy)})
@@ -280,10 +286,18 @@ def perturb(self, optimizer: torch.optim.Optimizer | Callable[[list], torch.opti
         if user_opt:
             optimizer.__dict__.clear()
             optimizer.__dict__.update(opt_attrs)
+    if world > 1:
+        mine = {r: (losses[r], train_losses[r], noise_norms[r]) for r in range(rank, repeats, world)}
+        gathered: list[Any] = [None] * world
+        torch.distributed.all_gather_object(gathered, mine)
+        for part in gathered:
+            for r, (lo, tr, nn_) in part.items():
+                losses[r], train_losses[r], noise_norms[r] = lo, tr, nn_
     settings = self._settings(probe="perturb", scale=float(scale), relative=relative, steps=steps, repeats=repeats,
                               seed=int(seed), subnet=subnet if isinstance(subnet, (str, type(None))) else pnames,
                               optimizer=type(optimizer).__name__ if user_opt else "factory",
-                              eval_every=eval_every, noise="per-tensor relative" if relative else "absolute")
+                              eval_every=eval_every, noise="per-tensor relative" if relative else "absolute",
+                              ranks=world)
     return PerturbationResult(base_loss=float(base), eval_steps=np.asarray(eval_steps, dtype=np.float64),
                               losses=losses, train_losses=train_losses, noise_norms=noise_norms, settings=settings)
 
