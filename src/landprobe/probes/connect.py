@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+from pathlib import Path as _FilePath
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,6 +148,28 @@ class Path(Result):
         ax.set_title(f"{self.method}: barrier {self.barrier:.4g} at t={self.argmax_t:.3g}")
         ax.legend(frameon=False)
         return ax
+
+
+def _resume_connect(path, fingerprint: dict, leaves: list[Tensor], opt, gen: torch.Generator,
+                    train_losses: list[float]) -> int:
+    """Load a connect() checkpoint into the bends, optimizer and generator; return its step."""
+    state = torch.load(path, weights_only=True)
+    saved = state.get("fingerprint", {}) if isinstance(state, dict) else {}
+    diff = [k for k in fingerprint if k not in saved or (saved[k] != fingerprint[k] and not (
+        isinstance(saved[k], float) and math.isclose(saved[k], fingerprint[k], rel_tol=1e-12)))]
+    if diff:
+        detail = ", ".join(f"{k}: file {saved.get(k)!r}, this call {fingerprint[k]!r}" for k in diff)
+        raise ValueError(
+            f"checkpoint {str(path)!r} belongs to another connect() run ({detail}); pass the same "
+            f"endpoints and settings to resume it, or another checkpoint path to start afresh."
+        )
+    with torch.no_grad():
+        for t, v in zip(leaves, state["bends"]):
+            t.copy_(v)
+    opt.load_state_dict(state["optimizer"])
+    gen.set_state(state["generator"])
+    train_losses[:] = list(state["train_losses"])
+    return int(state["step"])
 
 
 # --------------------------------------------------------------------------- shared machinery
@@ -317,7 +341,8 @@ def _make_optimizer(kind: str, tensors: list[Tensor], lr: float, momentum: float
 # --------------------------------------------------------------------------- connect
 def connect(self, a: Any, b: Any, method: str = "bezier", bends: int = 1, steps: int = 1000, lr: float = 0.01,
             optimizer: str = "sgd", *, momentum: float = 0.9, t_samples: int = 1, eval_points: int = 61,
-            seed: int = 0, **neb_kwargs: Any) -> Path:
+            seed: int = 0, checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 50,
+            **neb_kwargs: Any) -> Path:
     """Fit a low-error curve between ``a`` and ``b`` and measure the error along it (Garipov et al. 2018).
 
     The curve φ(t), t in [0, 1], starts at ``a`` and ends at ``b`` (both fixed) and bends
@@ -356,6 +381,14 @@ def connect(self, a: Any, b: Any, method: str = "bezier", bends: int = 1, steps:
         eval_points: Evenly spaced t at which the fitted curve is measured (the polychain's
             knots are added), >= 2.
         seed: Seed of the t draws.
+        checkpoint: A file for long runs (``"bezier"``/``"polychain"``): every
+            ``checkpoint_every`` steps the training state (bends, optimizer state, the t
+            generator, step count, losses so far) is written to it atomically; a call that
+            finds the file resumes from it and gives the result an uninterrupted call would
+            (the data iterator is advanced to the same batch). The settings and a fingerprint
+            of the endpoints must match (else ``ValueError``). The file is kept after the
+            run; it loads with ``torch.load(path, weights_only=True)``. Not used by ``"neb"``.
+        checkpoint_every: Steps between checkpoints, >= 1.
 
     Returns:
         A :class:`Path`; ``losses[0] == probe.loss(a)`` and ``losses[-1] == probe.loss(b)``.
@@ -395,6 +428,7 @@ def connect(self, a: Any, b: Any, method: str = "bezier", bends: int = 1, steps:
     _check_int("t_samples", t_samples, 1, "values of t per step")
     _check_int("eval_points", eval_points, 2, "points of the measured grid, both ends included")
     _check_positive("lr", lr, "the learning rate")
+    _check_int("checkpoint_every", checkpoint_every, 1, "steps between checkpoints")
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"optimizer={optimizer!r}; expected 'sgd' (with momentum) or 'adam'")
 
@@ -426,9 +460,19 @@ def connect(self, a: Any, b: Any, method: str = "bezier", bends: int = 1, steps:
         ends = {0: pa.tensors, n_pts - 1: pb.tensors}
         from landprobe.probes.landscape import _progress
 
+        fingerprint = {k: settings[k] for k in ("method", "bends", "steps", "lr", "optimizer", "momentum",
+                                                 "t_samples", "seed")}
+        fingerprint.update(n=int(sum(t.numel() for t in pa.tensors)), norm_a=float(pa.norm()),
+                           norm_b=float(pb.norm()), dot_ab=float(pa.dot(pb)))
+        first = 0
+        if checkpoint is not None and _FilePath(checkpoint).exists():
+            first = _resume_connect(checkpoint, fingerprint, leaves, opt, gen, train_losses)
+            for _ in range(first):                 # the batch the interrupted run would take next
+                fn.next_batch()
+            settings["resumed_at_step"] = first
         with ModelGuard(self.model):
             fn.set_modes()
-            for _ in _progress(range(steps), steps, f"connect ({method})", self.progress):
+            for step in _progress(range(first, steps), steps - first, f"connect ({method})", self.progress):
                 batch = fn.next_batch()
                 opt.zero_grad(set_to_none=True)
                 total = 0.0
@@ -445,6 +489,11 @@ def connect(self, a: Any, b: Any, method: str = "bezier", bends: int = 1, steps:
                     total += float(loss.detach())
                 opt.step()
                 train_losses.append(total)
+                if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+                    atomic_torch_save({"fingerprint": fingerprint, "step": step + 1,
+                                       "bends": [t.detach().clone() for t in leaves],
+                                       "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                                       "train_losses": list(train_losses)}, checkpoint)
         for t in leaves:
             t.requires_grad_(False)
     settings["train_losses"] = train_losses
