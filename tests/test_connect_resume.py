@@ -69,3 +69,38 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path):
                       optimizer="adam", t_samples=2, eval_points=5, seed=3, checkpoint=ck, checkpoint_every=4)
     with pytest.raises(ValueError, match="checkpoint_every"):
         fit(Interrupting(CASES[0].loss_fn), checkpoint=ck, checkpoint_every=0)
+
+
+# ---------------------------------------------------------------- AutoNEB: checkpoints per cycle
+from landprobe.probes import toys  # noqa: E402
+
+SCHEDULE = [dict(steps=15, lr=0.05, insert=2, climbing=False), dict(steps=15, lr=0.05, insert=1, climbing=True),
+            dict(steps=15, lr=0.02, insert=1, climbing=True)]
+
+
+def neb(loss, checkpoint=None, **kw):
+    valley = toys.CurvyValley()
+    data = [(torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))]
+    probe = lp.LandscapeProbe(valley, loss, data)
+    a, b = valley.minima()
+    return valley, probe.connect(a, b, method="neb", schedule=[dict(c) for c in SCHEDULE], sub_points=3,
+                                 eval_points=9, checkpoint=checkpoint, **kw)
+
+
+def test_auto_neb_resumes_after_the_last_finished_cycle(tmp_path):
+    _, plain = neb(Interrupting(toys.energy))
+    ck = tmp_path / "neb.pt"
+    loss = Interrupting(toys.energy, at=None)
+    with pytest.raises(KeyboardInterrupt):
+        # the first cycle makes 15 steps x 4 images = 60 calls, then insertion measures the band:
+        # call 100 falls in the second cycle's relaxation
+        neb(Interrupting(toys.energy, at=100), checkpoint=ck)
+    state = torch.load(ck, weights_only=True)
+    assert state["cycle"] == 1 and state["consumed"] == 15
+    _, resumed = neb(loss, checkpoint=ck)
+    assert resumed.settings["resumed_at_cycle"] == 1
+    assert resumed.settings["schedule"] == plain.settings["schedule"]
+    np.testing.assert_array_equal(resumed.losses, plain.losses)
+    np.testing.assert_array_equal(resumed.knots, plain.knots)
+    with pytest.raises(ValueError, match="belongs to another auto_neb"):
+        neb(Interrupting(toys.energy), checkpoint=ck, momentum=0.5)

@@ -150,19 +150,27 @@ class Path(Result):
         return ax
 
 
+def _check_fingerprint(path, saved: dict, fingerprint: dict, what: str) -> None:
+    """Raise ValueError naming the settings in which a checkpoint differs from this call."""
+    def same(x, y):
+        if isinstance(x, float) and isinstance(y, float):
+            return math.isclose(x, y, rel_tol=1e-12)
+        return x == y
+    diff = [k for k in fingerprint if k not in saved or not same(saved[k], fingerprint[k])]
+    if diff:
+        detail = ", ".join(f"{k}: file {saved.get(k)!r}, this call {fingerprint[k]!r}" for k in diff)
+        raise ValueError(
+            f"checkpoint {str(path)!r} belongs to another {what} run ({detail}); pass the same "
+            f"endpoints and settings to resume it, or another checkpoint path to start afresh."
+        )
+
+
 def _resume_connect(path, fingerprint: dict, leaves: list[Tensor], opt, gen: torch.Generator,
                     train_losses: list[float]) -> int:
     """Load a connect() checkpoint into the bends, optimizer and generator; return its step."""
     state = torch.load(path, weights_only=True)
-    saved = state.get("fingerprint", {}) if isinstance(state, dict) else {}
-    diff = [k for k in fingerprint if k not in saved or (saved[k] != fingerprint[k] and not (
-        isinstance(saved[k], float) and math.isclose(saved[k], fingerprint[k], rel_tol=1e-12)))]
-    if diff:
-        detail = ", ".join(f"{k}: file {saved.get(k)!r}, this call {fingerprint[k]!r}" for k in diff)
-        raise ValueError(
-            f"checkpoint {str(path)!r} belongs to another connect() run ({detail}); pass the same "
-            f"endpoints and settings to resume it, or another checkpoint path to start afresh."
-        )
+    _check_fingerprint(path, state.get("fingerprint", {}) if isinstance(state, dict) else {}, fingerprint,
+                       "connect()")
     with torch.no_grad():
         for t, v in zip(leaves, state["bends"]):
             t.copy_(v)
@@ -387,8 +395,9 @@ def connect(self, a: Any, b: Any, method: str = "bezier", bends: int = 1, steps:
             finds the file resumes from it and gives the result an uninterrupted call would
             (the data iterator is advanced to the same batch). The settings and a fingerprint
             of the endpoints must match (else ``ValueError``). The file is kept after the
-            run; it loads with ``torch.load(path, weights_only=True)``. Not used by ``"neb"``.
-        checkpoint_every: Steps between checkpoints, >= 1.
+            run; it loads with ``torch.load(path, weights_only=True)``. ``"neb"`` checkpoints
+            after every cycle instead (see :func:`~landprobe.probes.neb.auto_neb`).
+        checkpoint_every: Steps between checkpoints, >= 1 (bezier/polychain).
 
     Returns:
         A :class:`Path`; ``losses[0] == probe.loss(a)`` and ``losses[-1] == probe.loss(b)``.
@@ -417,7 +426,7 @@ def connect(self, a: Any, b: Any, method: str = "bezier", bends: int = 1, steps:
         from landprobe.probes.neb import auto_neb
 
         return auto_neb(self, a, b, steps=steps, lr=lr, momentum=momentum, eval_points=eval_points, seed=seed,
-                        **neb_kwargs)
+                        checkpoint=checkpoint, **neb_kwargs)
     if neb_kwargs:
         raise TypeError(f"connect() got unexpected keyword arguments {sorted(neb_kwargs)} (they are AutoNEB's: "
                         f"pass method='neb')")

@@ -13,16 +13,19 @@ climbing image of Henkelman et al. 2000), so that it settles on the saddle.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from pathlib import Path as _FilePath
 from typing import Any
 
 import numpy as np
 import torch
 
+from landprobe._io import atomic_torch_save
 from landprobe.params import ParamVector
 from landprobe.probes._engine import ModelGuard
-from landprobe.probes.connect import (Path, _check_int, _check_positive, _endpoints, _evaluate_path, _Functional,
-                                      _polychain_coeffs, _quiet)
+from landprobe.probes.connect import (Path, _check_fingerprint, _check_int, _check_positive, _endpoints,
+                                      _evaluate_path, _Functional, _polychain_coeffs, _quiet)
 
 __all__ = ["auto_neb", "paper_schedule"]
 
@@ -46,6 +49,12 @@ def paper_schedule(steps: int = 1000, lr: float = 0.1) -> list[dict[str, Any]]:
         out.append({"steps": 2 * steps if i in (4, 5) else steps, "lr": round(lr_i, 12),
                     "insert": 3 if i == 0 else (2 if i < 4 else 0), "climbing": i >= 4})
     return out
+
+
+def _save_neb(path, fingerprint: dict, cycle: int, band: list[ParamVector], history: list, consumed: int) -> None:
+    if path is not None:
+        atomic_torch_save({"fingerprint": fingerprint, "cycle": cycle, "consumed": consumed, "history": history,
+                           "interior": [[t.detach().clone() for t in im.tensors] for im in band[1:-1]]}, path)
 
 
 def _distances(images: Sequence[ParamVector]) -> list[float]:
@@ -103,7 +112,7 @@ def _tangent(images, i: int, e: Sequence[float]) -> ParamVector:
 def auto_neb(self, a: Any, b: Any, *, images: int | None = None, schedule: Sequence[dict[str, Any]] | None = None,
              steps: int = 1000, lr: float = 0.1, momentum: float = 0.9, spring: float = math.inf,
              climbing: bool = True, insert_tol: float = 0.0, sub_points: int = 9, eval_points: int = 61,
-             seed: int = 0) -> Path:
+             seed: int = 0, checkpoint: str | os.PathLike | None = None) -> Path:
     """Minimum-energy path between ``a`` and ``b`` by AutoNEB (Draxler et al. 2018); also ``connect(method="neb")``.
 
     The band starts as the segment from ``a`` to ``b``; each cycle of the ``schedule`` first
@@ -138,6 +147,11 @@ def auto_neb(self, a: Any, b: Any, *, images: int | None = None, schedule: Seque
         sub_points: Points measured inside each segment for insertion and for the result.
         eval_points: Evenly spaced t also measured in the result (the images are added).
         seed: Unused by the deterministic algorithm; recorded (the data order is the probe's).
+        checkpoint: A file for long runs: after every cycle the band, the cycle index, the
+            history and the number of batches used are written to it atomically; a call that
+            finds it resumes after the last finished cycle and returns what an uninterrupted
+            call would. Settings and an endpoint fingerprint must match (else ``ValueError``);
+            the file is kept and loads with ``torch.load(path, weights_only=True)``.
 
     Returns:
         A :class:`~landprobe.probes.connect.Path` with ``method="neb"``: the polychain through
@@ -206,10 +220,26 @@ def auto_neb(self, a: Any, b: Any, *, images: int | None = None, schedule: Seque
         return path.losses, per
 
     history: list[dict[str, Any]] = []
-    total_steps = sum(c["steps"] for c in schedule)
+    fingerprint = {"schedule": [dict(c) for c in schedule], "momentum": float(momentum),
+                   "spring": spring if math.isfinite(spring) else "inf", "climbing": bool(climbing),
+                   "insert_tol": float(insert_tol), "sub_points": int(sub_points),
+                   "n": int(sum(t.numel() for t in pa.tensors)), "norm_a": float(pa.norm()),
+                   "norm_b": float(pb.norm()), "dot_ab": float(pa.dot(pb))}
+    first, consumed = 0, 0
+    if checkpoint is not None and _FilePath(checkpoint).exists():
+        state = torch.load(checkpoint, weights_only=True)
+        _check_fingerprint(checkpoint, state.get("fingerprint", {}), fingerprint, "auto_neb()")
+        band = [pa] + [ParamVector._wrap(list(pnames), list(ts)) for ts in state["interior"]] + [pb]
+        history = list(state["history"])
+        first, consumed = int(state["cycle"]), int(state["consumed"])
+        for _ in range(consumed):               # the batch the interrupted run would take next
+            fn.next_batch()
+    total_steps = sum(c["steps"] for c in schedule[first:])
     bar = _progress(range(total_steps), total_steps, "AutoNEB", self.progress)
     bar_iter = iter(bar)
     for k, cyc in enumerate(schedule):
+        if k < first:
+            continue
         # ---- insertion
         n_ins = cyc["insert"]
         if n_ins and len(band) == 2 and k == 0:
@@ -235,6 +265,7 @@ def auto_neb(self, a: Any, b: Any, *, images: int | None = None, schedule: Seque
             for _ in range(cyc["steps"]):
                 next(bar_iter, None)
             history.append({**cyc, "images": len(band)})
+            _save_neb(checkpoint, fingerprint, k + 1, band, history, consumed)
             continue
         leaves = [t for im in interior for t in im.tensors]
         opt = torch.optim.SGD(leaves, lr=cyc["lr"], momentum=momentum)
@@ -244,6 +275,7 @@ def auto_neb(self, a: Any, b: Any, *, images: int | None = None, schedule: Seque
             for _ in range(cyc["steps"]):
                 next(bar_iter, None)
                 batch = fn.next_batch()
+                consumed += 1
                 energies, grads = [], []
                 with torch.no_grad():
                     energies.append(float(fn.loss(band[0].tensors, batch)))
@@ -274,6 +306,7 @@ def auto_neb(self, a: Any, b: Any, *, images: int | None = None, schedule: Seque
         for t in leaves:
             t.grad = None
         history.append({**cyc, "images": len(band), "climbing_image": climb_at})
+        _save_neb(checkpoint, fingerprint, k + 1, band, history, consumed)
     for _ in bar_iter:
         pass
 
@@ -283,7 +316,8 @@ def auto_neb(self, a: Any, b: Any, *, images: int | None = None, schedule: Seque
                            + [np.array([1.0])])
     ts = np.union1d(np.union1d(inner, np.linspace(0.0, 1.0, eval_points)), knots)
     ts[0], ts[-1] = 0.0, 1.0
-    settings = self._settings(probe="connect", method="neb", schedule=history, momentum=momentum,
+    extra = {"resumed_at_cycle": first} if first else {}
+    settings = self._settings(probe="connect", method="neb", schedule=history, **extra, momentum=momentum,
                               spring=spring if math.isfinite(spring) else "inf", climbing=climbing,
                               insert_tol=insert_tol, sub_points=sub_points, eval_points=eval_points, seed=seed,
                               images=len(band))
