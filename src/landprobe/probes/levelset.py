@@ -12,16 +12,19 @@ length (the string's length over ‖a − b‖) tells how far the level set bend
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path as _FilePath
 from typing import Any
 
 import numpy as np
 import torch
 
+from landprobe._io import atomic_torch_save
 from landprobe._results import Result, require_matplotlib
 from landprobe.params import ParamVector
 from landprobe.probes._engine import ModelGuard
-from landprobe.probes.connect import (_check_int, _check_positive, _endpoints, _Functional, _make_optimizer,
+from landprobe.probes.connect import (_check_fingerprint, _check_int, _check_positive, _endpoints, _Functional, _make_optimizer,
                                       _quiet)
 
 __all__ = ["LevelSet", "level_set"]
@@ -107,7 +110,8 @@ class LevelSet(Result):
 
 def level_set(self, a: Any, b: Any, threshold: float, *, steps: int = 500, lr: float = 0.01,
               optimizer: str = "sgd", momentum: float = 0.0, margin: float = 0.25, pull: float = 0.0,
-              check_points: int = 9, check_every: int = 10, max_beads: int = 64, max_depth: int = 12) -> LevelSet:
+              check_points: int = 9, check_every: int = 10, max_beads: int = 64, max_depth: int = 12,
+              checkpoint: str | os.PathLike | None = None) -> LevelSet:
     """Search a path from ``a`` to ``b`` inside the level set {θ : L(θ) <= threshold} (Freeman & Bruna 2017).
 
     Dynamic String Sampling (their Algorithm 1). The string starts as the beads ``[a, b]``.
@@ -137,6 +141,11 @@ def level_set(self, a: Any, b: Any, threshold: float, *, steps: int = 500, lr: f
         check_every: Descent steps between full-data checks, >= 1.
         max_beads: Budget: most beads in the string (endpoints included), >= 2.
         max_depth: Budget: most nested halvings of a segment, >= 1.
+        checkpoint: A file for long searches: after every accepted bead the string (beads,
+            their losses and depths), the search position and the number of batches used are
+            written to it atomically; a call that finds it resumes there and returns what an
+            uninterrupted call would. Settings and an endpoint fingerprint must match (else
+            ``ValueError``); the file is kept and loads with ``torch.load(path, weights_only=True)``.
 
     Returns:
         A :class:`LevelSet`. ``connected=False`` means "not found within the budget" (the
@@ -211,6 +220,7 @@ def level_set(self, a: Any, b: Any, threshold: float, *, steps: int = 500, lr: f
             while loss > target and done < steps:
                 for _ in range(min(check_every, steps - done)):
                     _, grads = fn.loss_and_grad(leaves, fn.next_batch())
+                    consumed[0] += 1
                     if pull:
                         torch._foreach_add_(grads, torch._foreach_sub(leaves, anchor), alpha=pull)
                     for p, g in zip(leaves, grads):
@@ -230,13 +240,29 @@ def level_set(self, a: Any, b: Any, threshold: float, *, steps: int = 500, lr: f
     checked: dict[tuple[int, int], np.ndarray] = {}
     connected, reason = True, ""
     descents = 0
+    i = 0
+    fingerprint = {"threshold": float(threshold), "steps": steps, "lr": float(lr), "optimizer": optimizer,
+                   "momentum": float(momentum), "margin": float(margin), "pull": float(pull),
+                   "check_points": check_points, "check_every": check_every, "max_beads": max_beads,
+                   "max_depth": max_depth, "n": int(sum(t.numel() for t in va.tensors)),
+                   "norm_a": float(va.norm()), "norm_b": float(vb.norm()), "dot_ab": float(va.dot(vb))}
+    resumed = None
+    if checkpoint is not None and _FilePath(checkpoint).exists():
+        state = torch.load(checkpoint, weights_only=True)
+        _check_fingerprint(checkpoint, state.get("fingerprint", {}), fingerprint, "level_set()")
+        beads = [va] + [ParamVector._wrap(list(names), list(ts)) for ts in state["interior"]] + [vb]
+        bead_losses, depth = list(state["bead_losses"]), list(state["depth"])
+        i, descents, resumed = int(state["position"]), int(state["descents"]), int(state["consumed"])
+        resumed_descents = descents
+        for _ in range(resumed):                # the batch the interrupted search would take next
+            fn.next_batch()
+    consumed = [resumed or 0]
     bar = None
     if self.progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(desc="level set (beads)", total=None, leave=False)
     try:
-        i = 0
         while i < len(beads) - 1:
             key = (id(beads[i]), id(beads[i + 1]))
             seg = segment(beads[i], beads[i + 1])
@@ -261,6 +287,11 @@ def level_set(self, a: Any, b: Any, threshold: float, *, steps: int = 500, lr: f
             beads.insert(i + 1, bead)
             bead_losses.insert(i + 1, loss)
             depth.insert(i + 1, d)
+            if checkpoint is not None:
+                atomic_torch_save({"fingerprint": fingerprint, "position": i, "descents": descents,
+                                   "consumed": consumed[0], "bead_losses": bead_losses, "depth": depth,
+                                   "interior": [[t.detach().clone() for t in bd.tensors] for bd in beads[1:-1]]},
+                                  checkpoint)
             if bar is not None:
                 bar.update(1)
     finally:
@@ -283,7 +314,8 @@ def level_set(self, a: Any, b: Any, threshold: float, *, steps: int = 500, lr: f
     settings = self._settings(probe="level_set", threshold=threshold, target=target, steps=steps, lr=lr,
                               optimizer=optimizer, momentum=momentum, margin=margin, pull=pull,
                               check_points=check_points, check_every=check_every, max_beads=max_beads,
-                              max_depth=max_depth, descents=descents)
+                              max_depth=max_depth, descents=descents,
+                              **({"resumed_after_descents": resumed_descents} if resumed is not None else {}))
     return LevelSet(connected=connected, reason=reason, threshold=float(threshold), loss_a=la, loss_b=lb,
                     ts=np.array(ts), losses=np.array(losses), bead_ts=cum, bead_losses=np.array(bead_losses),
                     length=length, normalized_length=length / ab if ab > 0 else float("nan"), settings=settings,
