@@ -550,8 +550,7 @@ class SubnetNormPenalty:
             total = torch.dot(values, self._weight_tensor(values))
             if self._check_finite and not math.isfinite(total.item()):
                 self._raise_non_finite(values)
-            new: list[Tensor] = []
-            owners: list[Tensor] = []
+            pairs: list[tuple[Tensor, Tensor]] = []
             for (plan, positions), f in zip(self._fused, flats):
                 coefs = []
                 for pos in positions:
@@ -564,7 +563,14 @@ class SubnetNormPenalty:
                         norm = float(values[pos])
                         c = c / norm if norm > 0 else 0.0
                     coefs.append(c)
-                for p, g in zip(plan.tensors, plan.grads(plan.tensors, f, coefs)):
+                pairs.extend(zip(plan.tensors, plan.grads(plan.tensors, f, coefs)))
+            if all(p.grad is None and p.requires_grad for p, _ in pairs):
+                for p, g in pairs:                     # the common case, right after zero_grad()
+                    p.grad = g
+            else:
+                owners: list[Tensor] = []
+                new: list[Tensor] = []
+                for p, g in pairs:
                     if not p.requires_grad:
                         continue
                     if p.grad is None:
@@ -572,8 +578,8 @@ class SubnetNormPenalty:
                     else:
                         owners.append(p.grad)
                         new.append(g)
-            if owners:
-                torch._foreach_add_(owners, new)
+                if owners:
+                    torch._foreach_add_(owners, new)
         return total
 
     def breakdown(self, weighted: bool = True) -> dict[Hashable, float]:
