@@ -68,3 +68,16 @@ def test_probe_cli_errors(checkpoints, tmp_path, capsys):
     torch.save({"x": [1, 2]}, bad)
     with pytest.raises(ValueError, match="neither a landprobe recipe checkpoint nor a state_dict"):
         load_checkpoint(bad)
+
+
+def test_probe_connect_writes_a_resumable_checkpoint(checkpoints, tmp_path):
+    ck = tmp_path / "fit.pt"
+    args = ["probe", "connect", *checkpoints[:2], "--method", "bezier", "--bends", "1", "--train-steps", "3",
+            "--steps", "3", "--resume-file", str(ck), *_args(tmp_path)]
+    assert main(args) == 0
+    first = lp.probes.Path.load(tmp_path / "connect.json")
+    assert torch.load(ck, weights_only=True)["step"] == 3
+    assert main(args) == 0                      # the finished checkpoint resumes at its end
+    again = lp.probes.Path.load(tmp_path / "connect.json")
+    assert again.settings["resumed_at_step"] == 3
+    np.testing.assert_allclose(again.losses, first.losses, rtol=1e-6)

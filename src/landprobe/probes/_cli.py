@@ -129,12 +129,13 @@ def _run(args) -> int:
             res = probe.plane(sds[0], **kw)
         line = f"center loss {res.center_loss:.6g}; grid {res.losses.shape}"
     elif kind == "connect":
-        res = probe.connect(sds[0], sds[1], method=args.method, bends=args.bends, steps=args.train_steps, lr=args.lr)
+        res = probe.connect(sds[0], sds[1], method=args.method, bends=args.bends, steps=args.train_steps, lr=args.lr,
+                            checkpoint=args.resume_file)
         line = f"{args.method} path: barrier {res.barrier:.6g}"
     else:
         if args.threshold is None:
             raise ValueError("landprobe probe level-set needs --threshold (a loss value above both endpoints' losses)")
-        res = probe.level_set(sds[0], sds[1], args.threshold)
+        res = probe.level_set(sds[0], sds[1], args.threshold, checkpoint=args.resume_file)
         line = f"connected: {res.connected}"
     out = Path(args.out)
     stem = kind.replace("-", "_")
@@ -184,6 +185,8 @@ def register_probe(sub) -> None:
     p.add_argument("--train-steps", type=int, default=200, help="connect: training steps of the bends")
     p.add_argument("--lr", type=float, default=0.01, help="connect: learning rate of the bends")
     p.add_argument("--threshold", type=float, default=None, help="level-set: the loss level")
+    p.add_argument("--resume-file", default=None,
+                   help="connect / level-set: checkpoint the search to this file; rerun the same command to resume")
     p.add_argument("--out", default="probe-out", help="output folder (default probe-out)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
