@@ -264,3 +264,153 @@ def test_matmat_matches_dense(method):
     assert op.matvecs - before == 3
     with pytest.raises(ValueError, match=r"V has shape \(5,\); expected a \(n, m\) tensor with n=29"):
         op.matmat(torch.ones(5, dtype=torch.float64))
+
+
+# ---- kept gradient graphs (graph=): same H, fewer passes
+class BatchCentred(nn.Module):
+    """Couples the samples of a batch (subtracts the batch mean): concatenating batches changes it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.fc(x))
+        return h - h.mean(dim=0, keepdim=True)
+
+
+@pytest.mark.parametrize("graph", ["auto", "merged", "per-batch", "streamed"])
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_every_graph_mode_gives_the_dense_hessian(case, graph):
+    model, data = case.build()
+    H = dense_hessian(model, case.loss_fn, data)
+    op = hessian(_probe(model, case.loss_fn, data), graph=graph)
+    assert op.graph_used == ("streamed" if graph == "streamed" else None)
+    V = torch.randn(op.n, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    torch.testing.assert_close(op.matvec(V[:, 0]), H @ V[:, 0], rtol=0, atol=1e-10)
+    torch.testing.assert_close(op.matmat(V), H @ V, rtol=0, atol=1e-10)
+    assert op.matvecs == 4
+    assert op.graph_used == {"auto": "merged"}.get(graph, graph)     # these losses are per-sample means
+    assert op.settings["graph_used"] == op.graph_used
+    if op.graph_used != "streamed":
+        assert op.settings["graph_saved_bytes"] > 0
+    # blocks keep the choice and build their own graph
+    blk = op.block(op.names[0])
+    assert blk.graph == graph
+    assert blk.graph_used == ("streamed" if graph == "streamed" else None)
+    assert blk.settings.get("graph_used") == blk.graph_used
+
+
+@pytest.mark.parametrize("loss_fn, why", [(nn.MSELoss(reduction="sum"), "not a per-sample mean"),
+                                          (nn.MSELoss(), "samples coupled")])
+def test_auto_keeps_per_batch_graphs_when_concatenating_would_change_the_error(loss_fn, why):
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = (TanhMLP() if why == "not a per-sample mean" else BatchCentred()).double()
+    data = [(torch.randn(n, 4, generator=g, dtype=torch.float64), torch.randn(n, 2, generator=g, dtype=torch.float64))
+            for n in (5, 3, 7)]
+    H = dense_hessian(model, loss_fn, data)
+    op = hessian(_probe(model, loss_fn, data))
+    v = torch.randn(op.n, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(op.matvec(v), H @ v, rtol=0, atol=1e-10)
+    assert op.graph_used == "per-batch"
+    # forcing the concatenation really computes another function: the check is needed
+    forced = hessian(_probe(model, loss_fn, data), graph="merged")
+    assert (forced.matvec(v) - H @ v).abs().max() > 1e-3
+
+
+def test_batchnorm_train_never_concatenates():
+    g = torch.Generator().manual_seed(1)
+    torch.manual_seed(0)
+    model = ConvBN().double()
+    data = [(torch.randn(n, 1, 5, 5, generator=g, dtype=torch.float64),
+             torch.randn(n, 1, generator=g, dtype=torch.float64)) for n in (4, 3)]
+    op = hessian(_probe(model, nn.MSELoss(), data, bn="train"))
+    v = torch.randn(op.n, generator=g, dtype=torch.float64)
+    H = dense_hessian(model, nn.MSELoss(), data, train_bn=True)
+    torch.testing.assert_close(op.matvec(v), H @ v, rtol=0, atol=1e-10)
+    assert op.graph_used == "per-batch"
+    with pytest.raises(ValueError, match="changes what BatchNorm normalises"):
+        hessian(_probe(model, nn.MSELoss(), data, bn="train"), graph="merged")
+
+
+def test_batches_that_do_not_concatenate_keep_one_graph_each():
+    g = torch.Generator().manual_seed(2)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 1)).double()
+    data = [(torch.randn(3, 1, s, s, generator=g, dtype=torch.float64), torch.randn(3, 1, generator=g, dtype=torch.float64))
+            for s in (5, 7)]
+    H = dense_hessian(model, nn.MSELoss(), data)
+    op = hessian(_probe(model, nn.MSELoss(), data))
+    v = torch.randn(op.n, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(op.matvec(v), H @ v, rtol=0, atol=1e-10)
+    assert op.graph_used == "per-batch"
+    with pytest.raises(ValueError, match="needs batches that concatenate"):
+        hessian(_probe(model, nn.MSELoss(), data), graph="merged").matvec(v)
+
+
+def test_a_graph_over_budget_is_dropped_and_products_stream():
+    case = CASES[1]
+    model, data = case.build()
+    H = dense_hessian(model, case.loss_fn, data)
+    op = hessian(_probe(model, case.loss_fn, data), graph_bytes=100)
+    v = torch.randn(op.n, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    torch.testing.assert_close(op.matvec(v), H @ v, rtol=0, atol=1e-10)
+    assert op.graph_used == "streamed" and op.settings["graph_bytes_limit"] == 100
+    # the budget binds only "auto": an explicit mode keeps its graph
+    kept = hessian(_probe(model, case.loss_fn, data), graph="per-batch", graph_bytes=100)
+    kept.matvec(v)
+    assert kept.graph_used == "per-batch" and kept.settings["graph_saved_bytes"] > 100
+
+
+def test_kept_graph_survives_later_products_and_release():
+    case = CASES[0]
+    model, data = case.build()
+    before = snapshot(model)
+    H = dense_hessian(model, case.loss_fn, data)
+    op = hessian(_probe(model, case.loss_fn, data))
+    res = op.top_eigenvalues(k=2, tol=1e-10)
+    expected = torch.linalg.eigvalsh(H).flip(0)[:2]
+    np.testing.assert_allclose(res.values, expected.numpy(), rtol=1e-9)
+    assert res.settings["graph_used"] == "merged"
+    op.release_graph()
+    assert op.graph_used is None
+    v = torch.ones(op.n, dtype=torch.float64)
+    torch.testing.assert_close(op.matvec(v), H @ v, rtol=0, atol=1e-10)
+    assert op.graph_used == "merged"
+    assert_same_snapshot(before, snapshot(model))
+
+
+def test_interrupted_graph_build_leaves_no_graph_and_restores_the_model():
+    case = CASES[0]
+    model, data = case.build()
+    before = snapshot(model)
+    calls = {"n": 0}
+
+    def flaky(out, y):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return nn.functional.mse_loss(out, y)
+
+    op = hessian(_probe(model, flaky, data))
+    with pytest.raises(KeyboardInterrupt):
+        op.matvec(torch.ones(op.n, dtype=torch.float64))
+    assert op.graph_used is None and op.matvecs == 0
+    assert_same_snapshot(before, snapshot(model))
+    H = dense_hessian(model, case.loss_fn, data)
+    torch.testing.assert_close(op.matvec(torch.ones(op.n, dtype=torch.float64)), H @ torch.ones(op.n, dtype=torch.float64),
+                               rtol=0, atol=1e-10)
+
+
+def test_graph_argument_errors():
+    case = CASES[0]
+    model, data = case.build()
+    probe = _probe(model, case.loss_fn, data)
+    with pytest.raises(ValueError, match="graph='kept'; expected one of"):
+        hessian(probe, graph="kept")
+    with pytest.raises(ValueError, match="cannot be combined with hvp='forward-over-reverse'"):
+        hessian(probe, hvp="forward-over-reverse", graph="per-batch")
+    with pytest.raises(ValueError, match="graph_bytes=-1"):
+        hessian(probe, graph_bytes=-1)
+    assert hessian(probe, hvp="forward-over-reverse").graph_used == "streamed"

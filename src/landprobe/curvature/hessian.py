@@ -8,11 +8,18 @@ sample-weighted empirical error
 
 evaluated at θ functionally (``torch.func.functional_call``): the user's model is never
 written to, and its modes, flags, buffers and the RNG states are restored after every product.
+
+Products reuse the gradient's autograd graph when it fits in memory (``graph=``): the
+gradient of L at θ is built once, with ``create_graph=True``, and each product H v is then a
+single backward pass through it, instead of a forward, a first and a second backward per
+batch. Where it is exact, the batches are concatenated into one (one graph, one set of
+weight-sized intermediate tensors instead of one per batch).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -24,9 +31,13 @@ from torch.func import functional_call, grad, jvp
 from landprobe.params import ParamVector, Selector, as_param_vector, select, select_subnets
 from landprobe.probes._engine import ModelGuard, batch_size, is_batchnorm
 
-__all__ = ["HessianOperator", "hessian", "HVP_METHODS"]
+__all__ = ["HessianOperator", "hessian", "HVP_METHODS", "GRAPH_MODES", "DEFAULT_GRAPH_BYTES"]
 
 HVP_METHODS = ("double-backward", "forward-over-reverse")
+GRAPH_MODES = ("auto", "merged", "per-batch", "streamed")
+# Default memory allowed for a kept gradient graph under graph="auto": the bytes of the tensors
+# autograd saves while the graph is built (parameters and the cached data not counted).
+DEFAULT_GRAPH_BYTES = 2 * 1024**3
 # Measured on the 2-core CPU (benchmarks/results/hessian.json): double backward is the faster
 # of the two for conv + linear nets; forward-over-reverse stays available for comparison.
 DEFAULT_HVP = "double-backward"
@@ -44,6 +55,101 @@ def _cast(x: Any, dtype: torch.dtype | None, device: torch.device) -> Any:
     return x
 
 
+class _GraphTooLarge(Exception):
+    """Raised from the saved-tensor hook once a gradient graph outgrows its memory budget."""
+
+
+class _SavedBytes:
+    """Counts the bytes of the distinct storages autograd saves while a graph is built.
+
+    Storages that exist anyway (θ, the buffers, the cached batches) are not counted. With a
+    ``budget``, building stops (``_GraphTooLarge``) as soon as the count passes it, so that a
+    graph too large for memory is never completed.
+    """
+
+    def __init__(self, budget: int | None, exclude: set[int]):
+        self.budget = budget
+        self.exclude = exclude
+        self.seen: set[int] = set()
+        self.nbytes = 0
+
+    def reset(self) -> None:
+        self.seen.clear()
+        self.nbytes = 0
+
+    def pack(self, t: Tensor) -> Tensor:
+        st = t.untyped_storage()
+        ptr = st.data_ptr()
+        if ptr not in self.exclude and ptr not in self.seen:
+            self.seen.add(ptr)
+            self.nbytes += st.nbytes()
+            if self.budget is not None and self.nbytes > self.budget:
+                raise _GraphTooLarge
+        return t
+
+    @staticmethod
+    def unpack(t: Tensor) -> Tensor:
+        return t
+
+
+def _storages(obj: Any, out: set[int]) -> set[int]:
+    if isinstance(obj, Tensor):
+        out.add(obj.untyped_storage().data_ptr())
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _storages(v, out)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _storages(v, out)
+    return out
+
+
+def _concat(parts: list[Any]) -> Any:
+    """Concatenate batch inputs (tensors, or tuples/lists/dicts of them) along dim 0; None if
+    they cannot be (other types, or shapes that differ beyond the first dimension)."""
+    first = parts[0]
+    if isinstance(first, Tensor):
+        if not all(isinstance(t, Tensor) and t.dim() > 0 and t.shape[1:] == first.shape[1:]
+                   and t.dtype == first.dtype for t in parts):
+            return None
+        return torch.cat(parts)
+    if isinstance(first, (list, tuple)):
+        if not all(isinstance(t, type(first)) and len(t) == len(first) for t in parts):
+            return None
+        cols = [_concat([t[i] for t in parts]) for i in range(len(first))]
+        return None if any(c is None for c in cols) else type(first)(cols)
+    if isinstance(first, dict):
+        if not all(isinstance(t, dict) and t.keys() == first.keys() for t in parts):
+            return None
+        cols = {k: _concat([t[k] for t in parts]) for k in first}
+        return None if any(c is None for c in cols.values()) else cols
+    return None
+
+
+def _backward_of_gradient(g: Sequence[Tensor], leaves: Sequence[Tensor], vs: Sequence[Tensor],
+                          retain: bool) -> list[Tensor]:
+    """Σ_i ∂(g_i · v_i)/∂leaves: one backward through the gradient's graph. Entries of g that
+    do not depend on the leaves (a constant gradient) contribute nothing."""
+    pairs = [(gi, vi) for gi, vi in zip(g, vs) if gi.requires_grad]
+    if not pairs:
+        return [torch.zeros_like(t) for t in leaves]
+    hv = torch.autograd.grad([gi for gi, _ in pairs], leaves, grad_outputs=[vi for _, vi in pairs],
+                             allow_unused=True, retain_graph=retain)
+    return [torch.zeros_like(t) if h is None else h for h, t in zip(hv, leaves)]
+
+
+class _Graph:
+    """The gradient of the empirical error at θ with its autograd graph kept: each product
+    H v is one backward pass through it."""
+
+    def __init__(self, leaves: list[Tensor], grads: list[Tensor], kind: str, nbytes: int):
+        self.leaves, self.grads, self.kind, self.nbytes = leaves, grads, kind, nbytes
+
+    def product(self, vs: Sequence[Tensor]) -> list[Tensor]:
+        with torch.enable_grad():
+            return _backward_of_gradient(self.grads, self.leaves, vs, retain=True)
+
+
 class _Problem:
     """What every block of one Hessian shares: the model, the loss, the data and θ."""
 
@@ -56,6 +162,19 @@ class _Problem:
         self.bn = bn
         self.set_modes = engine_modes
         self.bns = [m for m in model.modules() if is_batchnorm(m)]
+        self._merged: tuple[Any, Any] | None | bool = False   # False: not tried yet
+
+    def merged(self) -> tuple[Any, Any] | None:
+        """All batches concatenated into one ``(x, y)``, or None if they cannot be."""
+        if self._merged is False:
+            xs = _concat([x for x, _, _ in self.batches])
+            ys = _concat([y for _, y, _ in self.batches])
+            self._merged = None if xs is None or ys is None else (xs, ys)
+        return self._merged
+
+    def storages(self) -> set[int]:
+        """Storages that exist whether or not a graph is kept: θ, buffers and the cached batches."""
+        return _storages([list(self.state.values()), [(x, y) for x, y, _ in self.batches]], set())
 
     @contextlib.contextmanager
     def session(self):
@@ -118,6 +237,10 @@ class HessianOperator:
         dtype: dtype the model is evaluated in (its own, or float64 on request).
         hvp: ``"double-backward"`` (default; measured fastest here) or
             ``"forward-over-reverse"`` (``torch.func.jvp`` of ``torch.func.grad``).
+        graph: The requested reuse of the gradient graph (see :func:`hessian`).
+        graph_used: What the products use: ``"merged"`` (one kept graph over the
+            concatenated batches), ``"per-batch"`` (one kept graph per batch), ``"streamed"``
+            (nothing kept), or ``None`` before the first product decides.
         matvecs: Number of Hessian-vector products computed so far.
 
     Example:
@@ -136,14 +259,29 @@ class HessianOperator:
     """
 
     def __init__(self, problem: _Problem, names: Sequence[str], *, hvp: str = "auto",
-                 settings: dict[str, Any] | None = None):
+                 settings: dict[str, Any] | None = None, graph: str = "auto",
+                 graph_bytes: int = DEFAULT_GRAPH_BYTES):
         if hvp == "auto":
             hvp = DEFAULT_HVP
         if hvp not in HVP_METHODS:
             raise ValueError(f"hvp={hvp!r}; expected 'auto' or one of {HVP_METHODS}")
+        if graph not in GRAPH_MODES:
+            raise ValueError(f"graph={graph!r}; expected one of {GRAPH_MODES}")
+        if hvp == "forward-over-reverse" and graph in ("merged", "per-batch"):
+            raise ValueError(f"graph={graph!r} keeps a double-backward graph; it cannot be combined with "
+                             f"hvp='forward-over-reverse' (use graph='streamed' or hvp='double-backward')")
+        if graph == "merged" and problem.bn == "train":
+            raise ValueError("graph='merged' concatenates the batches, which changes what BatchNorm normalises "
+                             "with under bn='train'; use graph='per-batch' or 'auto'")
+        if isinstance(graph_bytes, bool) or not isinstance(graph_bytes, (int, float)) or not graph_bytes >= 0:
+            raise ValueError(f"graph_bytes={graph_bytes!r}; expected a number of bytes >= 0 (e.g. 2**31)")
         self._p = problem
         self.names = list(names)
         self.hvp = hvp
+        self.graph = graph
+        self.graph_bytes = int(graph_bytes)
+        self.graph_used: str | None = "streamed" if (graph == "streamed" or hvp != "double-backward") else None
+        self._graph: _Graph | None = None
         theta = [problem.state[n] for n in self.names]
         self._theta = theta
         self._shapes = [t.shape for t in theta]
@@ -153,7 +291,9 @@ class HessianOperator:
         self.device = theta[0].device
         self.matvecs = 0
         self.settings = dict(settings or {})
-        self.settings.update(hvp=hvp, n=self.n, dtype=str(self.dtype))
+        self.settings.update(hvp=hvp, n=self.n, dtype=str(self.dtype), graph=graph)
+        if self.graph_used == "streamed":
+            self.settings["graph_used"] = "streamed"
 
     # ---- basic properties
     @property
@@ -170,39 +310,83 @@ class HessianOperator:
 
     # ---- products
     def _hvp_lists(self, vs: list[Tensor]) -> list[Tensor]:
-        p = self._p
-        acc = [torch.zeros_like(t) for t in self._theta]
-        with p.session():
-            if self.hvp == "double-backward":
-                leaves = [t.detach().requires_grad_(True) for t in self._theta]
-                with torch.enable_grad():
-                    for x, y, w in p.batches:
-                        loss = p.loss(self.names, leaves, x, y)
-                        g = torch.autograd.grad(loss, leaves, create_graph=True)
-                        hv = torch.autograd.grad(g, leaves, grad_outputs=vs, allow_unused=True)
-                        hv = [torch.zeros_like(t) if h is None else h for h, t in zip(hv, leaves)]
-                        torch._foreach_add_(acc, list(hv), alpha=w)
-            else:
-                for x, y, w in p.batches:
-                    def g_of(params, yy, x=x):
-                        return grad(lambda q: p.loss(self.names, q, x, yy))(params)
-                    # The target enters as a primal with a materialised zero tangent: some loss
-                    # backwards (mse_loss in torch 2.13) fail on a captured target under forward AD.
-                    y_t = torch.zeros_like(y) if isinstance(y, Tensor) and y.is_floating_point() else None
-                    if y_t is None:
-                        _, hv = jvp(lambda q: g_of(q, y), (tuple(self._theta),), (tuple(vs),))
-                    else:
-                        _, hv = jvp(g_of, (tuple(self._theta), y), (tuple(vs), y_t))
-                    torch._foreach_add_(acc, list(hv), alpha=w)
-        self.matvecs += 1
-        return acc
+        return self._hvp_many([vs])[0]
 
     def _hvp_many(self, vss: list[list[Tensor]]) -> list[list[Tensor]]:
-        """H @ v for several vectors: with double backward, each batch's gradient graph is built
-        once and differentiated once per vector (saves the forward and first backward per extra
-        vector, about a quarter of an HVP on CPU); forward-over-reverse loops."""
-        if self.hvp != "double-backward" or len(vss) == 1:
-            return [self._hvp_lists(vs) for vs in vss]
+        """H @ v for each list of tensors in ``vss``: through the kept graph when there is one
+        (built on the first product), else streamed over the batches."""
+        if self.graph_used is None:
+            self._build_graph()
+        if self._graph is not None:
+            out = [self._graph.product(vs) for vs in vss]
+        elif self.hvp == "double-backward":
+            out = self._streamed_double_backward(vss)
+        else:
+            out = [self._streamed_forward_over_reverse(vs) for vs in vss]
+        self.matvecs += len(vss)
+        return out
+
+    def _build_graph(self) -> None:
+        """Build the gradient at θ with its graph (merged batches where exact), within the
+        memory budget under ``graph="auto"``; otherwise fall back to streaming."""
+        p = self._p
+        counter = _SavedBytes(self.graph_bytes if self.graph == "auto" else None, p.storages())
+        leaves = [t.detach().requires_grad_(True) for t in self._theta]
+        kinds = {"auto": ("merged", "per-batch"), "merged": ("merged",), "per-batch": ("per-batch",)}[self.graph]
+        if p.bn == "train" or len(p.batches) == 1:
+            kinds = tuple(k for k in kinds if k != "merged") or ("per-batch",)
+        grads: list[Tensor] | None = None
+        kind = None
+        with p.session(), torch.enable_grad():
+            try:
+                with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+                    if "merged" in kinds:
+                        grads = self._merged_gradient(leaves, check=self.graph == "auto")
+                        if grads is None and self.graph == "merged":
+                            raise ValueError("graph='merged' needs batches that concatenate along the first "
+                                             "dimension (tensors, or tuples/dicts of them, of equal trailing shapes)")
+                        kind = "merged" if grads is not None else None
+                    if grads is None:
+                        counter.reset()
+                        grads = None
+                        for x, y, w in p.batches:
+                            loss = p.loss(self.names, leaves, x, y) * w
+                            g = torch.autograd.grad(loss, leaves, create_graph=True)
+                            grads = list(g) if grads is None else [a + b for a, b in zip(grads, g)]
+                        kind = "per-batch"
+            except _GraphTooLarge:
+                grads, kind = None, None
+        if grads is None:
+            self.graph_used = "streamed"
+            self.settings.update(graph_used="streamed", graph_bytes_limit=self.graph_bytes)
+            return
+        self._graph = _Graph(leaves, grads, kind, counter.nbytes)
+        self.graph_used = kind
+        self.settings.update(graph_used=kind, graph_saved_bytes=counter.nbytes)
+
+    def _merged_gradient(self, leaves: list[Tensor], check: bool) -> list[Tensor] | None:
+        """The gradient of the loss of all batches concatenated, with its graph; None if they do
+        not concatenate or (``check``) if that loss differs from the sample-weighted mean of the
+        per-batch losses at θ (a loss that is not a per-sample mean, or a model that couples
+        the samples of a batch): then merging would change the empirical error."""
+        p = self._p
+        merged = p.merged()
+        if merged is None:
+            return None
+        loss = p.loss(self.names, leaves, *merged)
+        if check:
+            with torch.no_grad():
+                parts = [(w, float(p.loss(self.names, leaves, x, y))) for x, y, w in p.batches]
+            ref = math.fsum(w * l for w, l in parts)
+            scale = math.fsum(w * abs(l) for w, l in parts)
+            tol = 1000 * torch.finfo(self.dtype).eps * scale + 1e-300
+            if not (abs(float(loss.detach()) - ref) <= tol):
+                return None
+        return list(torch.autograd.grad(loss, leaves, create_graph=True))
+
+    def _streamed_double_backward(self, vss: list[list[Tensor]]) -> list[list[Tensor]]:
+        """Per batch: forward, gradient with its graph, one second backward per vector (the
+        graph is built once per batch for all the vectors of a ``matmat``)."""
         p = self._p
         accs = [[torch.zeros_like(t) for t in self._theta] for _ in vss]
         with p.session():
@@ -212,12 +396,44 @@ class HessianOperator:
                     loss = p.loss(self.names, leaves, x, y)
                     g = torch.autograd.grad(loss, leaves, create_graph=True)
                     for j, vs in enumerate(vss):
-                        hv = torch.autograd.grad(g, leaves, grad_outputs=vs, allow_unused=True,
-                                                 retain_graph=j + 1 < len(vss))
-                        hv = [torch.zeros_like(t) if h is None else h for h, t in zip(hv, leaves)]
-                        torch._foreach_add_(accs[j], list(hv), alpha=w)
-        self.matvecs += len(vss)
+                        hv = _backward_of_gradient(g, leaves, vs, retain=j + 1 < len(vss))
+                        torch._foreach_add_(accs[j], hv, alpha=w)
         return accs
+
+    def _streamed_forward_over_reverse(self, vs: list[Tensor]) -> list[Tensor]:
+        p = self._p
+        acc = [torch.zeros_like(t) for t in self._theta]
+        with p.session():
+            for x, y, w in p.batches:
+                def g_of(params, yy, x=x):
+                    return grad(lambda q: p.loss(self.names, q, x, yy))(params)
+                # The target enters as a primal with a materialised zero tangent: some loss
+                # backwards (mse_loss in torch 2.13) fail on a captured target under forward AD.
+                y_t = torch.zeros_like(y) if isinstance(y, Tensor) and y.is_floating_point() else None
+                if y_t is None:
+                    _, hv = jvp(lambda q: g_of(q, y), (tuple(self._theta),), (tuple(vs),))
+                else:
+                    _, hv = jvp(g_of, (tuple(self._theta), y), (tuple(vs), y_t))
+                torch._foreach_add_(acc, list(hv), alpha=w)
+        return acc
+
+    def release_graph(self) -> None:
+        """Free the kept gradient graph; the next product decides again (and builds it again).
+
+        Example:
+            >>> import torch, landprobe as lp
+            >>> from landprobe.curvature import hessian
+            >>> model = torch.nn.Linear(2, 1)
+            >>> data = [(torch.randn(4, 2), torch.randn(4, 1)), (torch.randn(3, 2), torch.randn(3, 1))]
+            >>> H = hessian(lp.LandscapeProbe(model, torch.nn.MSELoss(), data))
+            >>> _ = H.matvec(torch.ones(H.n)); H.graph_used      # two batches concatenated: exact here
+            'merged'
+            >>> H.release_graph(); H.graph_used is None
+            True
+        """
+        self._graph = None
+        if self.graph != "streamed" and self.hvp == "double-backward":
+            self.graph_used = None
 
     def matmat(self, V: Tensor) -> Tensor:
         """H @ V for a (n, m) tensor of m flat vectors (columns); the result is (n, m) in the operator's dtype.
@@ -340,7 +556,9 @@ class HessianOperator:
         if outside:
             raise ValueError(f"subnet {subnet!r} selects {outside[:4]}, which are not in this Hessian block; "
                              f"take blocks of the full operator (probe.hessian() with subnet=None)")
-        return HessianOperator(self._p, names, hvp=self.hvp, settings=dict(self.settings, subnet=_describe(subnet)))
+        settings = {k: v for k, v in self.settings.items() if not k.startswith("graph_")}
+        return HessianOperator(self._p, names, hvp=self.hvp, settings=dict(settings, subnet=_describe(subnet)),
+                               graph=self.graph, graph_bytes=self.graph_bytes)
 
     def blocks(self, selectors: Mapping[Any, Selector]) -> dict[Any, HessianOperator]:
         """Diagonal blocks per subnet, e.g. ``{"enet": "enet", "inet": "inet", "rnet": "rnet"}``.
@@ -391,7 +609,7 @@ def _describe(subnet: Any) -> Any:
 
 
 def hessian(self, theta: Any = None, subnet: Selector | None = None, *, dtype: torch.dtype | None = None,
-            hvp: str = "auto") -> HessianOperator:
+            hvp: str = "auto", graph: str = "auto", graph_bytes: int = DEFAULT_GRAPH_BYTES) -> HessianOperator:
     """The Hessian of the empirical error at ``theta``, as a matrix-free operator.
 
     H = Σ_b (n_b / N) ∇² loss_fn(model(x_b; θ), y_b) over the probe's data, with respect to
@@ -409,6 +627,20 @@ def hessian(self, theta: Any = None, subnet: Selector | None = None, *, dtype: t
             is not converted.
         hvp: ``"auto"`` (double backward, measured fastest on CPU here),
             ``"double-backward"`` or ``"forward-over-reverse"``.
+        graph: How double-backward products reuse work (all give the same H to rounding):
+            ``"auto"`` (default): on the first product the gradient at θ is built with its
+            autograd graph and kept, so that each product is one backward pass through it;
+            the batches are concatenated into one when the loss of the concatenation equals
+            the sample-weighted mean of the per-batch losses at θ (checked: true for
+            per-sample-mean losses on models that treat samples independently; never under
+            ``bn="train"``), else one graph per batch is kept. If the tensors autograd saves
+            outgrow ``graph_bytes`` while it is built, it is dropped and products stream.
+            ``"merged"`` / ``"per-batch"``: keep that graph whatever its size (``"merged"``
+            unchecked: you assert the loss is a per-sample mean). ``"streamed"``: keep
+            nothing; each product runs forward, gradient and second backward per batch
+            (memory of one batch's graph). :attr:`HessianOperator.graph_used` says which ran.
+        graph_bytes: Memory budget of the kept graph under ``graph="auto"`` (bytes of the
+            storages autograd saves, not counting θ and the data). Default 2 GiB.
 
     Returns:
         A :class:`HessianOperator` with ``matvec``, ``as_linear_operator``, ``blocks``,
@@ -464,4 +696,4 @@ def hessian(self, theta: Any = None, subnet: Selector | None = None, *, dtype: t
                                samples=int(total))
     if dtype is not None:
         settings["dtype"] = str(dtype)
-    return HessianOperator(problem, names, hvp=hvp, settings=settings)
+    return HessianOperator(problem, names, hvp=hvp, settings=settings, graph=graph, graph_bytes=graph_bytes)
