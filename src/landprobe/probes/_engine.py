@@ -248,6 +248,9 @@ class Engine:
             raise ValueError(f"dtype={dtype} but the model's parameters are {model_dtype}; convert the model "
                              f"(model.to({dtype})) or pass dtype=None")
         self.dtype = dtype
+        from landprobe._hardware import warn_if_slow_autocast
+
+        warn_if_slow_autocast(self.device, dtype, "dtype=torch.bfloat16", stacklevel=4)
         self._bns = [m for m in model.modules() if is_batchnorm(m)]
         self.precision = precision
         if control is not None and (precision is None or not callable(control)):

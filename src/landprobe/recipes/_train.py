@@ -315,6 +315,10 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._acc = torch.zeros(3, dtype=torch.float64)  # Σ n·L1, Σ n·L2, Σ n over the epoch
         self._epoch_seconds = 0.0
+        if spec.amp == "bf16":
+            from landprobe._hardware import warn_if_slow_autocast
+
+            warn_if_slow_autocast(self.device, torch.bfloat16, "amp='bf16'")
         self.total_steps = steps_for_epochs(spec.epochs, self.pool_size, spec.batch_size)
         if spec.max_steps is not None:
             self.total_steps = min(self.total_steps, int(spec.max_steps))
