@@ -13,6 +13,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from landprobe._hardware import cpu_has_native_bf16 as _native_bf16
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -48,6 +50,18 @@ def paired_ratio(t: dict[str, dict], num: str, den: str, clock: str = "runs") ->
     return float(np.median(np.asarray(t[num][clock]) / np.asarray(t[den][clock])))
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; platform.processor() elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def environment() -> dict:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -60,6 +74,10 @@ def environment() -> dict:
         "python": platform.python_version(),
         "machine": f"{platform.machine()} {os.cpu_count()}-core CPU, no GPU" if not torch.cuda.is_available()
         else torch.cuda.get_device_name(),
+        "cpu": cpu_model(),
+        # AVX2 / AVX512; bf16 arithmetic (AVX512-BF16 or AMX) decides whether bf16 autocast pays
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_native_bf16": _native_bf16(),
         "threads": torch.get_num_threads(),
         "commit": commit,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -131,6 +131,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--points", type=int, default=21)
+    ap.add_argument("--out", default=str(RESULTS / "interpolate.json"))
     ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
@@ -184,7 +185,7 @@ def main() -> None:
     report["peak_memory"] = m
     print("memory", json.dumps(m))
     RESULTS.mkdir(exist_ok=True)
-    lp._io.save_json(RESULTS / "interpolate.json", report)
+    lp._io.save_json(args.out, report)
 
 
 if __name__ == "__main__":
