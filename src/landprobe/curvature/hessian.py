@@ -457,8 +457,14 @@ class HessianOperator:
         if not isinstance(V, Tensor) or V.dim() != 2 or V.shape[0] != self.n:
             raise ValueError(f"V has shape {tuple(V.shape) if isinstance(V, Tensor) else type(V).__name__}; "
                              f"expected a (n, m) tensor with n={self.n} rows (one column per vector)")
-        out = self._hvp_many([self._split(V[:, j].contiguous()) for j in range(V.shape[1])])
-        return torch.stack([torch.cat([h.reshape(-1) for h in hv]) for hv in out], dim=1)
+        return self._rows_product(V.T).T
+
+    def _rows_product(self, rows: Tensor) -> Tensor:
+        """H applied to each row of an (m, n) tensor; (m, n) in the operator's dtype. Rows, not
+        columns: a column of a large (n, m) matrix is a strided gather over all of it."""
+        rows = rows.to(device=self.device, dtype=self.dtype).contiguous()
+        out = self._hvp_many([self._split(r) for r in rows])
+        return torch.stack([torch.cat([h.reshape(-1) for h in hv]) for hv in out])
 
     def _check_flat(self, v: Tensor) -> None:
         if v.dim() != 1 or v.numel() != self.n:

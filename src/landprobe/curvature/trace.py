@@ -32,7 +32,9 @@ def _products(op, rows: Tensor) -> Tensor:
     out = []
     for i in range(0, rows.shape[0], _CHUNK):
         block = rows[i:i + _CHUNK]
-        if hasattr(op, "matmat"):
+        if hasattr(op, "_rows_product"):
+            out.append(op._rows_product(block).to(torch.float64))
+        elif hasattr(op, "matmat"):
             out.append(op.matmat(block.T).T.to(torch.float64))
         else:
             out.append(torch.stack([op._flat_matvec(r).to(torch.float64) for r in block]))
