@@ -56,21 +56,24 @@ def _register_reproduce(sub) -> None:
                     "history.jsonl, checkpoints, summary.json and figures. See docs/reproduce.md.")
     p.add_argument("--setting", required=True, choices=[*SETTINGS, "all"], help="penalty setting, or all three")
     p.add_argument("--preset", default="cpu", choices=list(PRESETS),
-                   help="paper: full width, all patches; cpu: width 0.25, 1,024 patches per epoch (default)")
+                   help="paper: full width, all patches; cpu: width 0.125, 512 random patches per epoch, "
+                        "96x96 validation crops (default)")
     p.add_argument("--epochs", type=_positive_int, default=45, help="epochs (default 45)")
     p.add_argument("--max-steps", type=_positive_int, default=None, help="stop after N optimizer steps")
     p.add_argument("--data", default=None, help="folder of training images (default data/T91 or the sample)")
     p.add_argument("--val", default=None, help="folder of validation images (default data/Set5 or the sample)")
     p.add_argument("--out", default="runs", help="output folder (default runs)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/SETTING/checkpoint.pt")
-    p.add_argument("--amp", default="off", choices=["off", "bf16"], help="bf16 autocast for forward+loss")
+    p.add_argument("--amp", default="off", choices=["off", "bf16"], help="bf16 autocast for forward+loss (pays only on GPUs and CPUs with AVX512-BF16/AMX; "
+                   "emulated, and many times slower, elsewhere)")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of init and data order (default 0)")
     p.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
     p.add_argument("--monitor", action="store_true", help="save a parameter snapshot every epoch")
     p.add_argument("--checkpoint-every", type=_positive_int, default=None,
                    help="also checkpoint every N steps inside an epoch")
     p.add_argument("--width", type=_positive_float, default=None,
-                   help="override the preset's width multiplier (1.0: 945,318 parameters)")
+                   help="override the preset's width multiplier (1.0: 945,555 parameters, the paper's 945,318 "
+                        "+0.025%%)")
     p.add_argument("--patches-per-epoch", type=_positive_int, default=None,
                    help="override the preset's patches per epoch (a fresh random subset each epoch)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="global mini-batch (default 64)")
