@@ -216,6 +216,71 @@ def test_summarize_stages_of_45_epochs(tmp_path):
     assert c["inet_l2_beats_l1"]["epochs_where_claim_holds"] == 0
 
 
+def _seed_runs(root, gaps_l1, gaps_l2, epochs=45):
+    """Fake runs: per seed, All-L1 and All-L2 sit gaps above Mix from stage 2 on (none before)."""
+    outs = []
+    for seed, (g1, g2) in enumerate(zip(gaps_l1, gaps_l2)):
+        out = root / f"seed{seed}"
+        for s, gap in {"all-l2": g2, "mix": 0.0, "all-l1": g1}.items():
+            (out / s).mkdir(parents=True)
+            rows = [{"epoch": e, "psnr": 30.0 + seed + (gap if e > epochs // 3 else 0.0)} for e in range(1, epochs + 1)]
+            (out / s / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        outs.append(out)
+    return outs
+
+
+def test_summarize_seeds_against_a_hand_computed_t_test(tmp_path):
+    from scipy import stats
+
+    from landprobe.recipes import summarize_seeds
+
+    outs = _seed_runs(tmp_path, gaps_l1=[0.5, 0.9, 0.4, 0.6], gaps_l2=[0.3, -0.2, 0.1, -0.4])
+    res = summarize_seeds(outs)                       # writes into tmp_path, the parent
+    c1, c2 = res["comparisons"]["enet_rnet_l1_beats_l2"], res["comparisons"]["inet_l2_beats_l1"]
+    d = np.array([0.5, 0.9, 0.4, 0.6])
+    assert c1["differences_db"] == pytest.approx(d.tolist())
+    assert c1["mean_db"] == pytest.approx(0.6) and c1["sd_db"] == pytest.approx(d.std(ddof=1), abs=1e-6)
+    t = d.mean() / (d.std(ddof=1) / 2)                 # by hand; the p-value from the t distribution's CDF
+    assert c1["t_statistic"] == pytest.approx(t)
+    assert c1["t_test_p_two_sided"] == pytest.approx(2 * stats.t.sf(t, df=3))
+    assert c1["seeds_favouring_claim"] == 4 and c1["supported"] and c1["significant"]
+    assert c2["mean_db"] == pytest.approx(-0.05) and c2["seeds_favouring_claim"] == 2
+    assert not c2["supported"] and not c2["significant"]
+    # per-epoch mean over seeds: 30 + mean(seed) + gap after epoch 15
+    mix = res["psnr_per_epoch_over_seeds"]["mix"]
+    assert mix["mean"][0] == pytest.approx(31.5) and mix["sd"][0] == pytest.approx(np.std([30, 31, 32, 33], ddof=1))
+    assert res["psnr_per_epoch_over_seeds"]["all-l1"]["mean"][20] == pytest.approx(32.1)
+    assert (tmp_path / "seeds_summary.json").is_file() and (tmp_path / "psnr_seeds.png").is_file()
+    assert lp._io.load_json(tmp_path / "seeds_summary.json")["comparisons"]["inet_l2_beats_l1"]["seeds"] == 4
+
+
+def test_summarize_seeds_with_identical_differences_and_errors(tmp_path):
+    from landprobe.recipes import summarize_seeds
+
+    outs = _seed_runs(tmp_path, gaps_l1=[0.5, 0.5], gaps_l2=[0.0, 0.0], epochs=6)
+    res = summarize_seeds(outs, out=tmp_path / "agg", figures=False)
+    c1, c2 = res["comparisons"]["enet_rnet_l1_beats_l2"], res["comparisons"]["inet_l2_beats_l1"]
+    assert c1["sd_db"] == 0 and c1["t_test_p_two_sided"] == 0.0 and c1["significant"]
+    assert c2["mean_db"] == 0 and c2["t_test_p_two_sided"] == 1.0 and not c2["supported"]
+    assert (tmp_path / "agg" / "seeds_summary.json").is_file()
+    with pytest.raises(ValueError, match="at least two run folders"):
+        summarize_seeds(outs[:1])
+    with pytest.raises(ValueError, match="history.jsonl. is missing"):
+        summarize_seeds([outs[0], tmp_path / "nothing"])
+
+
+def test_summarize_command_prints_the_seed_comparison(tmp_path, capsys):
+    from landprobe.cli import main
+
+    outs = _seed_runs(tmp_path, gaps_l1=[0.5, 0.9, 0.4], gaps_l2=[0.3, -0.2, 0.1], epochs=6)
+    assert main(["summarize", *map(str, outs), "--no-figures"]) == 0
+    text = capsys.readouterr().out
+    assert "L1 beats L2 for Enet/Rnet: All-L1 > Mix: per seed +0.500, +0.900, +0.400 dB; mean +0.600" in text
+    assert "3/3 seeds favour it" in text and "2/3 seeds favour it" in text
+    assert main(["summarize", str(outs[0]), "--no-figures"]) == 0
+    assert "supported" in capsys.readouterr().out
+
+
 # ----------------------------------------------------------------------------- sparsity helpers
 def test_hoyer_and_population_sparseness_closed_forms():
     w = torch.tensor([3.0, 4.0, 0.0, 0.0], dtype=torch.float64)  # l1 7, l2 5, n 4

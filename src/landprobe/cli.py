@@ -125,6 +125,34 @@ def _format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- summarize
+def _register_summarize(sub) -> None:
+    p = sub.add_parser(
+        "summarize", help="stage table and the study's comparisons of one run, or over several seeds",
+        description="Summarise `landprobe reproduce --setting all` runs. One OUT folder: its stage table and the "
+                    "study's two comparisons (summary.json, figures). Several (one per seed): per-seed "
+                    "differences, mean, sd and a one-sample t-test (seeds_summary.json, psnr_seeds.png).")
+    p.add_argument("outs", nargs="+", metavar="OUT", help="the --out folder(s) of reproduce runs")
+    p.add_argument("--to", default=None, help="where the several-seed summary goes (default: parent of the first OUT)")
+    p.add_argument("--no-figures", action="store_true", help="write JSON only")
+    p.set_defaults(func=_run_summarize)
+
+
+def _run_summarize(args) -> int:
+    from landprobe.recipes.reproduce import summarize, summarize_seeds
+
+    if len(args.outs) == 1:
+        print(_format_summary(summarize(args.outs[0], figures=not args.no_figures)))
+        return 0
+    res = summarize_seeds(args.outs, out=args.to, figures=not args.no_figures)
+    for c in res["comparisons"].values():
+        print(f"{c['claim']}: per seed {', '.join(f'{d:+.3f}' for d in c['differences_db'])} dB; "
+              f"mean {c['mean_db']:+.3f} ± {c['stderr_db']:.3f} (s.e.), {c['seeds_favouring_claim']}/{c['seeds']} "
+              f"seeds favour it, t-test p = {c['t_test_p_two_sided']:.3g} -> "
+              f"{'significant' if c['significant'] else ('supported, not significant' if c['supported'] else 'not supported')}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- demo
 def _register_demo(sub) -> None:
     p = sub.add_parser(
@@ -161,7 +189,7 @@ def _register_probe(sub) -> None:
 
 #: name → registrar(subparsers); other modules may add entries.
 SUBCOMMANDS: dict[str, Callable] = {"demo": _register_demo, "reproduce": _register_reproduce,
-                                    "probe": _register_probe}
+                                    "summarize": _register_summarize, "probe": _register_probe}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,10 +1,10 @@
-"""Recipes: the study end to end (:func:`reproduce`, :func:`summarize`) and a one-minute :func:`demo`.
+"""Recipes: the study end to end (:func:`reproduce`, :func:`summarize`, :func:`summarize_seeds`) and a one-minute :func:`demo`.
 
 The training loop they share (``_train``: data stream, step, validation, checkpoints, DDP)
 is private; its knobs are the fields of ``TrainSpec``, passed as keyword overrides.
 """
 
 from landprobe.recipes.demo import demo
-from landprobe.recipes.reproduce import PRESETS, SETTINGS, reproduce, summarize
+from landprobe.recipes.reproduce import PRESETS, SETTINGS, reproduce, summarize, summarize_seeds
 
-__all__ = ["reproduce", "summarize", "demo", "PRESETS", "SETTINGS"]
+__all__ = ["reproduce", "summarize", "summarize_seeds", "demo", "PRESETS", "SETTINGS"]

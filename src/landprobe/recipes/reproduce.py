@@ -7,9 +7,11 @@ step count) and the measured runs.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -18,7 +20,7 @@ import torch
 from landprobe._io import load_json, save_json
 from landprobe.recipes._train import SUBNETS, Trainer, TrainSpec
 
-__all__ = ["reproduce", "summarize", "PRESETS", "SETTINGS"]
+__all__ = ["reproduce", "summarize", "summarize_seeds", "PRESETS", "SETTINGS"]
 
 #: The study's three settings (Table II): kinds on (Enet, Inet, Rnet).
 SETTINGS = ("all-l2", "mix", "all-l1")
@@ -437,6 +439,111 @@ def summarize(out: str | os.PathLike, *, figures: bool = True) -> dict[str, Any]
     if figures:
         _figures(out, hist, epochs, stages, bicubic)
     return summary
+
+
+def summarize_seeds(outs: Sequence[str | os.PathLike], out: str | os.PathLike | None = None, *,
+                    figures: bool = True) -> dict[str, Any]:
+    """The study's two comparisons over several seeds: per-seed differences, mean, spread, a t-test.
+
+    Each folder in ``outs`` is the ``out`` of one ``reproduce(setting="all", seed=...)`` run
+    (same preset); each is summarised with :func:`summarize` (which rewrites its
+    ``summary.json``). For each comparison the per-seed difference d_i (mean validation PSNR
+    over stages 2–3, e.g. All-L1 − Mix) is one observation; reported are the d_i, their mean,
+    sample standard deviation and standard error, how many seeds favour the claim, and a
+    two-sided one-sample t-test of mean(d) = 0 (``scipy.stats.ttest_1samp``; with 3 seeds it
+    has 2 degrees of freedom, so only large, consistent differences reach p < 0.05).
+    ``supported`` is ``mean > 0``, ``significant`` is ``p < 0.05`` with ``mean > 0``. The
+    per-epoch PSNR of each setting is averaged over seeds (mean and standard deviation).
+
+    Args:
+        outs: Two or more run folders, one per seed.
+        out: Where to write ``seeds_summary.json`` and, with ``figures``, ``psnr_seeds.png``
+            (mean ± sd over seeds per setting); default the parent of the first folder.
+        figures: Draw the figure (needs matplotlib).
+
+    Returns:
+        The summary dict.
+
+    Raises:
+        ValueError: With fewer than two folders, or if a folder lacks a setting's history.
+
+    Example:
+        >>> import json, tempfile, pathlib
+        >>> from landprobe.recipes import summarize_seeds
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> for seed, gap in enumerate([1.0, 2.0, 3.0]):       # All-L1 beats Mix by 1, 2, 3 dB
+        ...     for s, p in {"all-l2": 30.0, "mix": 30.0, "all-l1": 30.0 + gap}.items():
+        ...         (root / f"seed{seed}" / s).mkdir(parents=True)
+        ...         _ = (root / f"seed{seed}" / s / "history.jsonl").write_text(
+        ...             "".join(json.dumps({"epoch": e, "psnr": p}) + "\\n" for e in range(1, 4)))
+        >>> res = summarize_seeds([root / f"seed{i}" for i in range(3)], figures=False)
+        >>> c = res["comparisons"]["enet_rnet_l1_beats_l2"]
+        >>> c["differences_db"], c["mean_db"], c["sd_db"], c["seeds_favouring_claim"]
+        ([1.0, 2.0, 3.0], 2.0, 1.0, 3)
+        >>> round(c["t_test_p_two_sided"], 4)   # t = 2/(1/√3) = 3.46, 2 dof: 2(1 − F(t)), F(t) = ½ + t/(2√(2+t²))
+        0.0742
+        >>> c["supported"], c["significant"]                  # three seeds agree, yet p > 0.05
+        (True, False)
+        >>> res["comparisons"]["inet_l2_beats_l1"]["supported"]   # All-L2 ties Mix: no support
+        False
+    """
+    from scipy import stats
+
+    outs = [Path(o) for o in outs]
+    if len(outs) < 2:
+        raise ValueError(f"summarize_seeds needs at least two run folders (one per seed); got {len(outs)}. "
+                         f"For one run use summarize(out).")
+    per = [summarize(o, figures=False) for o in outs]
+    epochs = min(p["epochs"] for p in per)
+    comps: dict[str, Any] = {}
+    for key in per[0]["comparisons"]:
+        d = np.array([p["comparisons"][key]["difference_db"] for p in per], dtype=float)
+        sd = float(np.std(d, ddof=1))
+        if sd > 0:
+            t, pval = stats.ttest_1samp(d, 0.0)
+            t, pval = float(t), float(pval)
+        else:
+            t, pval = (float("inf") * np.sign(d.mean()) if d.mean() else float("nan")), (0.0 if d.mean() else 1.0)
+        mean = float(d.mean())
+        comps[key] = {
+            "claim": per[0]["comparisons"][key]["claim"], "epochs": per[0]["comparisons"][key]["epochs"],
+            "differences_db": [round(float(x), 6) for x in d], "mean_db": round(mean, 6), "sd_db": round(sd, 6),
+            "stderr_db": round(sd / math.sqrt(len(d)), 6), "seeds": len(d),
+            "seeds_favouring_claim": int(np.sum(d > 0)), "t_statistic": t, "t_test_p_two_sided": pval,
+            "supported": bool(mean > 0), "significant": bool(mean > 0 and pval < 0.05),
+        }
+    curves = {}
+    for s in SETTINGS:
+        rows = np.array([[r.get("psnr", np.nan) for r in _read_history(o / s / "history.jsonl")[:epochs]]
+                         for o in outs], dtype=float)
+        curves[s] = {"mean": rows.mean(0).tolist(), "sd": rows.std(0, ddof=1).tolist()}
+    stage_means = {s: {k: float(np.mean([p["psnr_by_stage"][s][k]["mean"] for p in per]))
+                       for k in per[0]["psnr_by_stage"][s] if k.startswith("epochs")} for s in SETTINGS}
+    finals = {s: [p["psnr_by_stage"][s]["final"] for p in per] for s in SETTINGS}
+    result = {"runs": [str(o) for o in outs], "epochs": epochs, "comparisons": comps,
+              "psnr_by_stage_mean_over_seeds": stage_means, "final_psnr_per_seed": finals,
+              "bicubic_psnr": per[0].get("bicubic_psnr"), "psnr_per_epoch_over_seeds": curves}
+    dest = Path(out) if out is not None else outs[0].parent
+    save_json(dest / "seeds_summary.json", result)
+    if figures:
+        from landprobe._results import require_matplotlib
+
+        plt = require_matplotlib()
+        fig, ax = plt.subplots(figsize=(6.5, 3.8))
+        ep = np.arange(1, epochs + 1)
+        for s in SETTINGS:
+            m, sd = np.array(curves[s]["mean"]), np.array(curves[s]["sd"])
+            ax.plot(ep, m, "-", color=_COLORS[s], label=f"{_LABELS[s]} (mean of {len(outs)} seeds)")
+            ax.fill_between(ep, m - sd, m + sd, color=_COLORS[s], alpha=0.15, lw=0)
+        if result["bicubic_psnr"] is not None:
+            ax.axhline(result["bicubic_psnr"], color="0.5", ls="--", lw=0.8, label="bicubic")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation PSNR (dB, Y), ± 1 sd")
+        ax.legend(frameon=False, fontsize=8)
+        fig.tight_layout()
+        fig.savefig(dest / "psnr_seeds.png", dpi=110)
+        plt.close(fig)
+    return result
 
 
 _COLORS = {"all-l2": "tab:blue", "mix": "tab:green", "all-l1": "tab:red"}
