@@ -276,3 +276,63 @@ def test_errors():
         op.density(steps=3, grid=np.array([0.0, np.nan]))
     with pytest.raises(ValueError, match="start vector is zero"):
         lanczos(lambda v: v, torch.zeros(3, dtype=torch.float64), 2)
+
+
+# ------------------------------------------------------------------ warm start from a subsample
+def _regression(n=400, batches=8, seed=0):
+    """Linear least squares with a well separated top eigenvalue: H = (2/N) XᵀX."""
+    g = torch.Generator().manual_seed(seed)
+    scales = torch.tensor([5.0, 2.0, 1.5, 1.0, 0.5, 0.2], dtype=torch.float64)
+    X = torch.randn(n, 6, generator=g, dtype=torch.float64) * scales
+    Y = torch.randn(n, 1, generator=g, dtype=torch.float64)
+    model = nn.Linear(6, 1, bias=False).double()
+    data = [(X[i::batches], Y[i::batches]) for i in range(batches)]
+    return model, data, 2.0 / n * X.T @ X
+
+
+def test_subsample_is_the_hessian_of_the_first_batches():
+    model, data, _ = _regression()
+    op = hessian(lp.LandscapeProbe(model, nn.MSELoss(), data))
+    sub = op.subsample(0.25)                       # 8 equal batches: the first 2
+    X2 = torch.cat([x for x, _ in data[:2]])
+    torch.testing.assert_close(sub.dense(), 2.0 / len(X2) * X2.T @ X2, rtol=0, atol=1e-12)
+    assert sub.settings["batches"] == 2 and sub.settings["subsample"] == pytest.approx(0.25)
+    assert op.subsample(0.26).settings["batches"] == 3 and op.subsample(1.0).settings["batches"] == 8
+    with pytest.raises(ValueError, match="fraction=0; expected a share"):
+        op.subsample(0)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_warm_start_gives_the_same_eigenpairs_in_fewer_full_products(k):
+    model, data, H = _regression()
+    op = hessian(lp.LandscapeProbe(model, nn.MSELoss(), data))
+    expected = torch.linalg.eigvalsh(H).flip(0)[:k].numpy()
+    cold = op.top_eigenvalues(k=k, tol=1e-4)
+    warm = op.top_eigenvalues(k=k, tol=1e-4, warm_start=0.25)
+    for res in (cold, warm):
+        assert res.converged.all()
+        np.testing.assert_allclose(res.values, expected, rtol=1e-6)
+        for lam, v, r in zip(res.values, res.vectors, res.residuals):   # residuals measured on the full H
+            x = v.flatten()
+            assert abs(float((H @ x - lam * x).norm()) - r) <= 1e-12
+    assert warm.matvecs < cold.matvecs
+    info = warm.settings["warm_start"]
+    assert info["fraction"] == 0.25 and info["matvecs"] > 0 and len(info["values"]) == k
+    assert cold.settings["warm_start"] is None
+
+
+def test_warm_start_errors():
+    model, data, _ = _regression()
+    op = hessian(lp.LandscapeProbe(model, nn.MSELoss(), data))
+    for bad in (0, 1, 1.5, True, "half"):
+        with pytest.raises(ValueError, match="warm_start=.*expected None or a share"):
+            op.top_eigenvalues(warm_start=bad)
+
+    class Plain:                                   # an operator without subsample()
+        n, dtype, device, matvecs, settings = 6, torch.float64, torch.device("cpu"), 0, {}
+
+        def _flat_matvec(self, v):
+            return v
+
+    with pytest.raises(ValueError, match="warm_start needs an operator with subsample"):
+        top_eigenvalues(Plain(), warm_start=0.5)

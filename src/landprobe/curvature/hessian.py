@@ -550,6 +550,37 @@ class HessianOperator:
         eye = torch.eye(self.n, dtype=self.dtype, device=self.device)
         return torch.stack([self._flat_matvec(eye[i]) for i in range(self.n)], dim=1)
 
+    def subsample(self, fraction: float) -> HessianOperator:
+        """The same Hessian block at the same θ over the first batches holding ≥ ``fraction`` of
+        the samples (reweighted by their own total): a cheaper, noisier estimate of H.
+
+        Raises:
+            ValueError: If ``fraction`` is not in (0, 1].
+
+        Example:
+            >>> import torch, landprobe as lp
+            >>> from landprobe.curvature import hessian
+            >>> model = torch.nn.Linear(1, 1, bias=False)                 # H = 2 mean(x²)
+            >>> data = [(torch.full((2, 1), 1.0), torch.zeros(2, 1)), (torch.full((6, 1), 2.0), torch.zeros(6, 1))]
+            >>> H = hessian(lp.LandscapeProbe(model, torch.nn.MSELoss(), data), dtype=torch.float64)
+            >>> H.dense().item(), H.subsample(0.25).dense().item()      # 2 (2·1 + 6·4)/8 and 2·1
+            (6.5, 2.0)
+        """
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+            raise ValueError(f"fraction={fraction!r}; expected a share of the samples in (0, 1], e.g. 0.125")
+        p = self._p
+        weights = [w for _, _, w in p.batches]
+        keep, acc = 0, 0.0
+        while keep < len(weights) and acc < fraction - 1e-12:
+            acc += weights[keep]
+            keep += 1
+        batches = [(x, y, w / acc) for x, y, w in p.batches[:keep]]
+        sub = _Problem(p.model, p.loss_fn, batches, p.state, p.bn, p.set_modes)
+        settings = {k: v for k, v in self.settings.items() if not k.startswith("graph_")}
+        settings.update(batches=keep, subsample=float(acc))
+        return HessianOperator(sub, self.names, hvp=self.hvp, settings=settings, graph=self.graph,
+                               graph_bytes=self.graph_bytes)
+
     # ---- blocks
     def block(self, subnet: Selector) -> HessianOperator:
         """The diagonal block of H for the parameters that ``subnet`` selects (others held at θ).
@@ -586,11 +617,13 @@ class HessianOperator:
 
     # ---- spectra (see lanczos.py, trace.py, density.py)
     def top_eigenvalues(self, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max_iter: int | None = None,
-                        seed: int = 0, method: str = "lanczos", atol: float | None = None):
+                        seed: int = 0, method: str = "lanczos", atol: float | None = None,
+                        warm_start: float | None = None):
         """Extreme eigenvalues by Lanczos; see :func:`landprobe.curvature.lanczos.top_eigenvalues`."""
         from landprobe.curvature.lanczos import top_eigenvalues
 
-        return top_eigenvalues(self, k, which, tol=tol, max_iter=max_iter, seed=seed, method=method, atol=atol)
+        return top_eigenvalues(self, k, which, tol=tol, max_iter=max_iter, seed=seed, method=method, atol=atol,
+                               warm_start=warm_start)
 
     def trace(self, method: str = "hutch++", matvecs: int = 99, *, seed: int = 0):
         """Stochastic trace estimate; see :func:`landprobe.curvature.trace.trace`."""

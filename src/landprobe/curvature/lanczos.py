@@ -161,7 +161,8 @@ def _order(theta: np.ndarray, which: str) -> np.ndarray:
 
 
 def top_eigenvalues(op, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max_iter: int | None = None,
-                    seed: int = 0, method: str = "lanczos", atol: float | None = None) -> Eigenpairs:
+                    seed: int = 0, method: str = "lanczos", atol: float | None = None,
+                    warm_start: float | None = None) -> Eigenpairs:
     """The k extreme eigenpairs of a Hessian operator, each with a measured residual.
 
     Lanczos with full reorthogonalisation from a seeded Gaussian start, stopped once the
@@ -194,6 +195,16 @@ def top_eigenvalues(op, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max
             ``op.as_linear_operator()``; implicitly restarted, float64 numpy on the CPU).
         atol: Absolute residual floor; default ``100·eps(op.dtype)·max|θ|``: a product in
             float32 cannot resolve a residual below its own rounding.
+        warm_start: ``None`` (default): start from a seeded Gaussian vector. A fraction such as
+            ``0.125``: first run this Lanczos on the Hessian of that share of the data
+            (``op.subsample(fraction)``, to tolerance ``max(tol, 1e-3)``), then start the run on
+            the full H from the sum of its k Ritz vectors. When the wanted eigenvalues are well
+            separated the subsample's vectors are already close and the full run needs one or
+            two products. The result is still judged on the full H (its residuals are measured
+            there), but like any single-vector start it can miss an eigenvalue that the
+            subsample ranks below the k-th (nearly equal eigenvalues): leave it off when the top
+            of the spectrum may be clustered. Its products are reported in
+            ``settings["warm_start"]``, not in ``matvecs``.
 
     Returns:
         :class:`Eigenpairs` (values, unit vectors as ParamVectors, residuals, flags).
@@ -225,9 +236,23 @@ def top_eigenvalues(op, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max
     max_iter = int(min(max_iter, n))
     if method not in ("lanczos", "arpack"):
         raise ValueError(f"method={method!r}; expected 'lanczos' or 'arpack'")
+    warm = None
+    if warm_start is not None:
+        if isinstance(warm_start, bool) or not isinstance(warm_start, (int, float)) or not 0 < warm_start < 1:
+            raise ValueError(f"warm_start={warm_start!r}; expected None or a share of the data in (0, 1), e.g. 0.125")
+        if not hasattr(op, "subsample"):
+            raise ValueError(f"warm_start needs an operator with subsample(fraction) (a HessianOperator); "
+                             f"got {type(op).__name__}")
+        sub = op.subsample(float(warm_start))
+        pre = top_eigenvalues(sub, k, which, tol=max(float(tol), 1e-3), max_iter=max_iter, seed=seed,
+                              method=method, atol=atol)
+        v0 = torch.stack([v.flatten().to(torch.float64) for v in pre.vectors]).sum(0).to(op.device)
+        warm = {"fraction": float(warm_start), "samples_share": float(sub.settings.get("subsample", warm_start)),
+                "matvecs": int(pre.matvecs), "values": pre.values.tolist()}
     eps = torch.finfo(op.dtype).eps
-    gen = torch.Generator().manual_seed(int(seed))
-    v0 = torch.randn(n, generator=gen, dtype=torch.float64).to(op.device)
+    if warm is None:
+        gen = torch.Generator().manual_seed(int(seed))
+        v0 = torch.randn(n, generator=gen, dtype=torch.float64).to(op.device)
     start = op.matvecs
 
     def mv(v: Tensor) -> Tensor:
@@ -291,7 +316,7 @@ def top_eigenvalues(op, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max
         out_vecs.append(op.to_param_vector(v))
     settings = dict(op.settings)
     settings.update(k=int(k), which=which, tol=float(tol), atol=float(floor), max_iter=int(max_iter),
-                    seed=int(seed), method=method)
+                    seed=int(seed), method=method, warm_start=warm)
     return Eigenpairs(values=np.asarray(theta, dtype=np.float64), residuals=np.asarray(residuals),
                       converged=np.asarray(flags, dtype=bool), matvecs=int(op.matvecs - start),
                       vectors=out_vecs, settings=settings)
