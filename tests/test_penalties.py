@@ -497,3 +497,4 @@ def test_backward_checks_scale_and_finiteness():
         model.a[3].weight[0, 0] = float("inf")
     with pytest.raises(ValueError, match=r"'a\.3\.weight'"):
         pen.backward()
+    assert all(p.grad is None for p in model.parameters())        # a failing call writes no gradient

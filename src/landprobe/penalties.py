@@ -386,6 +386,20 @@ class SubnetNormPenalty:
         self._sqrt_idx = [i for i, lab in enumerate(labels) if self._kinds[lab] == "l2norm"]
         self._u: dict[int, Tensor] = {}
         self._weight_cache: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+        # penalty.backward() without l2norm: per segment its tensors, norm power, λ and gradient
+        # coefficient (2λ for Σθ², λ for Σ|θ|), so that a call is one pass over the segments.
+        self._direct = None
+        if self._simple and not self._sqrt_idx:
+            segs = []
+            for plan, positions in self._fused:
+                for out, a, b, stacked in plan.segments:
+                    lam = self._weights[self._labels[positions[out]]]
+                    segs.append((plan.tensors[a:b], stacked, plan.p, lam, 2.0 * lam if plan.p == 2 else lam))
+            kinds = {(t.dtype, t.device) for seg in segs for t in seg[0]}
+            if len(kinds) == 1:
+                self._direct = segs
+                self._direct_lams = torch.tensor([seg[3] for seg in segs], dtype=next(iter(kinds))[0],
+                                                 device=next(iter(kinds))[1])
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -540,6 +554,8 @@ class SubnetNormPenalty:
             total = self()
             (total * scale if scale != 1 else total).backward()
             return total.detach()
+        if self._direct is not None:
+            return self._backward_direct(float(scale))
         with torch.no_grad():
             flats = [[plan.flat(plan.tensors, seg) for seg in plan.segments] for plan, _ in self._fused]
             raw = [plan.reduce(f) for (plan, _), f in zip(self._fused, flats)]
@@ -580,6 +596,34 @@ class SubnetNormPenalty:
                         new.append(g)
                 if owners:
                     torch._foreach_add_(owners, new)
+        return total
+
+    def _backward_direct(self, scale: float) -> Tensor:
+        """``backward`` for l2/l1 subnets on one dtype and device: per segment of same-shaped
+        tensors one stacked copy, its value, its gradient and the views handed out as ``.grad``
+        (after the finite check, so that a failing call leaves every ``.grad`` untouched)."""
+        owners: list[Tensor] = []
+        new: list[Tensor] = []
+        with torch.no_grad():
+            flats = [torch.stack(seg[0]).view(-1) if seg[1] else seg[0][0].reshape(-1) for seg in self._direct]
+            vals = [torch.dot(x, x) if seg[2] == 2 else torch.linalg.vector_norm(x, 1)
+                    for x, seg in zip(flats, self._direct)]
+            total = torch.dot(torch.stack(vals), self._direct_lams)
+            if self._check_finite and not math.isfinite(total.item()):
+                self._raise_non_finite(self._values().detach())
+            for x, (tensors, stacked, p, _, coef) in zip(flats, self._direct):
+                g = x * (coef * scale) if p == 2 else torch.sign(x).mul_(coef * scale)
+                gs = g.view(len(tensors), *tensors[0].shape).unbind() if stacked else (g.view(tensors[0].shape),)
+                for t, gt in zip(tensors, gs):
+                    tg = t.grad
+                    if tg is None:
+                        if t.requires_grad:
+                            t.grad = gt
+                    elif t.requires_grad:
+                        owners.append(tg)
+                        new.append(gt)
+            if owners:
+                torch._foreach_add_(owners, new)
         return total
 
     def breakdown(self, weighted: bool = True) -> dict[Hashable, float]:
