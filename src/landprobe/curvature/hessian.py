@@ -348,7 +348,6 @@ class HessianOperator:
                         kind = "merged" if grads is not None else None
                     if grads is None:
                         counter.reset()
-                        grads = None
                         for x, y, w in p.batches:
                             loss = p.loss(self.names, leaves, x, y) * w
                             g = torch.autograd.grad(loss, leaves, create_graph=True)
@@ -381,6 +380,7 @@ class HessianOperator:
             scale = math.fsum(w * abs(l) for w, l in parts)
             tol = 1000 * torch.finfo(self.dtype).eps * scale + 1e-300
             if not (abs(float(loss.detach()) - ref) <= tol):
+                p._merged = None            # not exact for this loss and model: free the copy, never retry
                 return None
         return list(torch.autograd.grad(loss, leaves, create_graph=True))
 
