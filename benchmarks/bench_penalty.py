@@ -31,6 +31,9 @@ from torch import nn
 from landprobe._io import save_json
 from landprobe.penalties import SubnetNormPenalty
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import cpu_model  # noqa: E402
+
 
 def make_conv100() -> tuple[nn.Module, torch.Tensor]:
     layers = []
@@ -164,6 +167,7 @@ def main() -> None:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "loadavg_start": os.getloadavg()},
         "method": "forward+backward from None grads, ours (penalty().backward()), direct (penalty.backward(), no autograd graph) and naive interleaved, median and IQR over repeats "
