@@ -24,6 +24,16 @@ def _probe(model, loss_fn, data, **kw):
     return lp.LandscapeProbe(model, loss_fn, data, **kw)
 
 
+def _convbn_problem(seed):
+    """ConvBN in float64 with two batches of unequal size; also the generator, for more draws."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(0)
+    model = ConvBN().double()
+    data = [(torch.randn(n, 1, 5, 5, generator=g, dtype=torch.float64),
+             torch.randn(n, 1, generator=g, dtype=torch.float64)) for n in (4, 3)]
+    return model, data, g
+
+
 @pytest.mark.parametrize("method", HVP_METHODS)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_matvec_matches_dense(case, method):
@@ -159,11 +169,7 @@ def test_linear_regression_closed_form_with_unequal_batches():
 
 @pytest.mark.parametrize("bn", ["eval", "train"])
 def test_batchnorm_modes(bn):
-    g = torch.Generator().manual_seed(1)
-    torch.manual_seed(0)
-    model = ConvBN().double()
-    data = [(torch.randn(n, 1, 5, 5, generator=g, dtype=torch.float64),
-             torch.randn(n, 1, generator=g, dtype=torch.float64)) for n in (4, 3)]
+    model, data, g = _convbn_problem(1)
     with torch.no_grad():                               # non-trivial running statistics
         model.bn.running_mean.uniform_(-0.5, 0.5)
         model.bn.running_var.uniform_(0.5, 2.0)
@@ -179,11 +185,7 @@ def test_batchnorm_modes(bn):
 
 
 def test_batchnorm_recompute_uses_statistics_recomputed_at_theta():
-    g = torch.Generator().manual_seed(2)
-    torch.manual_seed(0)
-    model = ConvBN().double()
-    data = [(torch.randn(n, 1, 5, 5, generator=g, dtype=torch.float64),
-             torch.randn(n, 1, generator=g, dtype=torch.float64)) for n in (4, 3)]
+    model, data, g = _convbn_problem(2)
     before = snapshot(model)
     op = hessian(_probe(model, nn.MSELoss(), data, bn="recompute"))
     # reference: cumulative-average statistics over all samples, as BN's momentum=None does
@@ -320,11 +322,7 @@ def test_auto_keeps_per_batch_graphs_when_concatenating_would_change_the_error(l
 
 
 def test_batchnorm_train_never_concatenates():
-    g = torch.Generator().manual_seed(1)
-    torch.manual_seed(0)
-    model = ConvBN().double()
-    data = [(torch.randn(n, 1, 5, 5, generator=g, dtype=torch.float64),
-             torch.randn(n, 1, generator=g, dtype=torch.float64)) for n in (4, 3)]
+    model, data, g = _convbn_problem(1)
     op = hessian(_probe(model, nn.MSELoss(), data, bn="train"))
     v = torch.randn(op.n, generator=g, dtype=torch.float64)
     H = dense_hessian(model, nn.MSELoss(), data, train_bn=True)
