@@ -612,7 +612,11 @@ class SubnetNormPenalty:
             if self._check_finite and not math.isfinite(total.item()):
                 self._raise_non_finite(self._values().detach())
             for x, (tensors, stacked, p, _, coef) in zip(flats, self._direct):
-                g = x * (coef * scale) if p == 2 else torch.sign(x).mul_(coef * scale)
+                c = coef * scale
+                if stacked:             # x is our own stacked copy: it becomes the gradient buffer
+                    g = x.mul_(c) if p == 2 else x.sign_().mul_(c)
+                else:                   # x is a view of the parameter itself
+                    g = x * c if p == 2 else torch.sign(x).mul_(c)
                 gs = g.view(len(tensors), *tensors[0].shape).unbind() if stacked else (g.view(tensors[0].shape),)
                 for t, gt in zip(tensors, gs):
                     tg = t.grad
