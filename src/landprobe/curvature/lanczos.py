@@ -1,9 +1,10 @@
 """Lanczos with full reorthogonalisation (float64 Krylov basis) and extreme eigenpairs.
 
 The Krylov basis is kept in float64 whatever the operator's dtype, and every new vector is
-orthogonalised twice against all earlier ones (classical Gram-Schmidt, "twice is enough"),
-so Ritz vectors stay orthonormal and no spurious copies (ghosts) of converged eigenvalues
-appear. Memory: 8·n bytes per step.
+orthogonalised against all earlier ones (classical Gram-Schmidt), a second time whenever the
+first pass removed more than 1 − 1/√2 of its norm (the DGKS test, as ARPACK: "twice is
+enough"), so Ritz vectors stay orthonormal and no spurious copies (ghosts) of converged
+eigenvalues appear. Each step works in place in the basis' next row. Memory: 8·n bytes per step.
 """
 
 from __future__ import annotations
@@ -101,19 +102,36 @@ def lanczos(matvec: Callable[[Tensor], Tensor], v0: Tensor, steps: int, *, resta
     beta = 0.0
     run = None
     for j in range(steps):
+        if j + 1 >= Q.shape[0]:                 # room for the next vector (grown on demand: on a GPU
+            rows = min(2 * Q.shape[0], steps + 1)   # an unused row is memory)
+            bigger = torch.empty(rows, n, dtype=torch.float64, device=device)
+            bigger[: j + 1] = Q[: j + 1]
+            Q = bigger
+            if W is not None:
+                bigger_w = torch.empty_like(Q)
+                bigger_w[: j] = W[: j]
+                W = bigger_w
         q = Q[j]
-        w = matvec(q).to(device=device, dtype=torch.float64).reshape(-1)
+        # Everything in place in the next row of the basis: no n-sized temporaries per step.
+        w = Q[j + 1]
+        w.copy_(matvec(q).reshape(-1))          # to float64 while copying
         if W is not None:
-            W[j] = w
+            W[j].copy_(w)
         a = float(torch.dot(q, w))
         alphas.append(a)
-        w = w - a * q
+        w.sub_(q, alpha=a)
         if j > 0:
-            w = w - betas[-1] * Q[j - 1]
+            w.sub_(Q[j - 1], alpha=betas[-1])
         B = Q[: j + 1]
-        for _ in range(2):                      # full reorthogonalisation, twice
-            w = w - B.T @ (B @ w)
-        beta = float(torch.linalg.vector_norm(w))
+        # Full reorthogonalisation (classical Gram-Schmidt) with the DGKS test: a second pass
+        # whenever a pass removed more than 1 - 1/sqrt(2) of the norm ("twice is enough").
+        before = float(torch.linalg.vector_norm(w))
+        for _ in range(3):
+            w.addmv_(B.T, B @ w, alpha=-1.0)
+            beta = float(torch.linalg.vector_norm(w))
+            if not beta < 0.7071067811865476 * before:
+                break
+            before = beta
         scale = max(scale, abs(a) + beta + (betas[-1] if betas else 0.0))
         run = LanczosRun(np.array(alphas), np.array(betas), Q[: j + 1], beta, j + 1)
         if j + 1 == steps:
@@ -133,18 +151,10 @@ def lanczos(matvec: Callable[[Tensor], Tensor], v0: Tensor, steps: int, *, resta
             rn = float(torch.linalg.vector_norm(r))
             if rn <= 1e-8 * math.sqrt(n):
                 break                           # the basis spans everything: H is fully known
-            w, beta = r / rn, 0.0
+            w.copy_(r).div_(rn)
+            beta = 0.0
         else:
-            w = w / beta
-        if j + 1 >= Q.shape[0]:
-            bigger = torch.empty(min(2 * Q.shape[0], steps + 1), n, dtype=torch.float64, device=device)
-            bigger[: j + 1] = Q[: j + 1]
-            Q = bigger
-            if W is not None:
-                bigger_w = torch.empty_like(Q)
-                bigger_w[: j + 1] = W[: j + 1]
-                W = bigger_w
-        Q[j + 1] = w
+            w.div_(beta)
         betas.append(beta)
     assert run is not None
     run.basis = Q[: len(alphas)]
