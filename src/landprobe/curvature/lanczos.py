@@ -1,10 +1,11 @@
 """Lanczos with full reorthogonalisation (float64 Krylov basis) and extreme eigenpairs.
 
 The Krylov basis is kept in float64 whatever the operator's dtype, and every new vector is
-orthogonalised against all earlier ones (classical Gram-Schmidt), a second time whenever the
-first pass removed more than 1 − 1/√2 of its norm (the DGKS test, as ARPACK: "twice is
-enough"), so Ritz vectors stay orthonormal and no spurious copies (ghosts) of converged
-eigenvalues appear. Each step works in place in the basis' next row. Memory: 8·n bytes per step.
+orthogonalised twice against all earlier ones (classical Gram-Schmidt, "twice is enough"),
+so Ritz vectors stay orthonormal and no spurious copies (ghosts) of converged eigenvalues
+appear. (A second pass only on demand, the DGKS test, left residuals of 6e-12 instead of
+rounding level at an exhausted Krylov space of a test problem and so missed a breakdown.)
+Each step works in place in the basis' next row. Memory: 8·n bytes per step.
 """
 
 from __future__ import annotations
@@ -123,15 +124,9 @@ def lanczos(matvec: Callable[[Tensor], Tensor], v0: Tensor, steps: int, *, resta
         if j > 0:
             w.sub_(Q[j - 1], alpha=betas[-1])
         B = Q[: j + 1]
-        # Full reorthogonalisation (classical Gram-Schmidt) with the DGKS test: a second pass
-        # whenever a pass removed more than 1 - 1/sqrt(2) of the norm ("twice is enough").
-        before = float(torch.linalg.vector_norm(w))
-        for _ in range(3):
+        for _ in range(2):                      # full reorthogonalisation, twice ("twice is enough")
             w.addmv_(B.T, B @ w, alpha=-1.0)
-            beta = float(torch.linalg.vector_norm(w))
-            if not beta < 0.7071067811865476 * before:
-                break
-            before = beta
+        beta = float(torch.linalg.vector_norm(w))
         scale = max(scale, abs(a) + beta + (betas[-1] if betas else 0.0))
         run = LanczosRun(np.array(alphas), np.array(betas), Q[: j + 1], beta, j + 1)
         if j + 1 == steps:
@@ -262,7 +257,8 @@ def top_eigenvalues(op, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max
     eps = torch.finfo(op.dtype).eps
     if warm is None:
         gen = torch.Generator().manual_seed(int(seed))
-        v0 = torch.randn(n, generator=gen, dtype=torch.float64).to(op.device)
+        # drawn in float32 (4x cheaper at n = 1M) and widened: a start vector needs no more
+        v0 = torch.randn(n, generator=gen, dtype=torch.float32).to(device=op.device, dtype=torch.float64)
     start = op.matvecs
 
     def mv(v: Tensor) -> Tensor:
