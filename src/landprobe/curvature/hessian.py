@@ -142,8 +142,8 @@ class _Graph:
     """The gradient of the empirical error at θ with its autograd graph kept: each product
     H v is one backward pass through it."""
 
-    def __init__(self, leaves: list[Tensor], grads: list[Tensor], kind: str, nbytes: int):
-        self.leaves, self.grads, self.kind, self.nbytes = leaves, grads, kind, nbytes
+    def __init__(self, leaves: list[Tensor], grads: list[Tensor]):
+        self.leaves, self.grads = leaves, grads
 
     def product(self, vs: Sequence[Tensor]) -> list[Tensor]:
         with torch.enable_grad():
@@ -359,7 +359,7 @@ class HessianOperator:
             self.graph_used = "streamed"
             self.settings.update(graph_used="streamed", graph_bytes_limit=self.graph_bytes)
             return
-        self._graph = _Graph(leaves, grads, kind, counter.nbytes)
+        self._graph = _Graph(leaves, grads)
         self.graph_used = kind
         self.settings.update(graph_used=kind, graph_saved_bytes=counter.nbytes)
 
@@ -576,9 +576,12 @@ class HessianOperator:
             keep += 1
         batches = [(x, y, w / acc) for x, y, w in p.batches[:keep]]
         sub = _Problem(p.model, p.loss_fn, batches, p.state, p.bn, p.set_modes)
-        settings = {k: v for k, v in self.settings.items() if not k.startswith("graph_")}
-        settings.update(batches=keep, subsample=float(acc))
-        return HessianOperator(sub, self.names, hvp=self.hvp, settings=settings, graph=self.graph,
+        return self._derived(sub, self.names, batches=keep, subsample=float(acc))
+
+    def _derived(self, problem: _Problem, names: Sequence[str], **settings: Any) -> HessianOperator:
+        """Another operator with this one's options (its graph, if any, is its own)."""
+        kept = {k: v for k, v in self.settings.items() if not k.startswith("graph_")}
+        return HessianOperator(problem, names, hvp=self.hvp, settings={**kept, **settings}, graph=self.graph,
                                graph_bytes=self.graph_bytes)
 
     # ---- blocks
@@ -593,9 +596,7 @@ class HessianOperator:
         if outside:
             raise ValueError(f"subnet {subnet!r} selects {outside[:4]}, which are not in this Hessian block; "
                              f"take blocks of the full operator (probe.hessian() with subnet=None)")
-        settings = {k: v for k, v in self.settings.items() if not k.startswith("graph_")}
-        return HessianOperator(self._p, names, hvp=self.hvp, settings=dict(settings, subnet=_describe(subnet)),
-                               graph=self.graph, graph_bytes=self.graph_bytes)
+        return self._derived(self._p, names, subnet=_describe(subnet))
 
     def blocks(self, selectors: Mapping[Any, Selector]) -> dict[Any, HessianOperator]:
         """Diagonal blocks per subnet, e.g. ``{"enet": "enet", "inet": "inet", "rnet": "rnet"}``.

@@ -10,8 +10,8 @@ import json
 import math
 import os
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -498,13 +498,11 @@ def summarize_seeds(outs: Sequence[str | os.PathLike], out: str | os.PathLike | 
     comps: dict[str, Any] = {}
     for key in per[0]["comparisons"]:
         d = np.array([p["comparisons"][key]["difference_db"] for p in per], dtype=float)
-        sd = float(np.std(d, ddof=1))
+        sd, mean = float(np.std(d, ddof=1)), float(d.mean())
         if sd > 0:
-            t, pval = stats.ttest_1samp(d, 0.0)
-            t, pval = float(t), float(pval)
-        else:
-            t, pval = (float("inf") * np.sign(d.mean()) if d.mean() else float("nan")), (0.0 if d.mean() else 1.0)
-        mean = float(d.mean())
+            t, pval = (float(v) for v in stats.ttest_1samp(d, 0.0))
+        else:                       # identical differences: certain if non-zero, nothing if zero
+            t, pval = (math.copysign(math.inf, mean), 0.0) if mean else (math.nan, 1.0)
         comps[key] = {
             "claim": per[0]["comparisons"][key]["claim"], "epochs": per[0]["comparisons"][key]["epochs"],
             "differences_db": [round(float(x), 6) for x in d], "mean_db": round(mean, 6), "sd_db": round(sd, 6),
