@@ -2,8 +2,8 @@
 
 bf16 autocast on a CPU pays only where the CPU has bf16 arithmetic (AVX512-BF16 or AMX tiles).
 Elsewhere PyTorch emulates it: measured on a 2-core AMD EPYC with AVX2 only, a forward pass of
-full-size WARSHIP-XZNet β on 16 patches of 41x41 took 2.29 s per patch under bf16 autocast and
-0.106 s in float32 (22x slower), while on the AMX machines this project was first measured on
+full-size WARSHIP-XZNet β on 16 patches of 41x41 took 2.46 s per patch under bf16 autocast and
+0.081 s in float32 (30x slower; benchmarks/bench_bf16_cpu.py), while on the AMX machines this project was first measured on
 bf16 made conv training about 6x faster.
 """
 
@@ -54,7 +54,7 @@ def warn_if_slow_autocast(device: torch.device | str, dtype: torch.dtype | None,
     warnings.warn(
         f"{what} asks for bf16 autocast on a CPU without bf16 arithmetic (no AVX512-BF16 or AMX; "
         f"capability {torch.backends.cpu.get_cpu_capability()}): PyTorch emulates it, and convolutions "
-        f"run many times slower than in float32 (22x for WARSHIP-XZNet beta on an AVX2 CPU). "
+        f"run many times slower than in float32 (30x for WARSHIP-XZNet beta on an AVX2 CPU). "
         f"Use float32 here (dtype=None, or amp='off' / --amp off in the recipe).",
         RuntimeWarning,
         stacklevel=stacklevel,
