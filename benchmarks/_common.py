@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from landprobe._hardware import cpu_has_native_bf16 as _native_bf16
+from landprobe.common.hardware import cpu_has_native_bf16 as _native_bf16
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

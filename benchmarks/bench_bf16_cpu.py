@@ -5,7 +5,7 @@
 A forward pass (under ``torch.inference_mode``) of the full-size model on ``--patches`` random
 41x41 patches, after one warm-up pass, fp32 and bf16 autocast interleaved; seconds per patch
 (median over repeats). On a CPU without AVX512-BF16 or AMX PyTorch emulates bf16, which is what
-``landprobe._hardware`` warns about.
+``landprobe.common.hardware`` warns about.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import RESULTS, environment, paired_ratio, timeit  # noqa: E402
 
 import landprobe as lp  # noqa: E402
-from landprobe._io import save_json  # noqa: E402
+from landprobe.common.io import save_json  # noqa: E402
 
 
 def main() -> None:

@@ -54,7 +54,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import RESULTS, environment, paired_ratio, timeit  # noqa: E402
 
 import landprobe as lp  # noqa: E402
-from landprobe._io import save_json  # noqa: E402
+from landprobe.common.io import save_json  # noqa: E402
 from landprobe.curvature import hessian  # noqa: E402
 
 

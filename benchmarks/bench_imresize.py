@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 import landprobe
-from landprobe._io import save_json
+from landprobe.common.io import save_json
 from landprobe.data import T91Patches, imresize
 from landprobe.data import _datasets
 

@@ -185,7 +185,7 @@ def main() -> None:
     report["peak_memory"] = m
     print("memory", json.dumps(m))
     RESULTS.mkdir(exist_ok=True)
-    lp._io.save_json(args.out, report)
+    lp.common.io.save_json(args.out, report)
 
 
 if __name__ == "__main__":

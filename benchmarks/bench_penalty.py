@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 import torch
 from torch import nn
 
-from landprobe._io import save_json
+from landprobe.common.io import save_json
 from landprobe.penalties import SubnetNormPenalty
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import landprobe as lp
-from landprobe._io import save_json
+from landprobe.common.io import save_json
 from landprobe.probes.plane import plane
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -145,7 +145,7 @@ def main() -> None:
         "speedup_vs_naive": naive_s / ours_s,
     }
     print({k: v for k, v in report.items() if k != "env"})
-    lp._io.save_json(RESULTS / f"{args.out}.json", report)
+    lp.common.io.save_json(RESULTS / f"{args.out}.json", report)
     curve.save(RESULTS / f"{args.out}_curve.json")
 
 

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, environment, timeit  # noqa: E402
 
-from landprobe._io import save_json  # noqa: E402
+from landprobe.common.io import save_json  # noqa: E402
 from landprobe.data import T91Patches  # noqa: E402
 from landprobe.recipes._train import Trainer, TrainSpec, build_model, split_output  # noqa: E402
 

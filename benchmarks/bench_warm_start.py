@@ -20,7 +20,7 @@ import time
 import torch
 
 import landprobe as lp
-from landprobe._io import save_json
+from landprobe.common.io import save_json
 from landprobe.curvature import hessian
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 import landprobe
-from landprobe._io import save_json
+from landprobe.common.io import save_json
 from landprobe.data import SREvalSet, imresize, list_images, modcrop, rgb2y
 from landprobe.metrics import psnr
 

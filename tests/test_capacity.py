@@ -496,14 +496,14 @@ def test_report_skips_and_strict(tmp_path):
 
 
 def test_gradient_pass_is_sample_weighted_over_batches():
-    from landprobe.capacity._common import loss_and_grad, make_engine
+    from landprobe.engine import Engine
 
     net = relu_net([3, 4, 2])
     x, y = torch.randn(8, 3, dtype=D), torch.randn(8, 2, dtype=D)
     params = list(net.parameters())
-    one = loss_and_grad(make_engine(net, nn.MSELoss(), [(x, y)]), params)
-    two = loss_and_grad(make_engine(net, nn.MSELoss(), [(x[:3], y[:3]), (x[3:], y[3:])]), params)
+    one = Engine(net, nn.MSELoss(), [(x, y)]).loss_and_grad(params)
+    two = Engine(net, nn.MSELoss(), [(x[:3], y[:3]), (x[3:], y[3:])]).loss_and_grad(params)
     assert two[0] == pytest.approx(one[0], rel=1e-12)
     for a, b in zip(one[1], two[1]):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
-    assert loss_and_grad(make_engine(net, nn.MSELoss(), [(x, y)]), params, want_grad=False)[1] is None
+    assert Engine(net, nn.MSELoss(), [(x, y)]).loss_and_grad(params, want_grad=False)[1] is None

@@ -10,7 +10,7 @@ from torch import nn
 import landprobe as lp
 from helpers import CASES, assert_same_snapshot, perturbed, snapshot
 from landprobe.probes import toys
-from landprobe.probes.connect import Path, connect
+from landprobe.probes.curves import Path, connect
 
 
 @pytest.fixture(scope="module")

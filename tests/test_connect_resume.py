@@ -117,7 +117,7 @@ def level(loss, checkpoint=None):
 
 
 def test_level_set_resumes_after_the_last_accepted_bead(tmp_path, monkeypatch):
-    import landprobe.probes.levelset as ls_mod
+    import landprobe.probes.curves.levelset as ls_mod
 
     counter = Interrupting(toys.deep_linear(seed=0)["loss_fn"])
     saves = []

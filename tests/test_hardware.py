@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import landprobe as lp
-from landprobe import _hardware
+from landprobe.common import hardware as _hardware
 
 
 def _probe(dtype):

@@ -4,7 +4,7 @@ import stat
 import pytest
 import torch
 
-from landprobe._io import atomic_torch_save, atomic_write, load_json, save_json
+from landprobe.common.io import atomic_torch_save, atomic_write, load_json, save_json
 
 
 def test_atomic_json_round_trip_and_permissions(tmp_path):

@@ -8,7 +8,7 @@ from torch import nn
 import landprobe as lp
 from helpers import CASES, assert_same_snapshot, perturbed, snapshot
 from landprobe.probes import toys
-from landprobe.probes.levelset import LevelSet, level_set
+from landprobe.probes.curves.levelset import LevelSet, level_set
 
 
 def probe_of(problem, **kw):

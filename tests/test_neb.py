@@ -10,8 +10,8 @@ from torch import nn
 import landprobe as lp
 from helpers import CASES, assert_same_snapshot, perturbed, snapshot
 from landprobe.probes import toys
-from landprobe.probes.connect import connect
-from landprobe.probes.neb import auto_neb, paper_schedule
+from landprobe.probes.curves.connect import connect
+from landprobe.probes.curves.neb import auto_neb, paper_schedule
 
 # A short version of the paper's schedule: insertion cycles, then climbing cycles at a lower rate.
 QUICK = ([dict(steps=10, lr=0.02, insert=3)] + [dict(steps=10, lr=0.02, insert=4)] * 3

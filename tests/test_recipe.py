@@ -251,7 +251,7 @@ def test_summarize_seeds_against_a_hand_computed_t_test(tmp_path):
     assert mix["mean"][0] == pytest.approx(31.5) and mix["sd"][0] == pytest.approx(np.std([30, 31, 32, 33], ddof=1))
     assert res["psnr_per_epoch_over_seeds"]["all-l1"]["mean"][20] == pytest.approx(32.1)
     assert (tmp_path / "seeds_summary.json").is_file() and (tmp_path / "psnr_seeds.png").is_file()
-    assert lp._io.load_json(tmp_path / "seeds_summary.json")["comparisons"]["inet_l2_beats_l1"]["seeds"] == 4
+    assert lp.common.io.load_json(tmp_path / "seeds_summary.json")["comparisons"]["inet_l2_beats_l1"]["seeds"] == 4
 
 
 def test_summarize_seeds_with_identical_differences_and_errors(tmp_path):

@@ -5,10 +5,14 @@ and go on from there to planes, curves between minima, level sets, Hessian spect
 capacity measures.
 """
 
-__version__ = "0.1.0"
+from landprobe.common.version import __version__
 
 # the spine: parameter vectors and subnet selectors
 from landprobe.params import ParamVector, select, select_subnets
+
+# the engine under every probe, and the loss/data contract
+from landprobe import engine
+from landprobe.engine import BatchLoss
 
 # capacity control and measures
 from landprobe.penalties import SubnetNormPenalty
@@ -27,7 +31,6 @@ from landprobe import probes
 from landprobe import curvature
 from landprobe.curvature import Eigenpairs, HessianOperator, Spectrum, TraceEstimate
 
-LandscapeProbe.hessian = curvature.hessian
 
 # training-time monitoring
 from landprobe.monitor import LandscapeMonitor, MonitorHistory
@@ -42,6 +45,9 @@ __all__ = [
     "ParamVector",
     "select",
     "select_subnets",
+    # the engine and the data contract
+    "engine",
+    "BatchLoss",
     # capacity control
     "SubnetNormPenalty",
     "DARC1Penalty",

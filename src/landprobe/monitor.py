@@ -22,12 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from landprobe._io import atomic_torch_save
-from landprobe._results import Result, require_matplotlib
-from landprobe.capacity._common import MODEL
-from landprobe.capacity.report import CHEAP_MEASURES, MEASURES, _restore_floats, report
+from landprobe.common.io import atomic_torch_save
+from landprobe.common.results import Result, require_matplotlib
+from landprobe.capacity import MODEL
+from landprobe.capacity.report import CHEAP_MEASURES, MEASURES, report
+from landprobe.common.io import restore_floats
 from landprobe.params import ParamVector, Selector, select
-from landprobe.probes.landscape import LandscapeProbe
+from landprobe.engine import Progress
+from landprobe.probes import LandscapeProbe
 
 __all__ = ["LandscapeMonitor", "MonitorHistory"]
 
@@ -101,7 +103,7 @@ class MonitorHistory(Result):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MonitorHistory:
         data = dict(data)
-        data["records"] = _restore_floats(data.get("records", []))
+        data["records"] = restore_floats(data.get("records", []))
         return super().from_dict(data)
 
     def plot(self, axes=None, norm: str = "l2"):
@@ -139,16 +141,6 @@ class MonitorHistory(Result):
             if ax.get_legend_handles_labels()[0] and len(scopes) > 1:
                 ax.legend(frameon=False, fontsize="small")
         return axes
-
-
-def _hessian_function(probe: LandscapeProbe) -> Callable | None:
-    if callable(getattr(type(probe), "hessian", None)):
-        return lambda subnet: probe.hessian(subnet=subnet)
-    try:
-        from landprobe.curvature import hessian as fn
-    except ImportError:  # pragma: no cover - the curvature layer ships with the package
-        return None
-    return lambda subnet: fn(probe, subnet=subnet)
 
 
 class LandscapeMonitor:
@@ -265,9 +257,7 @@ class LandscapeMonitor:
         if hessian not in (True, False, "model"):
             raise ValueError(f"hessian={hessian!r}; expected True (model and subnets), 'model' (whole model only) or False")
         self._hessian_scopes = "model" if hessian == "model" else "all"
-        self._hessian = _hessian_function(self.probe) if hessian else None
-        if hessian and self._hessian is None:  # pragma: no cover
-            raise ValueError("hessian=True but landprobe.curvature is not available; pass hessian=False")
+        self._hessian = bool(hessian)
         self.every, self.trace_matvecs, self.eig_tol = every, trace_matvecs, float(eig_tol)
         self.capacity_groups = groups
         self.capacity_options = dict(capacity_options or {})
@@ -277,7 +267,7 @@ class LandscapeMonitor:
         self._records: list[dict[str, Any]] = []
         self._previous: ParamVector | None = None
         self._previous_epoch: Any = None
-        self._names = self.probe._state_names()
+        self._names = self.probe.engine.state_names()
         if resume:
             if self.directory is None:
                 raise ValueError("resume=True needs directory= (where monitor.json was written)")
@@ -291,9 +281,9 @@ class LandscapeMonitor:
 
     @property
     def settings(self) -> dict[str, Any]:
-        return self.probe._settings(
+        return self.probe.engine.settings(
             probe="monitor", every=self.every,
-            hessian=(self._hessian_scopes if self._hessian is not None else False), trace_matvecs=self.trace_matvecs,
+            hessian=(self._hessian_scopes if self._hessian else False), trace_matvecs=self.trace_matvecs,
             trace_method="hutch++", eig_tol=self.eig_tol,
             subnets={str(k): (v if isinstance(v, (str, list)) else repr(v)) for k, v in self.subnets.items()},
             capacity=self.capacity_groups, interpolate_steps=self.interpolate_steps)
@@ -365,7 +355,7 @@ class LandscapeMonitor:
         return self.epoch_end(epoch)
 
     def _snapshot(self) -> ParamVector:
-        return ParamVector({n: t.detach().clone() for n, t in zip(self._names, self.probe._targets(self._names))})
+        return ParamVector({n: t.detach().clone() for n, t in zip(self._names, self.probe.engine.targets(self._names))})
 
     def epoch_end(self, epoch: int) -> dict[str, Any] | None:
         """Record the landscape now if ``epoch % every == 0``; returns the record (or ``None``).
@@ -389,30 +379,30 @@ class LandscapeMonitor:
             return None
         start = time.perf_counter()
         probe = self.probe
-        rec: dict[str, Any] = {"epoch": int(epoch), "loss": probe.loss()}
-        if self._hessian is not None:
-            rec["hessian"] = {}
-            blocks = [(str(k), s) for k, s in self.subnets.items()] if self._hessian_scopes == "all" else []
-            for scope, sel in [(MODEL, None)] + blocks:
-                op = self._hessian(sel)
-                lam = float(np.asarray(op.top_eigenvalues(1, tol=self.eig_tol).values).reshape(-1)[0])
-                tr = op.trace(method="hutch++", matvecs=self.trace_matvecs, seed=0)
-                rec["hessian"][scope] = {"lambda_max": lam, "trace": float(tr.value), "trace_stderr": float(tr.stderr)}
-            rec.update(rec["hessian"][MODEL])
-        if self.capacity_groups:
-            rep = report(probe.model, probe.data, self.subnets or None, probe.loss_fn,
-                         measures=self.capacity_groups, **self.capacity_options)
-            rec["capacity"] = rep.values
-            if rep.skipped:
-                rec["capacity_skipped"] = rep.skipped
-        current = self._snapshot()
-        if self._previous is not None:
-            curve = probe.interpolate(self._previous, current, steps=self.interpolate_steps)
-            params = set(dict(probe.model.named_parameters()))
-            keep = [n for n in self._names if n in params]
-            rec.update(previous_epoch=self._previous_epoch, barrier=curve.barrier, barrier_alpha=curve.argmax_alpha,
-                       distance=(current.subset(keep) - self._previous.subset(keep)).norm(),
-                       interpolation={"alphas": curve.alphas.tolist(), "losses": curve.losses.tolist()})
+        scopes = [(MODEL, None)]
+        if self._hessian and self._hessian_scopes == "all":
+            scopes += [(str(k), s) for k, s in self.subnets.items()]
+        stages = 1 + (len(scopes) if self._hessian else 0) + bool(self.capacity_groups) + (self._previous is not None)
+        with Progress(f"monitor (epoch {int(epoch)})", stages, enabled=probe.progress, unit="measure") as bar:
+            rec: dict[str, Any] = {"epoch": int(epoch), "loss": probe.loss()}
+            bar.update()
+            if self._hessian:
+                rec["hessian"] = {}
+                for scope, sel in scopes:
+                    rec["hessian"][scope] = self._curvature(sel)
+                    bar.update()
+                rec.update(rec["hessian"][MODEL])
+            if self.capacity_groups:
+                rep = report(probe.model, probe.data, self.subnets or None, probe.loss_fn,
+                             measures=self.capacity_groups, **self.capacity_options)
+                rec["capacity"] = rep.values
+                if rep.skipped:
+                    rec["capacity_skipped"] = rep.skipped
+                bar.update()
+            current = self._snapshot()
+            if self._previous is not None:
+                rec.update(self._barrier(current))
+                bar.update()
         self._previous, self._previous_epoch = current, int(epoch)
         rec["seconds"] = time.perf_counter() - start
         self._records.append(rec)
@@ -421,6 +411,23 @@ class LandscapeMonitor:
             self.save()
         self._say(rec)
         return rec
+
+    def _curvature(self, subnet: Selector | None) -> dict[str, float]:
+        """λ_max (Lanczos) and the Hutch++ trace of one Hessian block."""
+        op = self.probe.hessian(subnet=subnet)
+        lam = float(np.asarray(op.top_eigenvalues(1, tol=self.eig_tol).values).reshape(-1)[0])
+        tr = op.trace(method="hutch++", matvecs=self.trace_matvecs, seed=0)
+        return {"lambda_max": lam, "trace": float(tr.value), "trace_stderr": float(tr.stderr)}
+
+    def _barrier(self, current: ParamVector) -> dict[str, Any]:
+        """The interpolation from the previous record's parameters to ``current`` and its barrier."""
+        probe = self.probe
+        curve = probe.interpolate(self._previous, current, steps=self.interpolate_steps)
+        params = set(dict(probe.model.named_parameters()))
+        keep = [n for n in self._names if n in params]
+        return dict(previous_epoch=self._previous_epoch, barrier=curve.barrier, barrier_alpha=curve.argmax_alpha,
+                    distance=(current.subset(keep) - self._previous.subset(keep)).norm(),
+                    interpolation={"alphas": curve.alphas.tolist(), "losses": curve.losses.tolist()})
 
     def _say(self, rec: dict[str, Any]) -> None:
         if not (self.verbose or self.logger):

@@ -7,6 +7,7 @@ complexity (Bartlett et al. 2017), the Fisher–Rao norm (Liang et al. 2019), ε
 :class:`CapacityReport`. See ``docs/capacity.md``.
 """
 
+from landprobe.capacity._common import MODEL
 from landprobe.capacity.fisher_rao import fisher_rao_norm, radial_derivative
 from landprobe.capacity.norms import NORM_MEASURES, conv_operator_norm, spectral_norm, subnet_norms
 from landprobe.capacity.pathnorm import path_norm
@@ -21,6 +22,7 @@ __all__ = [
     "CapacityReport",
     "MEASURES",
     "CHEAP_MEASURES",
+    "MODEL",
     # norms
     "subnet_norms",
     "spectral_norm",

@@ -10,7 +10,6 @@ import torch
 from torch import Tensor, nn
 
 from landprobe.params import Selector, select
-from landprobe.probes._engine import Engine, batch_size, call_model
 
 MODEL = "model"
 
@@ -52,10 +51,6 @@ def as_matrix(w: Tensor) -> Tensor:
     return w.reshape(w.shape[0], -1)
 
 
-def make_engine(model: nn.Module, loss_fn: Callable, data: Iterable, bn: str = "eval") -> Engine:
-    return Engine(model, loss_fn, data, bn=bn)
-
-
 def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name}={value!r}; expected an integer of at least {minimum}")
@@ -67,37 +62,3 @@ def check_positive_float(value: Any, name: str, *, allow_zero: bool = False) -> 
             or value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name}={value!r}; expected a finite float {'>=' if allow_zero else '>'} 0")
     return float(value)
-
-
-def loss_and_grad(engine: Engine, params: Sequence[Tensor], want_grad: bool = True) -> tuple[float, list[Tensor] | None]:
-    """Sample-weighted mean loss over the data at the model's current values, and its gradient
-    w.r.t. ``params`` (accumulated batch by batch as Σ n_b ∇L_b, divided by N at the end;
-    ``.grad`` fields are not touched)."""
-    sizes: list[int] = []
-    losses: list[Tensor] = []
-    grads: list[Tensor] | None = None
-    for x, y in engine.batches():
-        n = batch_size(x)
-        with torch.set_grad_enabled(want_grad):
-            loss = engine.loss_fn(call_model(engine.model, x), y)
-            _check_scalar(loss)
-            if want_grad:
-                g = torch.autograd.grad(loss * n, list(params), allow_unused=True)
-                g = [torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, params)]
-                grads = g if grads is None else [a + b for a, b in zip(grads, g)]
-        losses.append(loss.detach().double().reshape(()))
-        sizes.append(n)
-    if not losses:
-        raise ValueError("data yielded no batch: pass a non-empty DataLoader or list of (x, y) pairs")
-    total = float(sum(sizes))
-    w = torch.tensor(sizes, dtype=torch.float64, device=losses[0].device)
-    if grads is not None:
-        grads = [g / total for g in grads]
-    return float((torch.stack(losses) * w).sum() / w.sum()), grads
-
-
-def _check_scalar(loss: Any) -> None:
-    if not isinstance(loss, Tensor) or loss.numel() != 1:
-        raise ValueError(
-            "loss_fn must return a scalar tensor (a mean-reduced loss such as nn.MSELoss()); "
-            f"got {type(loss).__name__}" + (f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else ""))

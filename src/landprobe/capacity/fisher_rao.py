@@ -36,7 +36,7 @@ from torch.utils._pytree import tree_map
 
 from landprobe.capacity._common import check_model
 from landprobe.params import Selector, select
-from landprobe.probes._engine import Engine, ModelGuard, batch_size, call_model
+from landprobe.engine import Engine, ModelGuard, call_model
 
 __all__ = ["radial_derivative", "fisher_rao_norm"]
 
@@ -91,25 +91,13 @@ def radial_derivative(model: nn.Module, x: Any, *, subnet: Selector | None = Non
     from torch.func import jvp
 
     names = select(model, subnet)
-    with ModelGuard(model):
+    with ModelGuard(model, label="radial_derivative"):
         model.eval()
         run, primal = _ray_function(model, names)
         with _quiet():
             out, tangent = jvp(lambda p: run(p, x), (primal,), (primal,))
     return tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, out), \
         tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, tangent)
-
-
-def _per_sample_losses(loss_fn: Callable, out: Any, y: Any, n: int) -> Tensor:
-    one = lambda t, i: t[i:i + 1] if isinstance(t, Tensor) else t   # noqa: E731
-    vals = []
-    for i in range(n):
-        li = loss_fn(tree_map(lambda t: one(t, i), out), tree_map(lambda t: one(t, i), y))
-        if not isinstance(li, Tensor) or li.numel() != 1:
-            raise ValueError("loss_fn must return a scalar tensor (a mean-reduced loss such as nn.MSELoss()); "
-                             f"got {type(li).__name__}" + (f" of shape {tuple(li.shape)}" if isinstance(li, Tensor) else ""))
-        vals.append(li.reshape(()))
-    return torch.stack(vals)
 
 
 def fisher_rao_norm(model: nn.Module, loss_fn: Callable, data: Iterable, *, subnet: Selector | None = None,
@@ -146,17 +134,18 @@ def fisher_rao_norm(model: nn.Module, loss_fn: Callable, data: Iterable, *, subn
     names = select(model, subnet)
     sq_sum = None
     count = 0
-    with ModelGuard(model):
+    with engine.guard("fisher_rao_norm"):
         engine.set_eval_modes()
-        run, primal = _ray_function(model, names)
-        for x, y in engine.batches():
-            n = batch_size(x)
+        state = {n: t.detach() for n, t in model.named_parameters()}
+        state.update({n: b for n, b in model.named_buffers() if b is not None})
+        primal = {n: state[n] for n in names}
+        for batch, n in engine.each_batch():
+            def losses(p: dict[str, Tensor], batch: Any = batch) -> Tensor:
+                return engine.per_sample_losses({**state, **p}, batch)
             with _quiet():
-                _, d = jvp(lambda p: _per_sample_losses(loss_fn, run(p, x), y, n), (primal,), (primal,))
+                _, d = jvp(losses, (primal,), (primal,))
             s = d.detach().to(torch.float64).pow(2).sum()
             sq_sum = s if sq_sum is None else sq_sum + s
             count += n
-    if count == 0:
-        raise ValueError("data yielded no batch: pass a non-empty DataLoader or list of (x, y) pairs")
     value = float(sq_sum) / count
     return value if squared else math.sqrt(value)

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from landprobe.capacity._common import check_model
-from landprobe.probes._engine import ModelGuard, is_batchnorm
+from landprobe.engine import ModelGuard, is_batchnorm
 
 __all__ = ["path_norm", "infer_input_shape"]
 
@@ -95,7 +95,7 @@ def path_norm(model: nn.Module, p: float = 2, *, input_shape: Sequence[int] | No
     device = first.device if first is not None else torch.device("cpu")
     from torch.func import functional_call
 
-    with ModelGuard(model), torch.no_grad():
+    with ModelGuard(model, label="path_norm"), torch.no_grad():
         model.eval()
         params = {n: t.detach().abs().pow(p) for n, t in model.named_parameters()}
         x = torch.ones((1, *tuple(int(s) for s in input_shape)), dtype=dtype, device=device)

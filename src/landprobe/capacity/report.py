@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from landprobe._results import Result, require_matplotlib
+from landprobe.common.io import restore_floats
+from landprobe.common.results import Result, require_matplotlib
 from landprobe.capacity._common import MODEL, check_model, scopes
 from landprobe.capacity.fisher_rao import fisher_rao_norm
 from landprobe.capacity.norms import subnet_norms
@@ -30,16 +31,6 @@ CHEAP_MEASURES = ("norms", "path_norm", "spectral_complexity", "weight_sparsity"
 _NEEDS_DATA = {"fisher_rao", "activation_sparsity", "sharpness", "pac_bayes"}
 _NEEDS_LOSS = {"fisher_rao", "sharpness", "pac_bayes"}
 _PER_SUBNET = {"norms", "spectral_complexity", "weight_sparsity", "fisher_rao", "activation_sparsity"}
-
-
-def _restore_floats(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _restore_floats(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_restore_floats(v) for v in obj]
-    if obj in ("nan", "inf", "-inf"):
-        return float(obj)
-    return obj
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,7 +84,7 @@ class CapacityReport(Result):
     def from_dict(cls, data: dict[str, Any]) -> CapacityReport:
         data = dict(data)
         if "values" in data:
-            data["values"] = _restore_floats(data["values"])
+            data["values"] = restore_floats(data["values"])
         return super().from_dict(data)
 
     def plot(self, ax=None, measures: Sequence[str] = ("l2", "l1", "spectral_sum", "fisher_rao")):

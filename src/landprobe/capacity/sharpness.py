@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from landprobe.capacity._common import (
-    check_model, check_positive_float, check_positive_int, loss_and_grad, make_engine,
+    check_model, check_positive_float, check_positive_int,
 )
 from landprobe.params import ParamVector, Selector, select
-from landprobe.probes._engine import ModelGuard
+from landprobe.engine import Engine
 
 __all__ = ["epsilon_sharpness", "pac_bayes_sigma", "gaussian_noise"]
 
@@ -62,10 +62,10 @@ def epsilon_sharpness(model: nn.Module, loss_fn: Callable, data: Iterable, epsil
     epsilon = check_positive_float(epsilon, "epsilon")
     step_size = check_positive_float(step_size, "step_size")
     steps = check_positive_int(steps, "steps")
-    engine = make_engine(model, loss_fn, data)
+    engine = Engine(model, loss_fn, data)
     names = select(model, subnet)
     params = dict(model.named_parameters())
-    with ModelGuard(model):
+    with engine.guard("epsilon_sharpness"):
         engine.set_eval_modes()
         ps = [params[n] for n in names]
         for p in ps:
@@ -78,7 +78,7 @@ def epsilon_sharpness(model: nn.Module, loss_fn: Callable, data: Iterable, epsil
                      for t, b in zip(theta, box)]
         else:
             delta = [torch.zeros_like(t) for t in theta]
-        loss0, _ = loss_and_grad(engine, ps, want_grad=False)
+        loss0, _ = engine.loss_and_grad(ps, want_grad=False)
         best = loss0
 
         def write() -> None:
@@ -88,13 +88,13 @@ def epsilon_sharpness(model: nn.Module, loss_fn: Callable, data: Iterable, epsil
 
         for _ in range(steps):
             write()
-            loss, grads = loss_and_grad(engine, ps)
+            loss, grads = engine.loss_and_grad(ps)
             best = max(best, loss)
             with torch.no_grad():
                 delta = [torch.maximum(torch.minimum(d + step_size * b * g.sign(), b), -b)
                          for d, b, g in zip(delta, box, grads)]
         write()
-        loss, _ = loss_and_grad(engine, ps, want_grad=False)
+        loss, _ = engine.loss_and_grad(ps, want_grad=False)
         best = max(best, loss)
     return 100.0 * (best - loss0) / (1.0 + loss0)
 
@@ -165,10 +165,10 @@ def pac_bayes_sigma(model: nn.Module, loss_fn: Callable, data: Iterable, target:
     rtol = check_positive_float(rtol, "rtol")
     samples = check_positive_int(samples, "samples")
     iterations = check_positive_int(iterations, "iterations")
-    engine = make_engine(model, loss_fn, data)
+    engine = Engine(model, loss_fn, data)
     names = select(model, subnet)
     params = dict(model.named_parameters())
-    with ModelGuard(model):
+    with engine.guard("pac_bayes_sigma"):
         engine.set_eval_modes()
         targets = [params[n].data for n in names]
         theta = ParamVector({n: t.clone() for n, t in zip(names, targets)})

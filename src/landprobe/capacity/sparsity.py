@@ -20,6 +20,8 @@ Convention:
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -30,7 +32,7 @@ from torch import Tensor, nn
 
 from landprobe.capacity._common import MODEL, check_model, check_positive_float
 from landprobe.params import ParamVector, Selector
-from landprobe.probes._engine import Engine, ModelGuard, call_model
+from landprobe.engine import Engine
 
 __all__ = ["fraction_near_zero", "hoyer", "treves_rolls", "activation_sparseness"]
 
@@ -266,18 +268,16 @@ def activation_sparseness(model: nn.Module, data: Iterable, subnets: Mapping[Any
     handles = []
     seen = 0
     try:
-        with ModelGuard(model), torch.no_grad():
+        with engine.guard("activation_sparseness"):
             engine.set_eval_modes()
             for k, m in modules.items():
                 handles.append(m.register_forward_hook(accs[k]))
-            for x, _ in engine.batches():
-                if max_batches is not None and seen >= max_batches:
-                    break
-                call_model(model, x)
-                seen += 1
+            with contextlib.closing(engine.forwards()) as passes:
+                for _ in passes:
+                    seen += 1
+                    if max_batches is not None and seen >= max_batches:
+                        break
     finally:
         for h in handles:
             h.remove()
-    if seen == 0:
-        raise ValueError("data yielded no batch: pass a non-empty DataLoader or list of (x, y) pairs")
     return {k: a.result() for k, a in accs.items()}

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp
 
 from landprobe.params import ParamVector, Selector, as_param_vector, select, select_subnets
-from landprobe.probes._engine import ModelGuard, batch_size, is_batchnorm
+from landprobe.engine import Engine, HasEngine, as_engine, is_batchnorm
 
 __all__ = ["HessianOperator", "hessian", "HVP_METHODS", "GRAPH_MODES", "DEFAULT_GRAPH_BYTES"]
 
@@ -41,18 +41,6 @@ DEFAULT_GRAPH_BYTES = 2 * 1024**3
 # Measured on the 2-core CPU (benchmarks/results/hessian.json): double backward is the faster
 # of the two for conv + linear nets; forward-over-reverse stays available for comparison.
 DEFAULT_HVP = "double-backward"
-
-
-def _cast(x: Any, dtype: torch.dtype | None, device: torch.device) -> Any:
-    if isinstance(x, Tensor):
-        if x.is_floating_point() and dtype is not None and x.dtype != dtype:
-            return x.to(device=device, dtype=dtype)
-        return x.to(device) if x.device != device else x
-    if isinstance(x, (list, tuple)):
-        return type(x)(_cast(v, dtype, device) for v in x)
-    if isinstance(x, dict):
-        return {k: _cast(v, dtype, device) for k, v in x.items()}
-    return x
 
 
 class _GraphTooLarge(Exception):
@@ -151,36 +139,33 @@ class _Graph:
 
 
 class _Problem:
-    """What every block of one Hessian shares: the model, the loss, the data and θ."""
+    """What every block of one Hessian shares: the engine (model, loss, modes), the cached
+    batches with their weights n_b / N, and θ."""
 
-    def __init__(self, model: nn.Module, loss_fn: Callable, batches: list[tuple[Any, Any, float]],
-                 state: dict[str, Tensor], bn: str, engine_modes: Callable[[], None]):
-        self.model = model
-        self.loss_fn = loss_fn
-        self.batches = batches          # (x, y, weight n_b / N)
+    def __init__(self, engine: Engine, batches: list[tuple[Any, float]], state: dict[str, Tensor]):
+        self.engine = engine
+        self.model = engine.model
+        self.batches = batches          # (prepared batch, weight n_b / N)
         self.state = state              # every parameter and buffer at θ, in the operator's dtype
-        self.bn = bn
-        self.set_modes = engine_modes
-        self.bns = [m for m in model.modules() if is_batchnorm(m)]
-        self._merged: tuple[Any, Any] | None | bool = False   # False: not tried yet
+        self.bn = engine.bn
+        self.bns = [m for m in self.model.modules() if is_batchnorm(m)]
+        self._merged: Any = False       # False: not tried yet; None: cannot be merged
 
-    def merged(self) -> tuple[Any, Any] | None:
-        """All batches concatenated into one ``(x, y)``, or None if they cannot be."""
+    def merged(self) -> Any:
+        """All batches concatenated into one, or None if they cannot be."""
         if self._merged is False:
-            xs = _concat([x for x, _, _ in self.batches])
-            ys = _concat([y for _, y, _ in self.batches])
-            self._merged = None if xs is None or ys is None else (xs, ys)
+            self._merged = _concat([b for b, _ in self.batches])
         return self._merged
 
     def storages(self) -> set[int]:
         """Storages that exist whether or not a graph is kept: θ, buffers and the cached batches."""
-        return _storages([list(self.state.values()), [(x, y) for x, y, _ in self.batches]], set())
+        return _storages([list(self.state.values()), [b for b, _ in self.batches]], set())
 
     @contextlib.contextmanager
-    def session(self):
+    def session(self) -> Iterator[None]:
         """Model in the probe's modes for one product; everything restored afterwards."""
-        with ModelGuard(self.model):
-            self.set_modes()
+        with self.engine.guard("hessian"):
+            self.engine.set_eval_modes()
             saved = [(m, m.track_running_stats) for m in self.bns]
             try:
                 if self.bn == "train":
@@ -193,24 +178,10 @@ class _Problem:
                 for m, flag in saved:
                     m.track_running_stats = flag
 
-    def loss(self, names: Sequence[str], tensors: Sequence[Tensor], x: Any, y: Any) -> Tensor:
+    def loss(self, names: Sequence[str], tensors: Sequence[Tensor], batch: Any) -> Tensor:
         state = dict(self.state)
         state.update(zip(names, tensors))
-        if isinstance(x, tuple):
-            out = functional_call(self.model, state, x)
-        elif isinstance(x, dict):
-            out = functional_call(self.model, state, (), x)
-        elif isinstance(x, list):
-            out = functional_call(self.model, state, tuple(x))
-        else:
-            out = functional_call(self.model, state, (x,))
-        loss = self.loss_fn(out, y)
-        if not isinstance(loss, Tensor) or loss.numel() != 1:
-            raise ValueError(
-                "loss_fn must return a scalar tensor (a mean-reduced loss such as nn.MSELoss()); got "
-                + (f"shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__)
-            )
-        return loss.reshape(())
+        return self.engine.functional_loss(state, batch)
 
 
 class HessianOperator:
@@ -348,8 +319,8 @@ class HessianOperator:
                         kind = "merged" if grads is not None else None
                     if grads is None:
                         counter.reset()
-                        for x, y, w in p.batches:
-                            loss = p.loss(self.names, leaves, x, y) * w
+                        for batch, w in p.batches:
+                            loss = p.loss(self.names, leaves, batch) * w
                             g = torch.autograd.grad(loss, leaves, create_graph=True)
                             grads = list(g) if grads is None else [a + b for a, b in zip(grads, g)]
                         kind = "per-batch"
@@ -372,10 +343,10 @@ class HessianOperator:
         merged = p.merged()
         if merged is None:
             return None
-        loss = p.loss(self.names, leaves, *merged)
+        loss = p.loss(self.names, leaves, merged)
         if check:
             with torch.no_grad():
-                parts = [(w, float(p.loss(self.names, leaves, x, y))) for x, y, w in p.batches]
+                parts = [(w, float(p.loss(self.names, leaves, batch))) for batch, w in p.batches]
             ref = math.fsum(w * l for w, l in parts)
             scale = math.fsum(w * abs(l) for w, l in parts)
             tol = 1000 * torch.finfo(self.dtype).eps * scale + 1e-300
@@ -392,8 +363,8 @@ class HessianOperator:
         with p.session():
             leaves = [t.detach().requires_grad_(True) for t in self._theta]
             with torch.enable_grad():
-                for x, y, w in p.batches:
-                    loss = p.loss(self.names, leaves, x, y)
+                for batch, w in p.batches:
+                    loss = p.loss(self.names, leaves, batch)
                     g = torch.autograd.grad(loss, leaves, create_graph=True)
                     for j, vs in enumerate(vss):
                         hv = _backward_of_gradient(g, leaves, vs, retain=j + 1 < len(vss))
@@ -404,18 +375,26 @@ class HessianOperator:
         p = self._p
         acc = [torch.zeros_like(t) for t in self._theta]
         with p.session():
-            for x, y, w in p.batches:
-                def g_of(params, yy, x=x):
-                    return grad(lambda q: p.loss(self.names, q, x, yy))(params)
-                # The target enters as a primal with a materialised zero tangent: some loss
-                # backwards (mse_loss in torch 2.13) fail on a captured target under forward AD.
-                y_t = torch.zeros_like(y) if isinstance(y, Tensor) and y.is_floating_point() else None
-                if y_t is None:
-                    _, hv = jvp(lambda q: g_of(q, y), (tuple(self._theta),), (tuple(vs),))
-                else:
-                    _, hv = jvp(g_of, (tuple(self._theta), y), (tuple(vs), y_t))
+            for batch, w in p.batches:
+                hv = self._forward_over_reverse_batch(vs, batch)
                 torch._foreach_add_(acc, list(hv), alpha=w)
         return acc
+
+    def _forward_over_reverse_batch(self, vs: list[Tensor], batch: Any) -> tuple[Tensor, ...]:
+        p = self._p
+        if p.engine.contract.whole:
+            def g_whole(params: tuple[Tensor, ...]) -> Any:
+                return grad(lambda q: p.loss(self.names, q, batch))(params)
+            return jvp(g_whole, (tuple(self._theta),), (tuple(vs),))[1]
+        x, y = batch
+
+        def g_of(params: tuple[Tensor, ...], yy: Any) -> Any:
+            return grad(lambda q: p.loss(self.names, q, (x, yy)))(params)
+        # The target enters as a primal with a materialised zero tangent: some loss
+        # backwards (mse_loss in torch 2.13) fail on a captured target under forward AD.
+        if isinstance(y, Tensor) and y.is_floating_point():
+            return jvp(g_of, (tuple(self._theta), y), (tuple(vs), torch.zeros_like(y)))[1]
+        return jvp(lambda q: g_of(q, y), (tuple(self._theta),), (tuple(vs),))[1]
 
     def release_graph(self) -> None:
         """Free the kept gradient graph; the next product decides again (and builds it again).
@@ -569,13 +548,13 @@ class HessianOperator:
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
             raise ValueError(f"fraction={fraction!r}; expected a share of the samples in (0, 1], e.g. 0.125")
         p = self._p
-        weights = [w for _, _, w in p.batches]
+        weights = [w for _, w in p.batches]
         keep, acc = 0, 0.0
         while keep < len(weights) and acc < fraction - 1e-12:
             acc += weights[keep]
             keep += 1
-        batches = [(x, y, w / acc) for x, y, w in p.batches[:keep]]
-        sub = _Problem(p.model, p.loss_fn, batches, p.state, p.bn, p.set_modes)
+        batches = [(b, w / acc) for b, w in p.batches[:keep]]
+        sub = _Problem(p.engine, batches, p.state)
         return self._derived(sub, self.names, batches=keep, subsample=float(acc))
 
     def _derived(self, problem: _Problem, names: Sequence[str], **settings: Any) -> HessianOperator:
@@ -648,7 +627,7 @@ def _describe(subnet: Any) -> Any:
     return repr(subnet)
 
 
-def hessian(self, theta: Any = None, subnet: Selector | None = None, *, dtype: torch.dtype | None = None,
+def hessian(engine: Engine | HasEngine, theta: Any = None, subnet: Selector | None = None, *, dtype: torch.dtype | None = None,
             hvp: str = "auto", graph: str = "auto", graph_bytes: int = DEFAULT_GRAPH_BYTES) -> HessianOperator:
     """The Hessian of the empirical error at ``theta``, as a matrix-free operator.
 
@@ -700,9 +679,8 @@ def hessian(self, theta: Any = None, subnet: Selector | None = None, *, dtype: t
         >>> hessian(probe).top_eigenvalues().values.tolist()
         [2.0]
     """
-    probe = self
-    model = probe.model
-    engine = probe.engine
+    engine = as_engine(engine)
+    model = engine.model
     if dtype is not None and dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype={dtype}; the Hessian is evaluated in torch.float32 or torch.float64 "
                          f"(or None for the model's own dtype). Autocast dtypes are not supported here.")
@@ -710,30 +688,30 @@ def hessian(self, theta: Any = None, subnet: Selector | None = None, *, dtype: t
     if not params:
         raise ValueError(f"{type(model).__name__} has no parameters: there is no Hessian to take")
     names = select(model, subnet)
-    # θ: parameters (and, under bn="eval", floating buffers) from theta, the rest from the model.
-    state: dict[str, Tensor] = {n: t.detach() for n, t in model.named_parameters()}
-    state.update({n: b.detach() for n, b in model.named_buffers() if b is not None})
-    if theta is not None:
-        vec = as_param_vector(theta, model, names=probe._state_names())
-        state.update(vec.state_dict())
-    if engine.bn == "recompute":
-        with ModelGuard(model):
-            ParamVector({n: state[n] for n in params}).apply_to(model)
-            engine.recompute_bn()
-            state.update({n: b.detach().clone() for n, b in model.named_buffers() if b is not None})
-    device = engine.device
-    state = {n: (t.to(device=device, dtype=dtype) if (dtype is not None and t.is_floating_point())
-                 else t.to(device)).clone() for n, t in state.items()}
-    batches_raw: list[tuple[Any, Any, int]] = []
-    for x, y in engine.batches():
-        batches_raw.append((_cast(x, dtype, device), _cast(y, dtype, device), batch_size(x)))
-    if not batches_raw:
-        raise ValueError("data yielded no batch: pass a non-empty DataLoader or list of (x, y) pairs")
-    total = float(sum(n for _, _, n in batches_raw))
-    batches = [(x, y, n / total) for x, y, n in batches_raw]
-    problem = _Problem(model, probe.loss_fn, batches, state, engine.bn, engine.set_eval_modes)
-    settings = probe._settings(probe="hessian", subnet=_describe(subnet), batches=len(batches),
+    state = _state_at(engine, theta, dtype)
+    batches, total = engine.cached_batches(dtype)
+    problem = _Problem(engine, batches, state)
+    settings = engine.settings(probe="hessian", subnet=_describe(subnet), batches=len(batches),
                                samples=int(total))
     if dtype is not None:
         settings["dtype"] = str(dtype)
     return HessianOperator(problem, names, hvp=hvp, settings=settings, graph=graph, graph_bytes=graph_bytes)
+
+
+def _state_at(engine: Engine, theta: Any, dtype: torch.dtype | None) -> dict[str, Tensor]:
+    """θ as a copy of every parameter and buffer on the engine's device (floating ones in
+    ``dtype``): parameters (and, under bn="eval", floating buffers) from ``theta``, the rest from
+    the model; under bn="recompute" the BatchNorm statistics re-estimated at θ."""
+    model = engine.model
+    state: dict[str, Tensor] = {n: t.detach() for n, t in model.named_parameters()}
+    state.update({n: b.detach() for n, b in model.named_buffers() if b is not None})
+    if theta is not None:
+        state.update(engine.as_point(theta).state_dict())
+    if engine.bn == "recompute":
+        with engine.guard("hessian (recomputing BatchNorm statistics)"):
+            ParamVector({n: state[n] for n, _ in model.named_parameters()}).apply_to(model)
+            engine.recompute_bn()
+            state.update({n: b.detach().clone() for n, b in model.named_buffers() if b is not None})
+    device = engine.device
+    return {n: (t.to(device=device, dtype=dtype) if (dtype is not None and t.is_floating_point())
+                else t.to(device)).clone() for n, t in state.items()}

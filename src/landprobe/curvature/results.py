@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from landprobe._io import to_jsonable
-from landprobe._results import Result, require_matplotlib
+from landprobe.common.io import to_jsonable
+from landprobe.common.results import Result, require_matplotlib
 
 __all__ = ["Eigenpairs", "TraceEstimate", "Spectrum"]
 

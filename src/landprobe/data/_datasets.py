@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from landprobe._io import atomic_torch_save
+from landprobe.common.io import atomic_torch_save
 from landprobe.data._color import modcrop
 from landprobe.data._images import list_images, load_y
 from landprobe.data._imresize import imresize

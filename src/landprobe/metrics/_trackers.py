@@ -9,8 +9,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from landprobe._io import load_json, save_json
-from landprobe._results import require_matplotlib
+from landprobe.common.io import load_json, save_json
+from landprobe.common.results import require_matplotlib
 from landprobe.metrics._psnr import psnr
 
 __all__ = ["PSNRTracker", "EmpiricalErrorTracker", "DEFAULT_STAGES"]

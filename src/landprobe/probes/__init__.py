@@ -1,27 +1,27 @@
-"""Landscape probes built on one evaluation engine.
+"""Landscape probes built on the evaluation engine.
 
-Each probe is a method of :class:`LandscapeProbe`; the functions live in their own modules
-(one per probe family) and are bound here.
+:class:`LandscapeProbe` is the user's door: its methods delegate to one function per probe
+family (``interpolate``, ``plane``, ``perturb``, ``curves``), each taking the engine.
 """
 
 from landprobe.probes import toys
-from landprobe.probes.connect import Path, connect
+from landprobe.probes.curves import LevelSet, Path, auto_neb, connect, level_set, paper_schedule
+from landprobe.probes.interpolate import interpolate
 from landprobe.probes.landscape import LandscapeProbe
-from landprobe.probes.levelset import LevelSet, level_set
-from landprobe.probes.neb import auto_neb, paper_schedule
 from landprobe.probes.perturb import PerturbationResult, perturb
 from landprobe.probes.plane import Surface, plane
 from landprobe.probes.results import Curve
 from landprobe.probes.trajectory import TrajectoryMDS, TrajectoryPCA, TrajectoryRecorder, classical_mds
 
-LandscapeProbe.plane = plane
-LandscapeProbe.perturb = perturb
-LandscapeProbe.connect = connect
-LandscapeProbe.auto_neb = auto_neb
-LandscapeProbe.level_set = level_set
-
 __all__ = [
     "LandscapeProbe",
+    # the probe functions (each takes an Engine or a LandscapeProbe)
+    "interpolate",
+    "plane",
+    "connect",
+    "auto_neb",
+    "level_set",
+    "perturb",
     # results
     "Curve",
     "Surface",

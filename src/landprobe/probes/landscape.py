@@ -1,35 +1,30 @@
-"""``LandscapeProbe``: the empirical error of a model as a function of its parameters."""
+"""``LandscapeProbe``: the empirical error of a model as a function of its parameters.
+
+The class is a facade: each method is a few lines that hand the probe's
+:class:`~landprobe.engine.Engine` to the function of its layer (``probes.interpolate``,
+``probes.plane``, ``probes.curves``, ``probes.perturb``, ``curvature.hessian``).
+"""
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from landprobe.params import ParamVector, Selector, as_param_vector, select, state_names
-from landprobe.probes._engine import Engine, Evaluation, ModelGuard
+from landprobe.curvature.hessian import DEFAULT_GRAPH_BYTES, HessianOperator, hessian
+from landprobe.engine import Engine, Evaluation
+from landprobe.params import Selector
+from landprobe.probes.curves import LevelSet, Path, auto_neb, connect, level_set
+from landprobe.probes.interpolate import interpolate
+from landprobe.probes.perturb import PerturbationResult, perturb
+from landprobe.probes.plane import Surface, plane
 from landprobe.probes.results import Curve
 
 __all__ = ["LandscapeProbe"]
-
-
-def _dist_info() -> tuple[int, int]:
-    d = torch.distributed
-    if d.is_available() and d.is_initialized():
-        return d.get_rank(), d.get_world_size()
-    return 0, 1
-
-
-def _progress(iterable, total: int, desc: str, enabled: bool):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
 class LandscapeProbe:
@@ -44,11 +39,20 @@ class LandscapeProbe:
     back by identity. It makes no
     copy of the model per point: one clone of its state is taken per call.
 
+    One probe at a time per model: while a probe runs, another probe of the same model
+    (another thread, or one started from inside the loss function) raises
+    :class:`~landprobe.engine.ProbeInProgressError`. A model must not be trained while it is
+    probed; a pass during which its parameters change raises
+    :class:`~landprobe.engine.ModelChangedError` rather than return a wrong value.
+
     Args:
         model: Any ``nn.Module``. It is measured in eval mode (dropout off).
-        loss_fn: ``loss_fn(model(x), y)`` returning a scalar, mean-reduced tensor.
-        data: An iterable of ``(x, y)`` batches, iterated once per point: a DataLoader or a
-            list of pairs. ``x`` may be a tuple (positional inputs) or dict (keywords).
+        loss_fn: ``loss_fn(model(x), y)`` returning a scalar, mean-reduced tensor; or a
+            :class:`~landprobe.BatchLoss` ``fn(model, batch)`` for batches of any structure
+            (a dict carrying its labels, a model that returns its own ``.loss``).
+        data: An iterable of batches, iterated once per point: a DataLoader or a list of
+            ``(x, y)`` pairs (any batch with a ``BatchLoss``). ``x`` may be a tuple
+            (positional inputs) or dict (keywords).
         bn: BatchNorm handling.
             ``"eval"`` (default): running statistics are used, and they are interpolated
             with the weights (floating buffers move like parameters), so the ends of a curve
@@ -61,7 +65,9 @@ class LandscapeProbe:
         device: Where to evaluate; default the model's device. The model is never moved.
         dtype: ``None`` evaluates in the model's dtype (fp32 recommended: barriers are small
             differences); ``torch.bfloat16`` opts in to autocast.
-        progress: Show a progress bar over the points of multi-point probes.
+        progress: Progress bars (tqdm, with ETA) for every probe that takes a while: ``None``
+            (default) shows them only when standard error is a terminal, ``True`` always,
+            ``False`` never.
         precision: ``None`` (default): every point is one pass over all of ``data``. A number
             such as ``0.01``: each point is evaluated on seeded random batches, drawn without
             replacement, until its 2σ standard error (finite-population corrected) falls below
@@ -95,13 +101,13 @@ class LandscapeProbe:
 
     def __init__(self, model: nn.Module, loss_fn: Callable, data: Iterable, *, bn: str = "eval",
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-                 progress: bool = False, precision: float | None = None, min_batches: int = 4,
+                 progress: bool | None = None, precision: float | None = None, min_batches: int = 4,
                  batch_size: int | None = None, seed: int = 0, control: Callable | None = None):
         self.engine = Engine(model, loss_fn, data, bn=bn, device=device, dtype=dtype, precision=precision,
-                             min_batches=min_batches, batch_size=batch_size, seed=seed, control=control)
-        self.progress = progress
+                             min_batches=min_batches, batch_size=batch_size, seed=seed, control=control,
+                             progress=progress)
 
-    # ---- conveniences
+    # ---- what the probe holds
     @property
     def model(self) -> nn.Module:
         return self.engine.model
@@ -118,30 +124,18 @@ class LandscapeProbe:
     def bn(self) -> str:
         return self.engine.bn
 
-    def _state_names(self, subnet: Selector | None = None) -> list[str]:
-        """Parameters, plus the floating buffers that move with them under ``bn='eval'``."""
-        model = self.model
-        names = select(model, subnet)
-        if self.bn == "eval":
-            bufs = dict(model.named_buffers())
-            names += [n for n in select(model, subnet, buffers=True, allow_empty=True)
-                      if bufs[n] is not None and bufs[n].is_floating_point()]
-        return names
+    @property
+    def progress(self) -> bool | None:
+        return self.engine.progress
 
-    def _settings(self, **kw: Any) -> dict[str, Any]:
-        from landprobe import __version__
+    @progress.setter
+    def progress(self, value: bool | None) -> None:
+        self.engine.progress = value
 
-        kw.update(bn=self.bn, device=str(self.engine.device), precision=self.engine.precision,
-                  dtype=str(self.engine.dtype or next(self.model.parameters()).dtype),
-                  model=type(self.model).__name__, landprobe=__version__)
-        if self.engine.control is not None:
-            kw["control"] = getattr(self.engine.control, "__qualname__", repr(self.engine.control))
-        return kw
-
-    def _targets(self, names: Sequence[str]) -> list[torch.Tensor]:
-        state = dict(self.model.named_parameters())
-        state.update(dict(self.model.named_buffers()))
-        return [state[n].data for n in names]
+    def __repr__(self) -> str:
+        e = self.engine
+        return (f"LandscapeProbe({type(e.model).__name__}, bn={e.bn!r}, device={str(e.device)!r}, "
+                f"precision={e.precision!r})")
 
     # ---- single points
     def evaluate(self, theta: Any = None) -> Evaluation:
@@ -155,14 +149,7 @@ class LandscapeProbe:
             >>> ev.loss, ev.batch_losses.tolist(), ev.batch_sizes.tolist()   # (2*0 + 6*1) / 8
             (0.75, [0.0, 1.0], [2, 6])
         """
-        with ModelGuard(self.model):
-            if theta is not None:
-                names = self._state_names()
-                vec = as_param_vector(theta, self.model, names=names)
-                with torch.no_grad():
-                    torch._foreach_copy_(self._targets(names), vec.tensors)
-            self.engine.set_eval_modes()
-            return self.engine.evaluate()
+        return self.engine.evaluate_at(theta)
 
     def loss(self, theta: Any = None) -> float:
         """Empirical error at ``theta``: a state_dict, module or ParamVector (``None``: as is).
@@ -175,105 +162,12 @@ class LandscapeProbe:
             >>> probe.loss({"weight": torch.tensor([[1.0, 3.0]])})    # (1 + 9) / 2
             5.0
         """
-        return self.evaluate(theta).loss
+        return self.engine.evaluate_at(theta, label="LandscapeProbe.loss").loss
 
     # ---- many points
-    def _sweep(self, names: Sequence[str], points: Sequence[Callable[[list[torch.Tensor]], None]],
-               desc: str) -> list[Evaluation]:
-        """Evaluate points given as in-place writers of the target tensors; split across ranks."""
-        rank, world = _dist_info()
-        mine = list(range(rank, len(points), world))
-        results: dict[int, Evaluation] = {}
-        with ModelGuard(self.model):
-            self.engine.set_eval_modes()
-            targets = self._targets(names)
-            with torch.no_grad():
-                for i in _progress(mine, len(mine), desc, self.progress and rank == 0):
-                    points[i](targets)
-                    results[i] = self.engine.evaluate()
-        if world > 1:
-            gathered: list[Any] = [None] * world
-            torch.distributed.all_gather_object(gathered, results)
-            for part in gathered:
-                results.update(part)
-        return [results[i] for i in range(len(points))]
-
-    def _sweep_vmap(self, names: Sequence[str], values: Sequence[Callable[[], list[torch.Tensor]]],
-                    chunk: int, desc: str) -> list[Evaluation]:
-        """Evaluate ``chunk`` points per model call: ``functional_call`` under ``vmap``."""
-        from torch.func import functional_call, vmap
-        from torch.utils._pytree import tree_map
-
-        from landprobe.probes._engine import batch_size, call_model
-
-        if self.bn != "eval":
-            raise ValueError(f"batch_points > 1 needs bn='eval' (got bn={self.bn!r}); use batch_points=1")
-        if self.engine.precision is not None:
-            raise ValueError("batch_points > 1 evaluates all the data per point; it cannot be combined with "
-                             "precision= (use batch_points=1)")
-        model, engine = self.model, self.engine
-        rank, world = _dist_info()
-        chunks = [list(range(i, min(i + chunk, len(values)))) for i in range(0, len(values), chunk)]
-        mine = chunks[rank::world]
-        results: dict[int, Evaluation] = {}
-
-        def one(params, x):
-            return call_model(lambda *args, **kw: functional_call(model, params, args, kw), x)
-
-        batched = vmap(one, in_dims=(0, None))
-        with ModelGuard(model):
-            engine.set_eval_modes()
-            with torch.no_grad(), engine.autocast():
-                for idx in _progress(mine, len(mine), desc, self.progress and rank == 0):
-                    stacked = {n: torch.stack(ts) for n, ts in zip(names, zip(*(values[i]() for i in idx)))}
-                    per_point: list[list[torch.Tensor]] = [[] for _ in idx]
-                    sizes: list[int] = []
-                    for x, y in engine.batches():
-                        try:
-                            outs = batched(stacked, x)
-                        except RuntimeError as exc:
-                            raise RuntimeError(
-                                f"this model cannot be evaluated under torch.func.vmap ({exc}); "
-                                f"use batch_points=1"
-                            ) from exc
-                        for j in range(len(idx)):
-                            out_j = tree_map(lambda t, j=j: t[j], outs)
-                            per_point[j].append(self.loss_fn(out_j, y).detach().reshape(()).double())
-                        sizes.append(batch_size(x))
-                    for j, i in enumerate(idx):
-                        results[i] = Evaluation.from_batches(torch.stack(per_point[j]).cpu().numpy(), sizes)
-        if world > 1:
-            gathered: list[Any] = [None] * world
-            torch.distributed.all_gather_object(gathered, results)
-            for part in gathered:
-                results.update(part)
-        return [results[i] for i in range(len(values))]
-
     def interpolate(self, a: Any, b: Any, steps: int = 51, *, subnet: Selector | None = None,
                     extend: float = 0.0, batch_points: int = 1) -> Curve:
-        """Evaluate the empirical error on the segment θ(α) = (1 − α)·a + α·b.
-
-        Args:
-            a, b: Endpoints: state_dicts, modules or ParamVectors of the probed model. A
-                buffer missing from an endpoint is taken from the model as it is.
-            steps: Evenly spaced alphas in [0, 1], both ends included. At least 2.
-            subnet: Selector of the parameters that move; the others stay at ``a``.
-            extend: Extrapolate past both ends by this fraction of the segment, on the same
-                grid spacing (rounded up to whole steps), so 0 and 1 stay on the grid.
-            batch_points: Evaluate this many points per model call (``torch.func.functional_call``
-                under ``vmap``; ``bn='eval'`` only). Results agree with ``batch_points=1`` to float
-                rounding; it costs ``batch_points`` copies of the parameters. On the 2-core CPU it
-                did not beat one point per pass (benchmarks/results/interpolate.json); it is
-                offered for devices where wider batched kernels pay.
-
-        Returns:
-            A :class:`Curve`. The model is restored exactly afterwards. Under
-            ``torch.distributed`` the points are split across ranks and every rank gets the
-            whole curve.
-
-        Raises:
-            ValueError: If ``steps < 2``, ``extend < 0`` or an endpoint lacks a parameter of
-                the model or has another shape (the message names the keys).
+        """The empirical error on the segment θ(α) = (1 − α)·a + α·b: see :func:`landprobe.probes.interpolate.interpolate`.
 
         Example:
             >>> import torch, landprobe as lp
@@ -282,64 +176,120 @@ class LandscapeProbe:
             >>> probe = lp.LandscapeProbe(model, torch.nn.MSELoss(), data)
             >>> a, b = {"weight": torch.tensor([[-1.0]])}, {"weight": torch.tensor([[1.0]])}
             >>> curve = probe.interpolate(a, b, steps=5)
-            >>> curve.losses.tolist()
-            [1.0, 0.25, 0.0, 0.25, 1.0]
-            >>> curve.barrier                                    # a convex bowl has none
-            0.0
+            >>> curve.losses.tolist(), curve.barrier            # a convex bowl has no barrier
+            ([1.0, 0.25, 0.0, 0.25, 1.0], 0.0)
         """
-        if not isinstance(steps, int) or steps < 2:
-            raise ValueError(f"steps={steps!r}; an interpolation needs an integer of at least 2 (both ends)")
-        if not (isinstance(extend, (int, float)) and math.isfinite(extend) and extend >= 0):
-            raise ValueError(f"extend={extend!r}; expected a finite fraction >= 0 (e.g. 0.25)")
-        names = self._state_names()
-        va = as_param_vector(a, self.model, names=names, what="a")
-        vb = as_param_vector(b, self.model, names=names, what="b")
-        moving = set(self._state_names(subnet)) if subnet is not None else set(names)
-        # Entries outside the subnet lerp from a to a: exactly a.
-        b_eff = [tb if n in moving else ta for n, ta, tb in zip(names, va.tensors, vb.tensors)]
-        a_list = va.tensors
-        h = 1.0 / (steps - 1)
-        k = int(math.ceil(extend / h - 1e-9)) if extend > 0 else 0
-        idx = np.arange(-k, steps + k)
-        alphas = idx * h
-        alphas[idx == 0] = 0.0
-        alphas[idx == steps - 1] = 1.0
+        return interpolate(self.engine, a, b, steps, subnet=subnet, extend=extend, batch_points=batch_points)
 
-        # Large tensors: one fused pass lerp(a, b, out=target) (a copy followed by an in-place
-        # lerp reads and writes them twice); small ones: two foreach kernels over all of them.
-        big = [i for i, t in enumerate(a_list) if t.numel() >= 1 << 16]
-        small = [i for i in range(len(a_list)) if i not in set(big)]
-        a_small, b_small = [a_list[i] for i in small], [b_eff[i] for i in small]
+    def plane(self, center: Any = None, directions: Sequence[Any] | None = None, span: Any = None,
+              steps: Any = 21, normalization: str | None = "auto", subnet: Selector | None = None, seed: int = 0, *,
+              one_d: str = "zero", through: Sequence[Any] | None = None, margin: float = 0.25) -> Surface:
+        """The empirical error on a plane θ(x, y) = center + x·d₁ + y·d₂: see :func:`landprobe.probes.plane.plane`.
 
-        def writer(alpha: float):
-            def write(targets: list[torch.Tensor]) -> None:
-                if alpha == 0.0:
-                    torch._foreach_copy_(targets, a_list)
-                    return
-                for i in big:
-                    torch.lerp(a_list[i], b_eff[i], alpha, out=targets[i])
-                if small:
-                    t_small = [targets[i] for i in small]
-                    torch._foreach_copy_(t_small, a_small)
-                    torch._foreach_lerp_(t_small, b_small, alpha)
-            return write
+        Example:
+            >>> import torch, landprobe as lp
+            >>> model = torch.nn.Linear(2, 1, bias=False)                 # L(w) = |w|² / 2 on x = I
+            >>> probe = lp.LandscapeProbe(model, torch.nn.MSELoss(), [(torch.eye(2), torch.zeros(2, 1))])
+            >>> d1, d2 = {"weight": torch.tensor([[1.0, 0.0]])}, {"weight": torch.tensor([[0.0, 1.0]])}
+            >>> s = probe.plane({"weight": torch.zeros(1, 2)}, directions=(d1, d2), span=1.0, steps=3)
+            >>> s.losses.tolist()[0]                                    # the row y = -1: (x² + 1) / 2
+            [1.0, 0.5, 1.0]
+        """
+        return plane(self.engine, center, directions, span, steps, normalization, subnet, seed, one_d=one_d,
+                     through=through, margin=margin)
 
-        if not isinstance(batch_points, int) or batch_points < 1:
-            raise ValueError(f"batch_points={batch_points!r}; expected an integer >= 1 (1: one point per pass)")
-        if batch_points == 1:
-            evals = self._sweep(names, [writer(float(al)) for al in alphas], "interpolate")
-        else:
-            def value(alpha: float):
-                return lambda: list(torch._foreach_lerp(a_list, b_eff, alpha)) if alpha != 0.0 else list(a_list)
-            evals = self._sweep_vmap(names, [value(float(al)) for al in alphas], batch_points, "interpolate")
-        losses = np.array([e.loss for e in evals])
-        stderr = np.array([e.stderr for e in evals])
-        i0, i1 = k, k + steps - 1
-        sub = None if subnet is None else (subnet if isinstance(subnet, str) else select(self.model, subnet))
-        return Curve(
-            alphas=alphas, losses=losses, stderr=stderr,
-            loss_a=float(losses[i0]), loss_b=float(losses[i1]),
-            settings=self._settings(probe="interpolate", steps=steps, extend=float(extend), subnet=sub,
-                                    grid_extension_steps=k, batch_points=batch_points,
-                                    samples_per_point=[int(e.batch_sizes.sum()) for e in evals]),
-        )
+    def connect(self, a: Any, b: Any, method: str = "bezier", bends: int = 1, steps: int = 1000, lr: float = 0.01,
+                optimizer: str = "sgd", *, momentum: float = 0.9, t_samples: int = 1, eval_points: int = 61,
+                seed: int = 0, checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 50,
+                **neb_options: Any) -> Path:
+        """Fit a low-error curve between ``a`` and ``b`` (Garipov et al. 2018; ``method="neb"``:
+        AutoNEB, taking :meth:`auto_neb`'s options): see :func:`landprobe.probes.curves.connect.connect`.
+
+        Example:
+            >>> from landprobe.probes import toys
+            >>> valley = toys.CurvyValley()                       # minima at (∓5π/2, ∓1), saddle 1.0
+            >>> probe = toys.toy_probe(valley)
+            >>> a, b = valley.minima()
+            >>> path = probe.connect(a, b, method="polychain", bends=5, steps=300, lr=0.01)
+            >>> bool(path.max_loss < 1.3), bool(path.losses[0] == probe.loss(a))
+            (True, True)
+        """
+        return connect(self.engine, a, b, method, bends, steps, lr, optimizer, momentum=momentum,
+                       t_samples=t_samples, eval_points=eval_points, seed=seed, checkpoint=checkpoint,
+                       checkpoint_every=checkpoint_every, **neb_options)
+
+    def auto_neb(self, a: Any, b: Any, *, images: int | None = None,
+                 schedule: Sequence[dict[str, Any]] | None = None, steps: int = 1000, lr: float = 0.1,
+                 momentum: float = 0.9, spring: float = math.inf, climbing: bool = True, insert_tol: float = 0.0,
+                 sub_points: int = 9, eval_points: int = 61, seed: int = 0,
+                 checkpoint: str | os.PathLike | None = None) -> Path:
+        """Minimum-energy path between ``a`` and ``b`` by AutoNEB (Draxler et al. 2018): see
+        :func:`landprobe.probes.curves.neb.auto_neb`.
+
+        Example:
+            >>> import torch
+            >>> from landprobe.probes import toys
+            >>> egg = toys.Eggcarton()                              # E = cos 2πx + cos 2πy
+            >>> probe = toys.toy_probe(egg)
+            >>> a = {"location": torch.tensor([0.5, 0.5], dtype=torch.float64)}
+            >>> b = {"location": torch.tensor([1.5, 0.5], dtype=torch.float64)}
+            >>> quick = [dict(steps=10, lr=0.01, insert=3)] + [dict(steps=10, lr=0.001, climbing=True)] * 2
+            >>> round(probe.auto_neb(a, b, schedule=quick).barrier, 2)   # over the saddle (1, ½): E = 0
+            2.0
+        """
+        return auto_neb(self.engine, a, b, images=images, schedule=schedule, steps=steps, lr=lr, momentum=momentum,
+                        spring=spring, climbing=climbing, insert_tol=insert_tol, sub_points=sub_points,
+                        eval_points=eval_points, seed=seed, checkpoint=checkpoint)
+
+    def level_set(self, a: Any, b: Any, threshold: float, *, steps: int = 500, lr: float = 0.01,
+                  optimizer: str = "sgd", momentum: float = 0.0, margin: float = 0.25, pull: float = 0.0,
+                  check_points: int = 9, check_every: int = 10, max_beads: int = 64, max_depth: int = 12,
+                  checkpoint: str | os.PathLike | None = None) -> LevelSet:
+        """Search a path from ``a`` to ``b`` below ``threshold`` (Freeman & Bruna 2017): see
+        :func:`landprobe.probes.curves.levelset.level_set`.
+
+        Example:
+            >>> import landprobe as lp
+            >>> from landprobe.probes import toys
+            >>> p = toys.two_unit_relu()                    # minima a, b; every path crosses loss 0.5
+            >>> probe = lp.LandscapeProbe(p["model"], p["loss_fn"], p["data"])
+            >>> probe.level_set(p["a"], p["b"], threshold=0.3, steps=100, lr=0.1).connected
+            False
+        """
+        return level_set(self.engine, a, b, threshold, steps=steps, lr=lr, optimizer=optimizer, momentum=momentum,
+                         margin=margin, pull=pull, check_points=check_points, check_every=check_every,
+                         max_beads=max_beads, max_depth=max_depth, checkpoint=checkpoint)
+
+    def perturb(self, optimizer: torch.optim.Optimizer | Callable[[list], torch.optim.Optimizer],
+                scale: float = 0.1, steps: int = 20, repeats: int = 5, seed: int = 0,
+                loss_fn: Callable | None = None, *, subnet: Selector | None = None, relative: bool = True,
+                eval_every: int | None = None) -> PerturbationResult:
+        """Perturb the weights and retrain a few steps, several times (Liao & Poggio 2017): see
+        :func:`landprobe.probes.perturb.perturb`.
+
+        Example:
+            >>> import torch, landprobe as lp
+            >>> _ = torch.manual_seed(0)
+            >>> model = torch.nn.Linear(3, 1)
+            >>> x = torch.randn(32, 3); probe = lp.LandscapeProbe(model, torch.nn.MSELoss(), [(x, x.sum(1, keepdim=True))])
+            >>> r = probe.perturb(lambda p: torch.optim.SGD(p, lr=0.1), scale=0.5, steps=30, repeats=2)
+            >>> bool((r.retrained_losses < r.perturbed_losses).all()), probe.loss() == r.base_loss
+            (True, True)
+        """
+        return perturb(self.engine, optimizer, scale, steps, repeats, seed, loss_fn, subnet=subnet,
+                       relative=relative, eval_every=eval_every)
+
+    # ---- curvature
+    def hessian(self, theta: Any = None, subnet: Selector | None = None, *, dtype: torch.dtype | None = None,
+                hvp: str = "auto", graph: str = "auto", graph_bytes: int = DEFAULT_GRAPH_BYTES) -> HessianOperator:
+        """The Hessian of the empirical error at ``theta`` as a matrix-free operator: see
+        :func:`landprobe.curvature.hessian.hessian`.
+
+        Example:
+            >>> import torch, landprobe as lp
+            >>> model = torch.nn.Linear(1, 1, bias=False)                    # y_hat = w * x
+            >>> data = [(torch.ones(4, 1), torch.zeros(4, 1))]                # L(w) = w**2, so H = 2
+            >>> lp.LandscapeProbe(model, torch.nn.MSELoss(), data).hessian().top_eigenvalues().values.tolist()
+            [2.0]
+        """
+        return hessian(self.engine, theta, subnet, dtype=dtype, hvp=hvp, graph=graph, graph_bytes=graph_bytes)

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from landprobe._results import Result, require_matplotlib
+from landprobe.common.results import Result, require_matplotlib
 from landprobe.params import ParamVector, Selector, select
-from landprobe.probes._engine import ModelGuard, call_model, to_device, unpack_batch
-from landprobe.probes.landscape import _dist_info
+from landprobe.common.distributed import merge_across_ranks, rank_and_world
+from landprobe.engine import Engine, HasEngine, as_engine, progress
 
 __all__ = ["PerturbationResult", "perturb"]
 
@@ -112,17 +112,7 @@ class PerturbationResult(Result):
         return ax
 
 
-def _cycle(data):
-    while True:
-        empty = True
-        for batch in data:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError("data yielded no batch: pass a non-empty DataLoader or list of (x, y) pairs")
-
-
-def perturb(self, optimizer: torch.optim.Optimizer | Callable[[list], torch.optim.Optimizer], scale: float = 0.1,
+def perturb(engine: Engine | HasEngine, optimizer: torch.optim.Optimizer | Callable[[list], torch.optim.Optimizer], scale: float = 0.1,
             steps: int = 20, repeats: int = 5, seed: int = 0, loss_fn: Callable | None = None, *,
             subnet: Selector | None = None, relative: bool = True, eval_every: int | None = None
             ) -> PerturbationResult:
@@ -184,8 +174,8 @@ def perturb(self, optimizer: torch.optim.Optimizer | Callable[[list], torch.opti
         >>> probe.loss() == r.base_loss                                # the model is as it was
         True
     """
-    model = self.model
-    engine = self.engine
+    engine = as_engine(engine)
+    model = engine.model
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0):
         raise ValueError(f"scale={scale!r}; expected a finite number >= 0 (e.g. 0.1: noise of 10% of each "
                          f"tensor's norm)")
@@ -195,7 +185,7 @@ def perturb(self, optimizer: torch.optim.Optimizer | Callable[[list], torch.opti
         raise ValueError(f"repeats={repeats!r}; expected an integer >= 1")
     if eval_every is not None and (not isinstance(eval_every, int) or eval_every < 1):
         raise ValueError(f"eval_every={eval_every!r}; expected None or an integer >= 1")
-    train_loss = self.loss_fn if loss_fn is None else loss_fn
+    train_loss = engine.loss_fn if loss_fn is None else loss_fn
     if not callable(train_loss) or isinstance(train_loss, type):
         raise TypeError(f"loss_fn must be a callable loss(out, y) instance, got {train_loss!r}")
 
@@ -226,26 +216,16 @@ def perturb(self, optimizer: torch.optim.Optimizer | Callable[[list], torch.opti
     grads = [p.grad for p in params]
     state_tensors = list(model.parameters()) + list(model.buffers())
     try:
-        with ModelGuard(model):
+        with engine.guard("perturb"):
             start = [t.detach().clone() for t in state_tensors]
             engine.set_eval_modes()
             base = engine.evaluate().loss
             seeds = np.random.SeedSequence(int(seed)).generate_state(2 * repeats)
-            rank, world = _dist_info()
-            for r in range(rank, repeats, world):
+            rank, world = rank_and_world()
+            for r in progress(range(rank, repeats, world), "perturb", enabled=engine.progress, unit="repeat"):
                 with torch.no_grad():
                     torch._foreach_copy_([t.data for t in state_tensors], start)
-                    vec = ParamVector({n: p.detach() for n, p in zip(pnames, noisy)})
-                    theta_norm = vec.norm()
-                    noise = vec.randn_like(int(seeds[2 * r]))
-                    if relative:
-                        sig = [scale * float(t.double().norm()) / math.sqrt(max(t.numel(), 1)) for t in vec.tensors]
-                    else:
-                        sig = [float(scale)] * len(vec)
-                    for e, s in zip(noise.tensors, sig):
-                        e.mul_(s)
-                    torch._foreach_add_([p.data for p in noisy], noise.tensors)
-                    noise_norms[r] = noise.norm() / theta_norm if theta_norm > 0 else float("nan")
+                    noise_norms[r] = _add_noise(pnames, noisy, int(seeds[2 * r]), float(scale), relative)
                 torch.manual_seed(int(seeds[2 * r + 1]))
                 for p in params:
                     p.grad = None
@@ -257,28 +237,7 @@ def perturb(self, optimizer: torch.optim.Optimizer | Callable[[list], torch.opti
                     if not isinstance(opt, torch.optim.Optimizer):
                         raise TypeError(f"the optimizer factory returned a {type(opt).__name__}, not a "
                                         f"torch.optim.Optimizer; e.g. lambda params: torch.optim.SGD(params, lr=0.01)")
-                col = 0
-                engine.set_eval_modes()
-                losses[r, col] = engine.evaluate().loss
-                col += 1
-                batches = _cycle(self.data)
-                for s in range(1, steps + 1):
-                    model.train()
-                    x, y = _unpack(next(batches), engine)
-                    opt.zero_grad(set_to_none=True)
-                    with engine.autocast():
-                        out = call_model(model, x)
-                        loss = train_loss(out, y)
-                    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                        raise ValueError("loss_fn must return a scalar tensor (a mean-reduced loss); got "
-                                         f"{type(loss).__name__}")
-                    loss.backward()
-                    opt.step()
-                    train_losses[r, s - 1] = float(loss.detach())
-                    if s in eval_steps:
-                        engine.set_eval_modes()
-                        losses[r, col] = engine.evaluate().loss
-                        col += 1
+                _retrain(engine, opt, loss_fn, eval_steps, losses[r], train_losses[r])
                 del opt
     finally:
         for p, g in zip(params, grads):
@@ -286,14 +245,10 @@ def perturb(self, optimizer: torch.optim.Optimizer | Callable[[list], torch.opti
         if user_opt:
             optimizer.__dict__.clear()
             optimizer.__dict__.update(opt_attrs)
-    if world > 1:
-        mine = {r: (losses[r], train_losses[r], noise_norms[r]) for r in range(rank, repeats, world)}
-        gathered: list[Any] = [None] * world
-        torch.distributed.all_gather_object(gathered, mine)
-        for part in gathered:
-            for r, (lo, tr, nn_) in part.items():
-                losses[r], train_losses[r], noise_norms[r] = lo, tr, nn_
-    settings = self._settings(probe="perturb", scale=float(scale), relative=relative, steps=steps, repeats=repeats,
+    mine = {r: (losses[r], train_losses[r], noise_norms[r]) for r in range(rank, repeats, world)}
+    for r, (lo, tr, nn_) in merge_across_ranks(mine).items():
+        losses[r], train_losses[r], noise_norms[r] = lo, tr, nn_
+    settings = engine.settings(probe="perturb", scale=float(scale), relative=relative, steps=steps, repeats=repeats,
                               seed=int(seed), subnet=subnet if isinstance(subnet, (str, type(None))) else pnames,
                               optimizer=type(optimizer).__name__ if user_opt else "factory",
                               eval_every=eval_every, noise="per-tensor relative" if relative else "absolute",
@@ -302,6 +257,34 @@ def perturb(self, optimizer: torch.optim.Optimizer | Callable[[list], torch.opti
                               losses=losses, train_losses=train_losses, noise_norms=noise_norms, settings=settings)
 
 
-def _unpack(batch: Any, engine) -> tuple[Any, Any]:
-    x, y = unpack_batch(batch)
-    return to_device(x, engine.device), to_device(y, engine.device)
+def _add_noise(pnames: list[str], noisy: list[torch.Tensor], seed: int, scale: float, relative: bool) -> float:
+    """Add Gaussian noise to ``noisy`` in place (per-tensor relative or absolute σ); return
+    ‖noise‖ / ‖θ‖ (NaN at θ = 0)."""
+    vec = ParamVector({n: p.detach() for n, p in zip(pnames, noisy)})
+    theta_norm = vec.norm()
+    noise = vec.randn_like(seed)
+    if relative:
+        sig = [scale * float(t.double().norm()) / math.sqrt(max(t.numel(), 1)) for t in vec.tensors]
+    else:
+        sig = [scale] * len(vec)
+    for e, s in zip(noise.tensors, sig):
+        e.mul_(s)
+    torch._foreach_add_([p.data for p in noisy], noise.tensors)
+    return noise.norm() / theta_norm if theta_norm > 0 else float("nan")
+
+
+def _retrain(engine: Engine, opt: torch.optim.Optimizer, loss_fn: Callable | None, eval_steps: list[int],
+             losses: np.ndarray, train_losses: np.ndarray) -> None:
+    """Measure, train ``len(train_losses)`` steps on the cycled data, measuring at ``eval_steps``;
+    fills ``losses`` and ``train_losses`` in place."""
+    engine.set_eval_modes()
+    losses[0] = engine.evaluate().loss
+    col = 1
+    batches = engine.batch_cycle()
+    for s in range(1, len(train_losses) + 1):
+        batch, _ = next(batches)
+        train_losses[s - 1] = engine.train_step(batch, opt, loss_fn)
+        if s in eval_steps:
+            engine.set_eval_modes()
+            losses[col] = engine.evaluate().loss
+            col += 1

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from landprobe._results import Result, require_matplotlib
+from landprobe.common.results import Result, require_matplotlib
+from landprobe.engine import Engine, HasEngine, as_engine
 from landprobe.params import ParamVector, Selector, as_param_vector, select
 
 __all__ = ["Surface", "plane", "grid_axis"]
@@ -204,7 +205,7 @@ def _direction(value: Any, model, names: list[str], what: str) -> ParamVector:
 
 
 # --------------------------------------------------------------------------- the probe method
-def plane(self, center: Any = None, directions: Sequence[Any] | None = None, span: Any = None, steps: Any = 21,
+def plane(engine: Engine | HasEngine, center: Any = None, directions: Sequence[Any] | None = None, span: Any = None, steps: Any = 21,
           normalization: str | None = "auto", subnet: Selector | None = None, seed: int = 0, *,
           one_d: str = "zero", through: Sequence[Any] | None = None, margin: float = 0.25) -> Surface:
     """Evaluate the empirical error on a plane θ(x, y) = center + x·d₁ + y·d₂.
@@ -288,14 +289,15 @@ def plane(self, center: Any = None, directions: Sequence[Any] | None = None, spa
         >>> t.anchors["c"], t.anchor_losses["b"]                       # c - a = 0.5 u + 0.5 v; L(b) = 4/2
         ([0.5, 0.5], 2.0)
     """
-    model = self.model
+    engine = as_engine(engine)
+    model = engine.model
     nx, ny = _parse_steps(steps)
     if normalization not in _NORMALIZATIONS + ("auto",):
         raise ValueError(f"normalization={normalization!r}; expected 'auto', 'filter' (Li et al. 2018, §4), "
                          f"'layer', 'model' or None")
     if one_d not in ("zero", "filter", "copy", "keep"):
         raise ValueError(f"one_d={one_d!r}; expected 'zero' (Li et al.), 'filter', 'copy' or 'keep'")
-    names = self._state_names()                       # parameters (+ floating buffers under bn='eval')
+    names = engine.state_names()                       # parameters (+ floating buffers under bn='eval')
     pnames = select(model, subnet)                    # the parameters that move
     anchors: dict[str, list[float]] = {}
     info: dict[str, Any] = {}
@@ -316,7 +318,7 @@ def plane(self, center: Any = None, directions: Sequence[Any] | None = None, spa
                                                               if isinstance(through, (tuple, list)) else ""))
         # clones: a module argument may be the probed model itself, whose tensors the sweep overwrites
         va, vb, vc = (as_param_vector(t, model, names=names, what=w).clone() for t, w in zip(through, "abc"))
-        moving = set(pnames) | (set(self._state_names(subnet)) - set(select(model, None)))
+        moving = set(pnames) | (set(engine.state_names(subnet)) - set(select(model, None)))
         u = ParamVector({n: (tb - ta) if n in moving else torch.zeros_like(ta)
                          for n, ta, tb in zip(names, va.tensors, vb.tensors)})
         w = ParamVector({n: (tc - ta) if n in moving else torch.zeros_like(ta)
@@ -419,13 +421,13 @@ def plane(self, center: Any = None, directions: Sequence[Any] | None = None, spa
     grid_has = {p: k for k, p in enumerate(points)}
     extra = [p for p in extra if p not in grid_has]
     all_points = points + extra
-    evals = self._sweep(names, [writer(x, y) for x, y in all_points], "plane")
+    evals = engine.sweep(names, [writer(x, y) for x, y in all_points], "plane")
     at = {p: evals[k] for k, p in enumerate(all_points)}
     losses = np.array([e.loss for e in evals[:len(points)]]).reshape(ny, nx)
     stderr = np.array([e.stderr for e in evals[:len(points)]]).reshape(ny, nx)
     anchor_losses = {k: float(at[(float(v[0]), float(v[1]))].loss) for k, v in anchors.items()}
     center_loss = anchor_losses.get("center", anchor_losses.get("a"))
-    settings = self._settings(probe="plane", directions=kind, normalization=norm_used, one_d=one_d,
+    settings = engine.settings(probe="plane", directions=kind, normalization=norm_used, one_d=one_d,
                               seed=int(seed) if kind == "random" else None, span=[list(xr), list(yr)],
                               steps=[nx, ny], subnet=_subnet_label(model, subnet),
                               margin=float(margin) if kind == "through" else None, **info)

@@ -7,12 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from landprobe._results import Result, require_matplotlib
+from landprobe.common.results import Result, require_matplotlib
 
 __all__ = ["Curve"]
 
 
-def _chord_barrier(alphas: np.ndarray, losses: np.ndarray, loss_a: float, loss_b: float) -> tuple[float, float]:
+def chord_barrier(alphas: np.ndarray, losses: np.ndarray, loss_a: float, loss_b: float) -> tuple[float, float]:
     inside = (alphas >= 0.0) & (alphas <= 1.0)
     al, lo = alphas[inside], losses[inside]
     excess = lo - ((1.0 - al) * loss_a + al * loss_b)
@@ -56,11 +56,11 @@ class Curve(Result):
 
     @property
     def barrier(self) -> float:
-        return _chord_barrier(self.alphas, self.losses, self.loss_a, self.loss_b)[0]
+        return chord_barrier(self.alphas, self.losses, self.loss_a, self.loss_b)[0]
 
     @property
     def argmax_alpha(self) -> float:
-        return _chord_barrier(self.alphas, self.losses, self.loss_a, self.loss_b)[1]
+        return chord_barrier(self.alphas, self.losses, self.loss_a, self.loss_b)[1]
 
     def plot(self, ax=None, *, errorbars: bool = True, chord: bool = True, **kwargs):
         """Plot loss against alpha (matplotlib); returns the axes.

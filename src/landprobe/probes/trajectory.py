@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landprobe._io import atomic_torch_save
-from landprobe._results import Result, require_matplotlib
+from landprobe.common.io import atomic_torch_save
+from landprobe.common.results import Result, require_matplotlib
 from landprobe.params import ParamVector, Selector, as_param_vector, select
 
 __all__ = ["TrajectoryRecorder", "TrajectoryPCA", "TrajectoryMDS", "classical_mds"]

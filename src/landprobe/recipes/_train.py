@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from landprobe._io import atomic_torch_save, atomic_write
+from landprobe.common.io import atomic_torch_save, atomic_write
 
 __all__ = ["TrainSpec", "Trainer", "steps_for_epochs", "hoyer", "population_sparseness_sums", "build_model"]
 
@@ -316,7 +316,7 @@ class Trainer:
         self._acc = torch.zeros(3, dtype=torch.float64)  # Σ n·L1, Σ n·L2, Σ n over the epoch
         self._epoch_seconds = 0.0
         if spec.amp == "bf16":
-            from landprobe._hardware import warn_if_slow_autocast
+            from landprobe.common.hardware import warn_if_slow_autocast
 
             warn_if_slow_autocast(self.device, torch.bfloat16, "amp='bf16'")
         self.total_steps = steps_for_epochs(spec.epochs, self.pool_size, spec.batch_size)

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import torch
 
-from landprobe._io import save_json
+from landprobe.common.io import save_json
 from landprobe.recipes._train import RecipeLoss, Trainer, TrainSpec, build_model
 
 __all__ = ["demo"]
@@ -127,8 +127,8 @@ def _demo(out, settings, steps, points, extend, width, seed, amp, progress, verb
                      "batch_size": _DEMO_SPEC["batch_size"], "data": "embedded sample (train x2, val x2)",
                      "parameters": sum(p.numel() for p in model.parameters())},
     }
-    from landprobe._io import atomic_write
-    from landprobe._results import require_matplotlib
+    from landprobe.common.io import atomic_write
+    from landprobe.common.results import require_matplotlib
 
     out.mkdir(parents=True, exist_ok=True)
     written = [curve_path]

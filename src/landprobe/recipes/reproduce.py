@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from landprobe._io import load_json, save_json
+from landprobe.common.io import load_json, save_json
 from landprobe.recipes._train import SUBNETS, Trainer, TrainSpec
 
 __all__ = ["reproduce", "summarize", "summarize_seeds", "PRESETS", "SETTINGS"]
@@ -287,7 +287,7 @@ def _install_monitor(trainer: Trainer, out_dir: Path, options: dict[str, Any], r
     ``TrajectoryRecorder.from_directory``) and a :class:`landprobe.monitor.LandscapeMonitor`
     record (``monitor/monitor.json``) on a fixed set of 256 training patches, with the study's
     loss at α = 0.5 (fixed, so the records are comparable across epochs)."""
-    from landprobe._io import atomic_torch_save
+    from landprobe.common.io import atomic_torch_save
     from landprobe.monitor import LandscapeMonitor
     from landprobe.recipes._train import RecipeLoss
 
@@ -524,7 +524,7 @@ def summarize_seeds(outs: Sequence[str | os.PathLike], out: str | os.PathLike | 
     dest = Path(out) if out is not None else outs[0].parent
     save_json(dest / "seeds_summary.json", result)
     if figures:
-        from landprobe._results import require_matplotlib
+        from landprobe.common.results import require_matplotlib
 
         plt = require_matplotlib()
         fig, ax = plt.subplots(figsize=(6.5, 3.8))
@@ -549,7 +549,7 @@ _LABELS = {"all-l2": "All-L2", "mix": "Mix", "all-l1": "All-L1"}
 
 
 def _figures(out: Path, hist, epochs, stages, bicubic) -> None:
-    from landprobe._results import require_matplotlib
+    from landprobe.common.results import require_matplotlib
 
     plt = require_matplotlib()
     # PSNR per stage (Figures 2-5 of the study)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-__all__ = ["atomic_write", "save_json", "load_json", "atomic_torch_save", "to_jsonable"]
+__all__ = ["atomic_write", "save_json", "load_json", "atomic_torch_save", "to_jsonable", "restore_floats"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, binary: bool = False) -> Path:
@@ -81,3 +81,14 @@ def load_json(path: str | os.PathLike) -> Any:
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` through :func:`atomic_write`; load back with ``weights_only=True``."""
     return atomic_write(path, lambda fh: torch.save(obj, fh), binary=True)
+
+
+def restore_floats(obj: Any) -> Any:
+    """The inverse of :func:`to_jsonable` for floats: "nan", "inf" and "-inf" back to floats."""
+    if isinstance(obj, dict):
+        return {k: restore_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [restore_floats(v) for v in obj]
+    if obj in ("nan", "inf", "-inf"):
+        return float(obj)
+    return obj

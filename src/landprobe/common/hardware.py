@@ -22,7 +22,7 @@ def cpu_has_native_bf16() -> bool | None:
     has neither, None if this build of PyTorch cannot tell (other architectures).
 
     Example:
-        >>> from landprobe._hardware import cpu_has_native_bf16
+        >>> from landprobe.common.hardware import cpu_has_native_bf16
         >>> cpu_has_native_bf16() in (True, False, None)
         True
     """
@@ -45,7 +45,7 @@ def warn_if_slow_autocast(device: torch.device | str, dtype: torch.dtype | None,
 
     Example:
         >>> import torch
-        >>> from landprobe._hardware import warn_if_slow_autocast
+        >>> from landprobe.common.hardware import warn_if_slow_autocast
         >>> warn_if_slow_autocast("cpu", None, "dtype=None")         # float32: never a warning
     """
     device = torch.device(device)

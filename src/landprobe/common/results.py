@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from landprobe._io import load_json, save_json, to_jsonable
+from landprobe.common.io import load_json, save_json, to_jsonable
 
 __all__ = ["Result", "require_matplotlib"]
 

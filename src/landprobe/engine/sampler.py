@@ -1,0 +1,98 @@
+"""Seeded random batches for precision-targeted evaluation (``precision=``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from landprobe.engine.contract import Contract, batch_size
+
+__all__ = ["PrecisionSampler"]
+
+
+class PrecisionSampler:
+    """Seeded random batches for precision-targeted evaluation.
+
+    The same random order serves every point of a probe (common random numbers: differences
+    between points, such as barriers, are measured on the same samples).
+    """
+
+    def __init__(self, data: Any, precision: float, min_batches: int, batch_size_: int | None, seed: int,
+                 control: Callable | None = None, contract: Contract | None = None):
+        from torch.utils.data import DataLoader, Dataset, IterableDataset
+        from torch.utils.data._utils.collate import default_collate
+
+        if not (isinstance(precision, (int, float)) and 0 < precision < 1 and math.isfinite(precision)):
+            raise ValueError(f"precision={precision!r}; expected a relative error in (0, 1), e.g. 0.01 for ±1% (2σ)")
+        if not isinstance(min_batches, int) or min_batches < 2:
+            raise ValueError(f"min_batches={min_batches!r}; expected an integer >= 2 (a standard error needs two batches)")
+        self.precision, self.min_batches = float(precision), min_batches
+        self.control = control
+        self.contract = contract
+        if control is not None and contract is not None and contract.whole:
+            raise ValueError("control= reads (inputs, targets) pairs; it cannot be combined with a BatchLoss")
+        self._control_means: tuple[np.ndarray, np.ndarray] | None = None
+        gen = torch.Generator().manual_seed(int(seed))
+        if isinstance(data, DataLoader):
+            if isinstance(data.dataset, IterableDataset):
+                raise ValueError("precision= needs random access to the data: a DataLoader over a map-style "
+                                 "Dataset, a Dataset, or a list of (x, y) batches; got an IterableDataset")
+            dataset, bs, collate = data.dataset, batch_size_ or data.batch_size or 1, data.collate_fn
+        elif isinstance(data, (list, tuple)):
+            self._mode = "batches"
+            self._batches = data
+            self._order = torch.randperm(len(data), generator=gen).tolist()
+            self.population = sum((contract or Contract(None)).samples(b) for b in data)
+            return
+        elif isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+            dataset, bs, collate = data, batch_size_ or 64, default_collate
+        else:
+            raise ValueError(f"precision= needs random access to the data (a list of batches, a map-style "
+                             f"Dataset or a DataLoader over one); got {type(data).__name__}")
+        self._mode = "samples"
+        self._dataset, self._bs, self._collate = dataset, int(bs), collate
+        self.population = len(dataset)
+        self._order = torch.randperm(len(dataset), generator=gen).tolist()
+
+    def batches(self):
+        if self._mode == "batches":
+            for i in self._order:
+                yield self._batches[i]
+            return
+        for i in range(0, len(self._order), self._bs):
+            yield self._collate([self._dataset[j] for j in self._order[i:i + self._bs]])
+
+    def control_means(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-batch covariate means in the sampling order, ``(batches, k)``, and the exact
+        population mean ``(k,)``: one pass of ``control`` over all the data, once per probe."""
+        if self._control_means is None:
+            rows, sizes = [], []
+            with torch.inference_mode():
+                for batch in self.batches():
+                    x, y = Contract.unpack(batch)
+                    c = self.control(x, y)
+                    n = batch_size(x)
+                    if not isinstance(c, Tensor) or c.dim() not in (1, 2) or c.shape[0] != n:
+                        got = f"shape {tuple(c.shape)}" if isinstance(c, Tensor) else type(c).__name__
+                        raise ValueError(
+                            f"control(x, y) must return a tensor of per-sample covariates, shape ({n},) or "
+                            f"({n}, k) for a batch of {n}; got {got}"
+                        )
+                    c = c.detach().to("cpu", torch.float64).reshape(n, -1)
+                    if not torch.isfinite(c).all():
+                        raise ValueError("control(x, y) returned NaN or inf; covariates must be finite")
+                    rows.append(c.mean(0).numpy())
+                    sizes.append(n)
+            per_batch = np.stack(rows)
+            w = np.asarray(sizes, dtype=np.float64)
+            self._control_means = (per_batch, (w[:, None] * per_batch).sum(0) / w.sum())
+            # The residual variance needs degrees of freedom, or the stopping rule stops on an
+            # underestimate: with k covariates at least 4(k + 1) batches (measured: 2σ bars
+            # covered 79% of 200 seeded runs at k + 1 batches, 94% at 4(k + 1), plain 93%).
+            self.min_batches = max(self.min_batches, 4 * (per_batch.shape[1] + 1))
+        return self._control_means

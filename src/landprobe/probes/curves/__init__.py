@@ -1,0 +1,13 @@
+"""Paths between minima: fitted curves (Bezier, polychain), AutoNEB and level-set searches.
+
+Import order inside: ``path`` (the result) <- ``common`` (measurement, coefficients,
+checkpoint fingerprints) <- ``neb`` <- ``connect``; ``levelset`` beside them. Every pass over
+the data goes through the engine.
+"""
+
+from landprobe.probes.curves.connect import connect
+from landprobe.probes.curves.levelset import LevelSet, level_set
+from landprobe.probes.curves.neb import auto_neb, paper_schedule
+from landprobe.probes.curves.path import Path
+
+__all__ = ["Path", "LevelSet", "connect", "auto_neb", "paper_schedule", "level_set"]

@@ -1,0 +1,139 @@
+"""What the path searches share: endpoints, the path's measurement through the engine,
+curve coefficients, checkpoint fingerprints and the optimizers of fits."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from landprobe.engine import Engine
+from landprobe.params import ParamVector
+from landprobe.probes.curves.path import Path
+
+__all__ = ["check_fingerprint", "endpoints", "polychain_coeffs", "bezier_coeffs", "evaluate_path", "grid",
+           "make_optimizer"]
+
+
+def check_fingerprint(path, saved: dict, fingerprint: dict, what: str) -> None:
+    """Raise ValueError naming the settings in which a checkpoint differs from this call."""
+    def same(x, y):
+        if isinstance(x, float) and isinstance(y, float):
+            return math.isclose(x, y, rel_tol=1e-12)
+        return x == y
+    diff = [k for k in fingerprint if k not in saved or not same(saved[k], fingerprint[k])]
+    if diff:
+        detail = ", ".join(f"{k}: file {saved.get(k)!r}, this call {fingerprint[k]!r}" for k in diff)
+        raise ValueError(
+            f"checkpoint {str(path)!r} belongs to another {what} run ({detail}); pass the same "
+            f"endpoints and settings to resume it, or another checkpoint path to start afresh."
+        )
+
+
+def resume_connect(path, fingerprint: dict, leaves: list[Tensor], opt, gen: torch.Generator,
+                    train_losses: list[float]) -> int:
+    """Load a connect() checkpoint into the bends, optimizer and generator; return its step."""
+    state = torch.load(path, weights_only=True)
+    check_fingerprint(path, state.get("fingerprint", {}) if isinstance(state, dict) else {}, fingerprint,
+                       "connect()")
+    with torch.no_grad():
+        for t, v in zip(leaves, state["bends"]):
+            t.copy_(v)
+    opt.load_state_dict(state["optimizer"])
+    gen.set_state(state["generator"])
+    train_losses[:] = list(state["train_losses"])
+    return int(state["step"])
+
+
+def endpoints(engine: Engine, a: Any, b: Any) -> tuple[list[str], ParamVector, ParamVector, list[str], list[str]]:
+    """Endpoints over the engine's state names; parameter names and buffer names apart."""
+    names = engine.state_names()
+    va = engine.as_point(a, "a", names)
+    vb = engine.as_point(b, "b", names)
+    pnames = engine.parameter_names()
+    bnames = [n for n in names if n not in set(pnames)]
+    return names, va, vb, pnames, bnames
+
+
+def polychain_coeffs(knots: np.ndarray, t: float) -> list[tuple[int, float]]:
+    """Nonzero weights of the points of a polygonal chain with ``knots`` at ``t``."""
+    n = len(knots)
+    j = int(np.searchsorted(knots, t, side="right")) - 1
+    j = min(max(j, 0), n - 2)
+    lo, hi = knots[j], knots[j + 1]
+    s = 0.0 if hi <= lo else (t - lo) / (hi - lo)
+    s = min(max(s, 0.0), 1.0)
+    if s == 0.0:
+        return [(j, 1.0)]
+    if s == 1.0:
+        return [(j + 1, 1.0)]
+    return [(j, 1.0 - s), (j + 1, s)]
+
+
+def bezier_coeffs(degree: int, t: float) -> list[tuple[int, float]]:
+    out = [(i, math.comb(degree, i) * t**i * (1.0 - t) ** (degree - i)) for i in range(degree + 1)]
+    return [(i, c) for i, c in out if c != 0.0]
+
+
+def evaluate_path(engine: Engine, *, names, va, vb, pnames, points: Sequence[ParamVector], coeffs: Callable,
+                   ts: np.ndarray, knots: np.ndarray, method: str, settings: dict) -> Path:
+    """Measure the empirical error at θ(t) = Σ_i c_i(t)·points[i] for each t, through the engine.
+
+    Floating buffers (under ``bn='eval'``) follow the chord: (1 − t)·buf(a) + t·buf(b).
+    """
+    np_ = len(pnames)
+    ptensors = [p.tensors for p in points]
+    buf_a, buf_b = va.tensors[np_:], vb.tensors[np_:]
+
+    def theta(t: float) -> list[Tensor]:
+        cs = coeffs(t)
+        if len(cs) == 1:
+            return list(ptensors[cs[0][0]])
+        acc = list(torch._foreach_mul(ptensors[cs[0][0]], cs[0][1]))
+        for i, c in cs[1:]:
+            torch._foreach_add_(acc, ptensors[i], alpha=c)
+        return acc
+
+    def writer(t: float):
+        def write(targets: list[Tensor]) -> None:
+            torch._foreach_copy_(targets[:np_], theta(t))
+            if buf_a:
+                torch._foreach_copy_(targets[np_:], buf_a)
+                if t != 0.0:
+                    torch._foreach_lerp_(targets[np_:], buf_b, t)
+        return write
+
+    evals = engine.sweep(names, [writer(float(t)) for t in ts], method)
+    losses = np.array([e.loss for e in evals])
+    stderr = np.array([e.stderr for e in evals])
+    length = 0.0
+    with torch.no_grad():
+        prev = ParamVector._wrap(list(pnames), theta(float(ts[0])))
+        for t in ts[1:]:
+            cur = ParamVector._wrap(list(pnames), theta(float(t)))
+            length += (cur - prev).norm()
+            prev = cur
+    knot_losses = np.array([losses[int(np.argmin(np.abs(ts - k)))] for k in knots]) if len(knots) else np.zeros(0)
+    return Path(ts=ts, losses=losses, stderr=stderr, loss_a=float(losses[0]), loss_b=float(losses[-1]),
+                knots=np.asarray(knots, dtype=np.float64), knot_losses=knot_losses, length=float(length),
+                method=method, settings=settings, points=tuple(points))
+
+
+def grid(eval_points: int, knots: np.ndarray) -> np.ndarray:
+    ts = np.union1d(np.linspace(0.0, 1.0, eval_points), np.asarray(knots, dtype=np.float64))
+    ts[0], ts[-1] = 0.0, 1.0
+    return ts
+
+
+def make_optimizer(kind: str, tensors: list[Tensor], lr: float, momentum: float):
+    if kind == "sgd":
+        return torch.optim.SGD(tensors, lr=lr, momentum=momentum)
+    if kind == "adam":
+        return torch.optim.Adam(tensors, lr=lr)
+    raise ValueError(f"optimizer={kind!r}; expected 'sgd' (with momentum) or 'adam'")
+
+

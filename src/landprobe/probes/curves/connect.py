@@ -1,0 +1,233 @@
+"""Curves of low error between two minima (Garipov et al. 2018).
+
+``probe.connect(a, b)`` fits a Bezier curve or a polygonal chain with trainable bend points
+between two parameter sets ``a`` and ``b`` of the probed model, then measures the empirical
+error along the fitted curve through the probe's engine. ``method="neb"`` hands over to
+AutoNEB (:func:`landprobe.probes.curves.neb.auto_neb`), which returns the same :class:`Path`.
+
+The model is called through ``torch.func.functional_call`` with the curve's parameters: no
+layer of the user's model is rewritten, and the model is restored exactly afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path as _FilePath
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from landprobe.common.checks import check_int, check_positive
+from landprobe.common.io import atomic_torch_save
+from landprobe.engine import Engine, HasEngine, as_engine, progress
+from landprobe.params import ParamVector
+from landprobe.probes.curves.common import (bezier_coeffs, endpoints, evaluate_path, grid, make_optimizer,
+                                            polychain_coeffs, resume_connect)
+from landprobe.probes.curves.neb import auto_neb
+from landprobe.probes.curves.path import Path
+
+__all__ = ["connect"]
+
+
+def connect(engine: Engine | HasEngine, a: Any, b: Any, method: str = "bezier", bends: int = 1, steps: int = 1000, lr: float = 0.01,
+            optimizer: str = "sgd", *, momentum: float = 0.9, t_samples: int = 1, eval_points: int = 61,
+            seed: int = 0, checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 50,
+            **neb_kwargs: Any) -> Path:
+    """Fit a low-error curve between ``a`` and ``b`` and measure the error along it (Garipov et al. 2018).
+
+    The curve φ(t), t in [0, 1], starts at ``a`` and ends at ``b`` (both fixed) and bends
+    through trainable points, initialised evenly on the segment (one bend: the midpoint):
+
+    - ``"bezier"``: φ(t) = Σ_i C(n, i)·tⁱ(1 − t)ⁿ⁻ⁱ·P_i with P_0 = a, P_1..P_bends the bends,
+      P_n = b, n = bends + 1 (one bend: Garipov et al.'s quadratic Bezier curve);
+    - ``"polychain"``: straight segments from a through the bends to b, the i-th bend at
+      t = i / (bends + 1);
+    - ``"neb"``: AutoNEB (Draxler et al. 2018), see :func:`landprobe.probes.curves.neb.auto_neb`;
+      ``bends`` is ignored, ``steps``, ``lr``, ``momentum``, ``eval_points`` and ``seed`` are
+      passed on with the keyword arguments ``neb_kwargs``.
+
+    Training minimises E_{t ~ U(0, 1)} L(φ(t)): each of ``steps`` steps draws ``t_samples``
+    values of t (from its own generator seeded with ``seed``; the global RNG is untouched),
+    takes the next batch of the probe's data (cycled) and averages ``loss_fn`` over the t's.
+    The model is called with ``torch.func.functional_call`` on φ(t): no layer is rewritten,
+    and gradients flow to the bends only. During training the modules are in eval mode
+    (dropout off) except BatchNorm, which normalises with each batch's statistics (as in
+    training); the probe's ``bn`` mode applies to the measurement afterwards, where
+    ``bn="recompute"`` re-estimates the statistics at every evaluated t (recommended for
+    BatchNorm networks; under ``bn="eval"`` the floating buffers follow the chord).
+
+    All parameters of the model move (including those with ``requires_grad=False``); if
+    ``a`` and ``b`` coincide no training is done and the path is that single point.
+
+    Args:
+        a, b: Endpoints: state_dicts, modules or ParamVectors of the probed model.
+        method: ``"bezier"``, ``"polychain"`` or ``"neb"``.
+        bends: Number of trainable bend points, >= 1.
+        steps: Training steps, >= 0 (0: the straight segment).
+        lr: Learning rate.
+        optimizer: ``"sgd"`` (with ``momentum``) or ``"adam"``.
+        momentum: SGD momentum.
+        t_samples: Values of t drawn per step, >= 1.
+        eval_points: Evenly spaced t at which the fitted curve is measured (the polychain's
+            knots are added), >= 2.
+        seed: Seed of the t draws.
+        checkpoint: A file for long runs (``"bezier"``/``"polychain"``): every
+            ``checkpoint_every`` steps the training state (bends, optimizer state, the t
+            generator, step count, losses so far) is written to it atomically; a call that
+            finds the file resumes from it and gives the result an uninterrupted call would
+            (the data iterator is advanced to the same batch). The settings and a fingerprint
+            of the endpoints must match (else ``ValueError``). The file is kept after the
+            run; it loads with ``torch.load(path, weights_only=True)``. ``"neb"`` checkpoints
+            after every cycle instead (see :func:`~landprobe.probes.curves.neb.auto_neb`).
+        checkpoint_every: Steps between checkpoints, >= 1 (bezier/polychain).
+
+    Returns:
+        A :class:`Path`; ``losses[0] == probe.loss(a)`` and ``losses[-1] == probe.loss(b)``.
+        The model is restored exactly afterwards, also on an exception or KeyboardInterrupt.
+
+    Raises:
+        ValueError: For an unknown ``method`` or ``optimizer``, ``bends`` < 1, ``steps`` < 0,
+            ``t_samples`` < 1, ``eval_points`` < 2, a non-positive ``lr``, or endpoints that
+            do not fit the model.
+
+    Example:
+        >>> import torch, landprobe as lp
+        >>> from landprobe.probes import toys
+        >>> from landprobe.probes.curves.connect import connect
+        >>> valley = toys.CurvyValley()                       # minima at (∓5π/2, ∓1), saddle 1.0
+        >>> probe = toys.toy_probe(valley)
+        >>> a, b = valley.minima()
+        >>> straight = probe.interpolate(a, b, steps=401)
+        >>> round(straight.barrier, 2)                        # the segment climbs to 2.977
+        2.98
+        >>> path = connect(probe, a, b, method="polychain", bends=5, steps=300, lr=0.01)
+        >>> bool(path.max_loss < 1.3), bool(path.losses[0] == probe.loss(a))
+        (True, True)
+    """
+    engine = as_engine(engine)
+    if method == "neb":
+        return auto_neb(engine, a, b, steps=steps, lr=lr, momentum=momentum, eval_points=eval_points, seed=seed,
+                        checkpoint=checkpoint, **neb_kwargs)
+    if neb_kwargs:
+        raise TypeError(f"connect() got unexpected keyword arguments {sorted(neb_kwargs)} (they are AutoNEB's: "
+                        f"pass method='neb')")
+    if method not in ("bezier", "polychain"):
+        raise ValueError(f"method={method!r}; expected 'bezier' (Garipov et al.), 'polychain' or 'neb' (AutoNEB)")
+    check_int("bends", bends, 1, "number of trainable bend points")
+    check_int("steps", steps, 0, "training steps")
+    check_int("t_samples", t_samples, 1, "values of t per step")
+    check_int("eval_points", eval_points, 2, "points of the measured grid, both ends included")
+    check_positive("lr", lr, "the learning rate")
+    check_int("checkpoint_every", checkpoint_every, 1, "steps between checkpoints")
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"optimizer={optimizer!r}; expected 'sgd' (with momentum) or 'adam'")
+
+    names, va, vb, pnames, _ = endpoints(engine, a, b)
+    pa, pb = va.subset(pnames), vb.subset(pnames)
+    settings = engine.settings(probe="connect", method=method, bends=bends, steps=steps, lr=lr, optimizer=optimizer,
+                               momentum=momentum, t_samples=t_samples, eval_points=eval_points, seed=seed)
+    curve = _Curve(method, pa, pb, bends)
+    fit = _FitOptions(steps, lr, optimizer, momentum, t_samples, seed, checkpoint, checkpoint_every)
+    with engine.guard(f"connect ({method})"):
+        if not curve.degenerate and steps > 0:
+            settings["train_losses"] = _train(engine, curve, fit, settings)
+        else:
+            settings["train_losses"] = []
+        return evaluate_path(engine, names=names, va=va, vb=vb, pnames=pnames, points=curve.points(),
+                             coeffs=curve.coeffs, ts=grid(eval_points, curve.knots), knots=curve.knots,
+                             method=method, settings=settings)
+
+
+class _Curve:
+    """The curve's points [a, bends..., b] (bends initialised evenly on the segment) and its
+    coefficients c_i(t): θ(t) = Σ_i c_i(t)·points[i]."""
+
+    def __init__(self, method: str, pa: ParamVector, pb: ParamVector, bends: int):
+        self.method = method
+        self.n_points = bends + 2
+        self.ends = {0: pa.tensors, self.n_points - 1: pb.tensors}
+        self.pa, self.pb = pa, pb
+        self.bends = [pa.lerp(pb, i / (self.n_points - 1)).clone() for i in range(1, self.n_points - 1)]
+        self.degenerate = (pa - pb).norm() == 0.0
+        self.knots = np.zeros(0) if method == "bezier" else np.linspace(0.0, 1.0, self.n_points)
+
+    def points(self) -> list[ParamVector]:
+        return [self.pa, *self.bends, self.pb]
+
+    def coeffs(self, t: float) -> list[tuple[int, float]]:
+        if self.degenerate:                   # a single point: no rounding of coefficients summing to 1
+            return [(0, 1.0)]
+        if self.method == "bezier":
+            return bezier_coeffs(self.n_points - 1, t)
+        return polychain_coeffs(self.knots, t)
+
+    def theta(self, t: float) -> list[Tensor]:
+        """θ(t) with the autograd graph to the bends."""
+        theta: list[Tensor] | None = None
+        for i, c in self.coeffs(t):
+            src = self.ends[i] if i in self.ends else self.bends[i - 1].tensors
+            term = torch._foreach_mul(src, c)
+            theta = list(term) if theta is None else list(torch._foreach_add(theta, term))
+        assert theta is not None
+        return theta
+
+
+@dataclass(frozen=True)
+class _FitOptions:
+    steps: int
+    lr: float
+    optimizer: str
+    momentum: float
+    t_samples: int
+    seed: int
+    checkpoint: str | os.PathLike | None
+    checkpoint_every: int
+
+
+def _train(engine: Engine, curve: _Curve, fit: _FitOptions, settings: dict[str, Any]) -> list[float]:
+    """Minimise E_t L(θ(t)) over the bends; resumable from ``fit.checkpoint``. Returns the
+    training losses, one per step. Runs inside the engine's guard."""
+    leaves = [t.requires_grad_(True) for v in curve.bends for t in v.tensors]
+    opt = make_optimizer(fit.optimizer, leaves, fit.lr, fit.momentum)
+    gen = torch.Generator().manual_seed(int(fit.seed))
+    batches = engine.batch_cycle()
+    pa, pb = curve.pa, curve.pb
+    fingerprint = {k: settings[k] for k in ("method", "bends", "steps", "lr", "optimizer", "momentum",
+                                             "t_samples", "seed")}
+    fingerprint.update(n=int(sum(t.numel() for t in pa.tensors)), norm_a=float(pa.norm()),
+                       norm_b=float(pb.norm()), dot_ab=float(pa.dot(pb)))
+    train_losses: list[float] = []
+    first = 0
+    if fit.checkpoint is not None and _FilePath(fit.checkpoint).exists():
+        first = resume_connect(fit.checkpoint, fingerprint, leaves, opt, gen, train_losses)
+        for _ in range(first):                 # the batch the interrupted run would take next
+            next(batches)
+        settings["resumed_at_step"] = first
+    engine.set_fit_modes()
+    try:
+        for step in progress(range(first, fit.steps), f"connect ({curve.method})", enabled=engine.progress,
+                             unit="step"):
+            batch, _ = next(batches)
+            opt.zero_grad(set_to_none=True)
+            total = 0.0
+            for t in torch.rand(fit.t_samples, generator=gen, dtype=torch.float64).tolist():
+                with torch.enable_grad():
+                    loss = engine.fit_loss(curve.theta(t), batch) / fit.t_samples
+                    if loss.requires_grad:
+                        loss.backward()
+                total += float(loss.detach())
+            opt.step()
+            train_losses.append(total)
+            if fit.checkpoint is not None and ((step + 1) % fit.checkpoint_every == 0 or step + 1 == fit.steps):
+                atomic_torch_save({"fingerprint": fingerprint, "step": step + 1,
+                                   "bends": [t.detach().clone() for t in leaves],
+                                   "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                                   "train_losses": list(train_losses)}, fit.checkpoint)
+    finally:
+        for t in leaves:
+            t.requires_grad_(False)
+            t.grad = None
+    return train_losses

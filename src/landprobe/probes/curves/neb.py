@@ -1,0 +1,360 @@
+"""AutoNEB: nudged elastic bands with automatic insertion of images (Draxler et al. 2018).
+
+A chain of images θ_0 = a, θ_1, …, θ_{n−1} = b is relaxed towards the minimum-energy path:
+each interior image follows the loss gradient with its component along the path removed
+(the "nudging" of Henkelman & Jónsson 2000), while the images are kept evenly spaced, either
+by re-spacing them along the chain after every step (spring constant ∞, the setting of
+Draxler et al.'s code) or by spring forces along the tangent (finite ``spring``). Between
+cycles new images are inserted where the loss between two neighbours rises most above
+the straight line between their energies; late cycles let the highest image climb (the
+climbing image of Henkelman et al. 2000), so that it settles on the saddle.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path as _FilePath
+from typing import Any
+
+import numpy as np
+import torch
+
+from landprobe.common.checks import check_int, check_positive
+from landprobe.common.io import atomic_torch_save
+from landprobe.engine import Engine, HasEngine, Progress, as_engine
+from landprobe.params import ParamVector
+from landprobe.probes.curves.common import check_fingerprint, endpoints, evaluate_path, polychain_coeffs
+from landprobe.probes.curves.path import Path
+
+__all__ = ["auto_neb", "paper_schedule"]
+
+
+def paper_schedule(steps: int = 1000, lr: float = 0.1) -> list[dict[str, Any]]:
+    """The cycle schedule of Draxler et al. 2018 (their CIFAR configurations), scaled by ``steps`` and ``lr``.
+
+    14 cycles: 4 of ``steps`` steps at ``lr`` that insert images (the first three evenly,
+    the next two each where the loss rises most), 2 of ``2·steps`` at ``lr``, 4 of ``steps``
+    at ``lr / 10`` and 4 at ``lr / 100``. The climbing image is switched on after the
+    insertion cycles (our choice; their code has no climbing image).
+
+    Example:
+        >>> s = paper_schedule(steps=10, lr=0.1)
+        >>> len(s), [c["steps"] for c in s][:6], s[0]["insert"], s[4]["insert"], s[-1]["lr"]
+        (14, [10, 10, 10, 10, 20, 20], 3, 0, 0.001)
+    """
+    out = []
+    for i in range(14):
+        lr_i = lr if i < 6 else (lr / 10 if i < 10 else lr / 100)
+        out.append({"steps": 2 * steps if i in (4, 5) else steps, "lr": round(lr_i, 12),
+                    "insert": 3 if i == 0 else (2 if i < 4 else 0), "climbing": i >= 4})
+    return out
+
+
+def _save_neb(path, fingerprint: dict, cycle: int, band: list[ParamVector], history: list, consumed: int) -> None:
+    if path is not None:
+        atomic_torch_save({"fingerprint": fingerprint, "cycle": cycle, "consumed": consumed, "history": history,
+                           "interior": [[t.detach().clone() for t in im.tensors] for im in band[1:-1]]}, path)
+
+
+def _distances(images: Sequence[ParamVector]) -> list[float]:
+    return [(images[i + 1] - images[i]).norm() for i in range(len(images) - 1)]
+
+
+def _knots(images: Sequence[ParamVector]) -> np.ndarray:
+    d = np.array(_distances(images))
+    total = d.sum()
+    if total == 0.0:
+        return np.linspace(0.0, 1.0, len(images))
+    k = np.concatenate([[0.0], np.cumsum(d) / total])
+    k[-1] = 1.0
+    return k
+
+
+def _respace(images: list[ParamVector], fixed: set[int]) -> None:
+    """Move the free interior images, in place, to even arc-length spacing between fixed ones."""
+    n = len(images)
+    anchors = sorted({0, n - 1} | fixed)
+    with torch.no_grad():
+        src = [im.clone() for im in images]
+        d = np.array(_distances(src))
+        cum = np.concatenate([[0.0], np.cumsum(d)])
+        for lo, hi in zip(anchors[:-1], anchors[1:]):
+            if hi - lo < 2 or cum[hi] == cum[lo]:
+                continue
+            for i in range(lo + 1, hi):
+                pos = cum[lo] + (cum[hi] - cum[lo]) * (i - lo) / (hi - lo)
+                j = int(np.searchsorted(cum, pos, side="right")) - 1
+                j = min(max(j, 0), n - 2)
+                s = 0.0 if d[j] == 0 else (pos - cum[j]) / d[j]
+                images[i].copy_(src[j].lerp(src[j + 1], float(min(max(s, 0.0), 1.0))))
+
+
+def _tangent(images, i: int, e: Sequence[float]) -> ParamVector:
+    """Upwind tangent of Henkelman & Jónsson 2000, energy-weighted at extrema; unit norm."""
+    prev_d = images[i] - images[i - 1]
+    next_d = images[i + 1] - images[i]
+    ep, ei, en = e[i - 1], e[i], e[i + 1]
+    if en > ei > ep:
+        tau = next_d
+    elif en < ei < ep:
+        tau = prev_d
+    else:
+        dmax, dmin = max(abs(en - ei), abs(ep - ei)), min(abs(en - ei), abs(ep - ei))
+        tau = next_d * dmax + prev_d * dmin if en > ep else next_d * dmin + prev_d * dmax
+    nrm = tau.norm()
+    if nrm == 0.0:
+        tau = images[i + 1] - images[i - 1]
+        nrm = tau.norm()
+    return tau / nrm if nrm > 0 else tau
+
+
+def auto_neb(engine: Engine | HasEngine, a: Any, b: Any, *, images: int | None = None, schedule: Sequence[dict[str, Any]] | None = None,
+             steps: int = 1000, lr: float = 0.1, momentum: float = 0.9, spring: float = math.inf,
+             climbing: bool = True, insert_tol: float = 0.0, sub_points: int = 9, eval_points: int = 61,
+             seed: int = 0, checkpoint: str | os.PathLike | None = None) -> Path:
+    """Minimum-energy path between ``a`` and ``b`` by AutoNEB (Draxler et al. 2018); also ``connect(method="neb")``.
+
+    The band starts as the segment from ``a`` to ``b``; each cycle of the ``schedule`` first
+    inserts images, then runs its steps of SGD with momentum (a new optimizer per cycle) on
+    the interior images. Per step: one batch of the probe's data (cycled) for every image;
+    the loss gradient g_i at each interior image (``torch.func.functional_call``, BatchNorm
+    on batch statistics, dropout off), minus its component along the upwind tangent τ_i
+    (Henkelman & Jónsson 2000); the climbing image (the highest, when the cycle has
+    ``climbing``) instead gets g_i − 2(g_i·τ_i)τ_i and climbs along the path. With
+    ``spring=inf`` the images are then re-spaced evenly along the chain (between climbing
+    images); with a finite spring constant k each non-climbing image gets the spring force
+    k(|θ_{i+1} − θ_i| − |θ_i − θ_{i−1}|)·τ_i instead.
+
+    Insertion: the loss is measured through the engine at ``sub_points`` evenly spaced points
+    inside every segment; the residuum of a point is its loss minus the straight line between
+    the two images' losses. Up to ``insert`` new images go to the points of highest residuum
+    above ``insert_tol``, at most one per segment (the first cycle of the default schedule
+    inserts 3 images evenly instead).
+
+    Args:
+        a, b: Endpoints: state_dicts, modules or ParamVectors of the probed model.
+        images: Interior images of the first cycle, inserted evenly; overrides the first
+            cycle's ``insert`` (default: the schedule's, 3).
+        schedule: A list of cycles, dicts with ``steps``, ``lr``, ``insert`` (how many images
+            to add, evenly in the band's first cycle, by residuum later) and ``climbing``.
+            Default :func:`paper_schedule` ``(steps, lr)``: 14 cycles as Draxler et al.
+        steps, lr: Scale of the default schedule (steps per cycle, first learning rate).
+        momentum: SGD momentum.
+        spring: Spring constant k; ``math.inf`` (default) re-spaces the images evenly.
+        climbing: Allow the climbing image in the cycles that ask for it.
+        insert_tol: Least residuum for an insertion.
+        sub_points: Points measured inside each segment for insertion and for the result.
+        eval_points: Evenly spaced t also measured in the result (the images are added).
+        seed: Unused by the deterministic algorithm; recorded (the data order is the probe's).
+        checkpoint: A file for long runs: after every cycle the band, the cycle index, the
+            history and the number of batches used are written to it atomically; a call that
+            finds it resumes after the last finished cycle and returns what an uninterrupted
+            call would. Settings and an endpoint fingerprint must match (else ``ValueError``);
+            the file is kept and loads with ``torch.load(path, weights_only=True)``.
+
+    Returns:
+        A :class:`~landprobe.probes.curves.Path` with ``method="neb"``: the polychain through
+        the images, ``knots`` their positions (normalised arc length), ``knot_losses`` their
+        energies, ``max_loss`` the saddle estimate (the highest loss measured densely along the
+        chain), ``points`` the images; ``settings["schedule"]`` the cycles run.
+
+    Raises:
+        ValueError: For an empty schedule, a cycle with bad ``steps``/``lr``/``insert``, a
+            spring constant <= 0, ``sub_points`` < 1, or endpoints that do not fit the model.
+
+    Example:
+        >>> from landprobe.probes import toys
+        >>> from landprobe.probes.curves.neb import auto_neb, paper_schedule
+        >>> import torch
+        >>> egg = toys.Eggcarton()                              # E = cos 2πx + cos 2πy
+        >>> probe = toys.toy_probe(egg)
+        >>> a = {"location": torch.tensor([0.5, 0.5], dtype=torch.float64)}     # minima, E = −2
+        >>> b = {"location": torch.tensor([1.5, 2.5], dtype=torch.float64)}
+        >>> round(probe.interpolate(a, b, steps=201).barrier, 2)   # the segment crosses two ridges
+        3.12
+        >>> quick = ([dict(steps=10, lr=0.01, insert=3)] + [dict(steps=10, lr=0.01, insert=2)] * 3
+        ...          + [dict(steps=10, lr=0.001, climbing=True)] * 3)
+        >>> path = auto_neb(probe, a, b, schedule=quick)
+        >>> round(path.barrier, 3)                              # over saddles such as (1, ½): E = 0
+        2.0
+    """
+    engine = as_engine(engine)
+    cycles = _check_schedule(paper_schedule(steps, lr) if schedule is None else schedule, images)
+    if not (isinstance(spring, (int, float)) and spring > 0):
+        raise ValueError(f"spring={spring!r}; expected a spring constant > 0, or math.inf to re-space the images "
+                         f"evenly (Draxler et al.'s setting)")
+    check_int("sub_points", sub_points, 1, "points measured inside each segment")
+    check_int("eval_points", eval_points, 2, "evenly spaced points of the result")
+
+    names, va, vb, pnames, _ = endpoints(engine, a, b)
+    band = _Band(engine, names, va, vb, pnames, sub_points)
+    fingerprint = {"schedule": [dict(c) for c in cycles], "momentum": float(momentum),
+                   "spring": spring if math.isfinite(spring) else "inf", "climbing": bool(climbing),
+                   "insert_tol": float(insert_tol), "sub_points": int(sub_points),
+                   "n": int(sum(t.numel() for t in band.pa.tensors)), "norm_a": float(band.pa.norm()),
+                   "norm_b": float(band.pb.norm()), "dot_ab": float(band.pa.dot(band.pb))}
+    with engine.guard("auto_neb"):
+        batches = engine.batch_cycle()
+        history: list[dict[str, Any]] = []
+        first, consumed = 0, 0
+        if checkpoint is not None and _FilePath(checkpoint).exists():
+            first, consumed, history = band.resume(checkpoint, fingerprint)
+            for _ in range(consumed):               # the batch the interrupted run would take next
+                next(batches)
+        total_steps = sum(c["steps"] for c in cycles[first:])
+        with Progress("AutoNEB", total_steps, enabled=engine.progress, unit="step") as bar:
+            for k in range(first, len(cycles)):
+                cyc = cycles[k]
+                band.insert(cyc["insert"], first_cycle=k == 0, tol=insert_tol)
+                climb_at = _relax(engine, band, cyc, batches, bar, momentum=momentum, spring=spring,
+                                  climbing=climbing and cyc["climbing"])
+                consumed += cyc["steps"] if len(band.images) > 2 else 0
+                history.append({**cyc, "images": len(band.images)} if climb_at == "skipped"
+                               else {**cyc, "images": len(band.images), "climbing_image": climb_at})
+                _save_neb(checkpoint, fingerprint, k + 1, band.images, history, consumed)
+        extra = {"resumed_at_cycle": first} if first else {}
+        settings = engine.settings(probe="connect", method="neb", schedule=history, **extra, momentum=momentum,
+                                   spring=spring if math.isfinite(spring) else "inf", climbing=climbing,
+                                   insert_tol=insert_tol, sub_points=sub_points, eval_points=eval_points, seed=seed,
+                                   images=len(band.images))
+        return band.result(eval_points, settings)
+
+
+def _check_schedule(schedule: Sequence[dict[str, Any]], images: int | None) -> list[dict[str, Any]]:
+    """The cycles as dicts with every key, checked; ``images`` overrides the first insertion."""
+    cycles = [dict(c) for c in schedule]
+    if not cycles:
+        raise ValueError("schedule=[]; pass at least one cycle, e.g. paper_schedule(steps=100)")
+    for k, c in enumerate(cycles):
+        c.setdefault("insert", 0)
+        c.setdefault("climbing", False)
+        if "steps" not in c or "lr" not in c:
+            raise ValueError(f"schedule cycle {k} is {c!r}; every cycle needs 'steps' and 'lr' "
+                             f"(and may give 'insert', 'climbing')")
+        check_int(f"schedule[{k}]['steps']", c["steps"], 0, "SGD steps of the cycle")
+        check_positive(f"schedule[{k}]['lr']", c["lr"], "the cycle's learning rate")
+        check_int(f"schedule[{k}]['insert']", c["insert"], 0, "images to insert")
+    if images is not None:
+        check_int("images", images, 1, "interior images of the first cycle")
+        cycles[0]["insert"] = images
+    return cycles
+
+
+class _Band:
+    """The chain of images from a to b, measured densely through the engine."""
+
+    def __init__(self, engine: Engine, names: list[str], va: ParamVector, vb: ParamVector, pnames: list[str],
+                 sub_points: int):
+        self.engine, self.names, self.va, self.vb, self.pnames = engine, names, va, vb, pnames
+        self.pa, self.pb = va.subset(pnames).clone(), vb.subset(pnames).clone()
+        self.images: list[ParamVector] = [self.pa, self.pb]
+        self.per = sub_points + 1
+
+    def resume(self, path: Any, fingerprint: dict[str, Any]) -> tuple[int, int, list[dict[str, Any]]]:
+        state = torch.load(path, weights_only=True)
+        check_fingerprint(path, state.get("fingerprint", {}), fingerprint, "auto_neb()")
+        self.images = ([self.pa] + [ParamVector._wrap(list(self.pnames), list(ts)) for ts in state["interior"]]
+                       + [self.pb])
+        return int(state["cycle"]), int(state["consumed"]), list(state["history"])
+
+    def dense(self) -> np.ndarray:
+        """Loss at the images and at ``sub_points`` inside every segment."""
+        knots = np.linspace(0.0, 1.0, len(self.images))       # index space: image i at t = i / (n - 1)
+        ts = np.linspace(0.0, 1.0, (len(self.images) - 1) * self.per + 1)
+        with self.engine.quiet():
+            path = evaluate_path(self.engine, names=self.names, va=self.va, vb=self.vb, pnames=self.pnames,
+                                 points=self.images, coeffs=lambda t: polychain_coeffs(knots, t), ts=ts,
+                                 knots=np.zeros(0), method="neb", settings={})
+        return path.losses
+
+    def insert(self, n_ins: int, *, first_cycle: bool, tol: float) -> None:
+        """Add ``n_ins`` images: evenly in a bare band's first cycle, else where the loss rises
+        most above the line between two neighbours (at most one per segment)."""
+        if not n_ins:
+            return
+        pa, pb, per = self.pa, self.pb, self.per
+        if len(self.images) == 2 and first_cycle:
+            self.images = [pa.lerp(pb, i / (n_ins + 1)).clone() if 0 < i < n_ins + 1 else (pa if i == 0 else pb)
+                           for i in range(n_ins + 2)]
+            return
+        losses = self.dense()
+        cand = []
+        for j in range(len(self.images) - 1):
+            seg = losses[j * per:(j + 1) * per + 1]
+            s = np.linspace(0.0, 1.0, per + 1)
+            resid = seg - ((1 - s) * seg[0] + s * seg[-1])
+            m = int(np.argmax(resid[1:-1])) + 1
+            if resid[m] > tol:
+                cand.append((float(resid[m]), j, float(s[m])))
+        cand.sort(reverse=True)
+        for _, j, s_ in sorted(cand[:n_ins], key=lambda c: c[1], reverse=True):
+            self.images.insert(j + 1, self.images[j].lerp(self.images[j + 1], s_).clone())
+
+    def result(self, eval_points: int, settings: dict[str, Any]) -> Path:
+        """The polychain through the images, measured at the images, ``sub_points`` inside every
+        segment and ``eval_points`` evenly spaced t."""
+        knots = _knots(self.images)
+        per = self.per
+        inner = np.concatenate([np.linspace(knots[j], knots[j + 1], per + 1)[:-1]
+                                for j in range(len(self.images) - 1)] + [np.array([1.0])])
+        ts = np.union1d(np.union1d(inner, np.linspace(0.0, 1.0, eval_points)), knots)
+        ts[0], ts[-1] = 0.0, 1.0
+        return evaluate_path(self.engine, names=self.names, va=self.va, vb=self.vb, pnames=self.pnames,
+                             points=self.images, coeffs=lambda t: polychain_coeffs(knots, t), ts=ts, knots=knots,
+                             method="neb", settings=settings)
+
+
+def _relax(engine: Engine, band: _Band, cyc: dict[str, Any], batches: Iterator, bar: Progress, *,
+           momentum: float, spring: float, climbing: bool) -> int | None | str:
+    """One cycle's SGD steps on the interior images (nudged gradients, climbing image, springs
+    or re-spacing). Returns the climbing image's index (None: none), or ``"skipped"`` when the
+    band has no interior image or the cycle no steps."""
+    images = band.images
+    interior = images[1:-1]
+    if not interior or cyc["steps"] == 0:
+        bar.update(cyc["steps"])
+        return "skipped"
+    leaves = [t for im in interior for t in im.tensors]
+    opt = torch.optim.SGD(leaves, lr=cyc["lr"], momentum=momentum)
+    climb_at: int | None = None
+    engine.set_fit_modes()
+    for _ in range(cyc["steps"]):
+        bar.update()
+        batch, _ = next(batches)
+        energies, grads = [], []
+        with torch.no_grad():
+            energies.append(float(engine.fit_loss(images[0].tensors, batch)))
+        for im in interior:
+            e, g = engine.fit_loss_and_grad(im.tensors, batch)
+            energies.append(e)
+            grads.append(ParamVector._wrap(list(band.pnames), g))
+        with torch.no_grad():
+            energies.append(float(engine.fit_loss(images[-1].tensors, batch)))
+        climb_at = (int(np.argmax(energies[1:-1])) + 1) if climbing else None
+        for i in range(1, len(images) - 1):
+            for p, u in zip(images[i].tensors, _nudged(images, i, energies, grads[i - 1], climb_at, spring).tensors):
+                p.grad = u
+        opt.step()
+        if math.isinf(spring):
+            _respace(images, {climb_at} if climb_at is not None else set())
+    for t in leaves:
+        t.grad = None
+    return climb_at
+
+
+def _nudged(images: list[ParamVector], i: int, energies: list[float], g: ParamVector, climb_at: int | None,
+            spring: float) -> ParamVector:
+    """The update of image i: the gradient without its part along the tangent; the climbing
+    image's tangential part reversed; a finite spring's force along the tangent."""
+    tau = _tangent(images, i, energies)
+    gt = g.dot(tau)
+    if i == climb_at:
+        return g - tau * (2 * gt)
+    upd = g - tau * gt
+    if math.isfinite(spring):
+        d_next = (images[i + 1] - images[i]).norm()
+        d_prev = (images[i] - images[i - 1]).norm()
+        upd = upd - tau * (spring * (d_next - d_prev))
+    return upd

@@ -1,0 +1,112 @@
+"""Linear interpolation between two parameter sets (Goodfellow et al. 2015) and its barrier."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from landprobe.engine import Engine, HasEngine, as_engine
+from landprobe.params import Selector, select
+from landprobe.probes.results import Curve
+
+__all__ = ["interpolate"]
+
+
+def interpolate(engine: Engine | HasEngine, a: Any, b: Any, steps: int = 51, *, subnet: Selector | None = None,
+                extend: float = 0.0, batch_points: int = 1) -> Curve:
+    """Evaluate the empirical error on the segment θ(α) = (1 − α)·a + α·b.
+
+    Args:
+        a, b: Endpoints: state_dicts, modules or ParamVectors of the probed model. A
+            buffer missing from an endpoint is taken from the model as it is.
+        steps: Evenly spaced alphas in [0, 1], both ends included. At least 2.
+        subnet: Selector of the parameters that move; the others stay at ``a``.
+        extend: Extrapolate past both ends by this fraction of the segment, on the same
+            grid spacing (rounded up to whole steps), so 0 and 1 stay on the grid.
+        batch_points: Evaluate this many points per model call (``torch.func.functional_call``
+            under ``vmap``; ``bn='eval'`` only). Results agree with ``batch_points=1`` to float
+            rounding; it costs ``batch_points`` copies of the parameters. On the 2-core CPU it
+            did not beat one point per pass (benchmarks/results/interpolate.json); it is
+            offered for devices where wider batched kernels pay.
+
+    Returns:
+        A :class:`Curve`. The model is restored exactly afterwards. Under
+        ``torch.distributed`` the points are split across ranks and every rank gets the
+        whole curve.
+
+    Raises:
+        ValueError: If ``steps < 2``, ``extend < 0`` or an endpoint lacks a parameter of
+            the model or has another shape (the message names the keys).
+
+    Example:
+        >>> import torch, landprobe as lp
+        >>> model = torch.nn.Linear(1, 1, bias=False)       # y_hat = w * x
+        >>> data = [(torch.ones(4, 1), torch.zeros(4, 1))]  # so L(w) = w**2
+        >>> probe = lp.LandscapeProbe(model, torch.nn.MSELoss(), data)
+        >>> a, b = {"weight": torch.tensor([[-1.0]])}, {"weight": torch.tensor([[1.0]])}
+        >>> curve = probe.interpolate(a, b, steps=5)
+        >>> curve.losses.tolist()
+        [1.0, 0.25, 0.0, 0.25, 1.0]
+        >>> curve.barrier                                    # a convex bowl has none
+        0.0
+    """
+    engine = as_engine(engine)
+    if not isinstance(steps, int) or steps < 2:
+        raise ValueError(f"steps={steps!r}; an interpolation needs an integer of at least 2 (both ends)")
+    if not (isinstance(extend, (int, float)) and math.isfinite(extend) and extend >= 0):
+        raise ValueError(f"extend={extend!r}; expected a finite fraction >= 0 (e.g. 0.25)")
+    names = engine.state_names()
+    va = engine.as_point(a, "a", names)
+    vb = engine.as_point(b, "b", names)
+    moving = set(engine.state_names(subnet)) if subnet is not None else set(names)
+    # Entries outside the subnet lerp from a to a: exactly a.
+    b_eff = [tb if n in moving else ta for n, ta, tb in zip(names, va.tensors, vb.tensors)]
+    a_list = va.tensors
+    h = 1.0 / (steps - 1)
+    k = int(math.ceil(extend / h - 1e-9)) if extend > 0 else 0
+    idx = np.arange(-k, steps + k)
+    alphas = idx * h
+    alphas[idx == 0] = 0.0
+    alphas[idx == steps - 1] = 1.0
+
+    # Large tensors: one fused pass lerp(a, b, out=target) (a copy followed by an in-place
+    # lerp reads and writes them twice); small ones: two foreach kernels over all of them.
+    big = [i for i, t in enumerate(a_list) if t.numel() >= 1 << 16]
+    small = [i for i in range(len(a_list)) if i not in set(big)]
+    a_small, b_small = [a_list[i] for i in small], [b_eff[i] for i in small]
+
+    def writer(alpha: float):
+        def write(targets: list[torch.Tensor]) -> None:
+            if alpha == 0.0:
+                torch._foreach_copy_(targets, a_list)
+                return
+            for i in big:
+                torch.lerp(a_list[i], b_eff[i], alpha, out=targets[i])
+            if small:
+                t_small = [targets[i] for i in small]
+                torch._foreach_copy_(t_small, a_small)
+                torch._foreach_lerp_(t_small, b_small, alpha)
+        return write
+
+    if not isinstance(batch_points, int) or batch_points < 1:
+        raise ValueError(f"batch_points={batch_points!r}; expected an integer >= 1 (1: one point per pass)")
+    if batch_points == 1:
+        evals = engine.sweep(names, [writer(float(al)) for al in alphas], "interpolate")
+    else:
+        def value(alpha: float):
+            return lambda: list(torch._foreach_lerp(a_list, b_eff, alpha)) if alpha != 0.0 else list(a_list)
+        evals = engine.sweep_batched(names, [value(float(al)) for al in alphas], batch_points, "interpolate")
+    losses = np.array([e.loss for e in evals])
+    stderr = np.array([e.stderr for e in evals])
+    i0, i1 = k, k + steps - 1
+    sub = None if subnet is None else (subnet if isinstance(subnet, str) else select(engine.model, subnet))
+    return Curve(
+        alphas=alphas, losses=losses, stderr=stderr,
+        loss_a=float(losses[i0]), loss_b=float(losses[i1]),
+        settings=engine.settings(probe="interpolate", steps=steps, extend=float(extend), subnet=sub,
+                                grid_extension_steps=k, batch_points=batch_points,
+                                samples_per_point=[int(e.batch_sizes.sum()) for e in evals]),
+    )
