@@ -8,7 +8,7 @@ import torch
 
 import landprobe as lp
 from landprobe.cli import main
-from landprobe.probes._cli import load_checkpoint
+from landprobe.cli.probe import load_checkpoint
 
 
 @pytest.fixture(scope="module")

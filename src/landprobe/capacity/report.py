@@ -228,7 +228,7 @@ def report(model: nn.Module, data: Iterable | None = None, subnets: Mapping[Any,
             sigma = pac_bayes_sigma(model, loss_fn, data, pac_bayes_target, samples=pac_bayes_samples, seed=seed)
             values[MODEL]["pac_bayes_sigma"] = sigma
             values[MODEL]["pac_bayes_measure"] = 1.0 / sigma**2 if sigma > 0 else float("inf")
-    from landprobe import __version__
+    from landprobe.common.version import __version__
 
     settings = dict(measures=groups, subnets={str(k): (v if isinstance(v, (str, list)) else repr(v))
                                               for k, v in sub_items.items()},

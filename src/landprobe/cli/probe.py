@@ -30,7 +30,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 
     Example:
         >>> import tempfile, os, torch
-        >>> from landprobe.probes._cli import load_checkpoint
+        >>> from landprobe.cli.probe import load_checkpoint
         >>> f = os.path.join(tempfile.mkdtemp(), "sd.pt")
         >>> torch.save(torch.nn.Linear(2, 1).state_dict(), f)
         >>> sd, spec = load_checkpoint(f)

@@ -182,7 +182,7 @@ def _run_demo(args) -> int:
 
 
 def _register_probe(sub) -> None:
-    from landprobe.probes._cli import register_probe
+    from landprobe.cli.probe import register_probe
 
     register_probe(sub)
 
@@ -236,6 +236,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"landprobe {args.command}: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
