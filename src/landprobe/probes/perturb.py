@@ -176,35 +176,13 @@ def perturb(engine: Engine | HasEngine, optimizer: torch.optim.Optimizer | Calla
     """
     engine = as_engine(engine)
     model = engine.model
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0):
-        raise ValueError(f"scale={scale!r}; expected a finite number >= 0 (e.g. 0.1: noise of 10% of each "
-                         f"tensor's norm)")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-        raise ValueError(f"steps={steps!r}; expected an integer >= 0 (retraining steps per repeat)")
-    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
-        raise ValueError(f"repeats={repeats!r}; expected an integer >= 1")
-    if eval_every is not None and (not isinstance(eval_every, int) or eval_every < 1):
-        raise ValueError(f"eval_every={eval_every!r}; expected None or an integer >= 1")
-    train_loss = engine.loss_fn if loss_fn is None else loss_fn
-    if not callable(train_loss) or isinstance(train_loss, type):
-        raise TypeError(f"loss_fn must be a callable loss(out, y) instance, got {train_loss!r}")
-
+    _check_args(engine, scale, steps, repeats, eval_every, loss_fn)
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
-    user_opt = isinstance(optimizer, torch.optim.Optimizer)
+    user_opt = _check_optimizer(optimizer, params)
     if user_opt:
-        held = {id(p) for g in optimizer.param_groups for p in g["params"]}
-        if not any(id(p) in held for p in params):
-            raise ValueError("optimizer holds no parameter of the probed model; pass the optimizer that trains "
-                             "it, or a factory: lambda params: torch.optim.SGD(params, lr=0.01)")
         opt_saved = copy.deepcopy(optimizer.state_dict())
         opt_attrs = dict(vars(optimizer))
-    elif isinstance(optimizer, type):
-        raise TypeError(f"optimizer is the class {optimizer.__name__}; pass a factory "
-                        f"(lambda params: {optimizer.__name__}(params, lr=...)) or an optimizer instance")
-    elif not callable(optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer or a factory params -> optimizer, got "
-                        f"{type(optimizer).__name__}")
 
     pnames = select(model, subnet)
     named = dict(model.named_parameters())
@@ -213,7 +191,6 @@ def perturb(engine: Engine | HasEngine, optimizer: torch.optim.Optimizer | Calla
     losses = np.zeros((repeats, len(eval_steps)))
     train_losses = np.zeros((repeats, steps))
     noise_norms = np.zeros(repeats)
-    grads = [p.grad for p in params]
     state_tensors = list(model.parameters()) + list(model.buffers())
     try:
         with engine.guard("perturb"):
@@ -239,9 +216,7 @@ def perturb(engine: Engine | HasEngine, optimizer: torch.optim.Optimizer | Calla
                                         f"torch.optim.Optimizer; e.g. lambda params: torch.optim.SGD(params, lr=0.01)")
                 _retrain(engine, opt, loss_fn, eval_steps, losses[r], train_losses[r])
                 del opt
-    finally:
-        for p, g in zip(params, grads):
-            p.grad = g
+    finally:                                    # the guard restores the model; the optimizer is ours to restore
         if user_opt:
             optimizer.__dict__.clear()
             optimizer.__dict__.update(opt_attrs)
@@ -255,6 +230,38 @@ def perturb(engine: Engine | HasEngine, optimizer: torch.optim.Optimizer | Calla
                               ranks=world)
     return PerturbationResult(base_loss=float(base), eval_steps=np.asarray(eval_steps, dtype=np.float64),
                               losses=losses, train_losses=train_losses, noise_norms=noise_norms, settings=settings)
+
+
+def _check_args(engine: Engine, scale: Any, steps: Any, repeats: Any, eval_every: Any, loss_fn: Any) -> None:
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0):
+        raise ValueError(f"scale={scale!r}; expected a finite number >= 0 (e.g. 0.1: noise of 10% of each "
+                         f"tensor's norm)")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise ValueError(f"steps={steps!r}; expected an integer >= 0 (retraining steps per repeat)")
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise ValueError(f"repeats={repeats!r}; expected an integer >= 1")
+    if eval_every is not None and (not isinstance(eval_every, int) or eval_every < 1):
+        raise ValueError(f"eval_every={eval_every!r}; expected None or an integer >= 1")
+    train_loss = engine.loss_fn if loss_fn is None else loss_fn
+    if not callable(train_loss) or isinstance(train_loss, type):
+        raise TypeError(f"loss_fn must be a callable loss(out, y) instance, got {train_loss!r}")
+
+
+def _check_optimizer(optimizer: Any, params: list[torch.Tensor]) -> bool:
+    """True for the user's optimizer (it must hold a parameter of the model), False for a factory."""
+    if isinstance(optimizer, torch.optim.Optimizer):
+        held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        if not any(id(p) in held for p in params):
+            raise ValueError("optimizer holds no parameter of the probed model; pass the optimizer that trains "
+                             "it, or a factory: lambda params: torch.optim.SGD(params, lr=0.01)")
+        return True
+    if isinstance(optimizer, type):
+        raise TypeError(f"optimizer is the class {optimizer.__name__}; pass a factory "
+                        f"(lambda params: {optimizer.__name__}(params, lr=...)) or an optimizer instance")
+    if not callable(optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer or a factory params -> optimizer, got "
+                        f"{type(optimizer).__name__}")
+    return False
 
 
 def _add_noise(pnames: list[str], noisy: list[torch.Tensor], seed: int, scale: float, relative: bool) -> float:
