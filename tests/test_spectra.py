@@ -336,3 +336,115 @@ def test_warm_start_errors():
 
     with pytest.raises(ValueError, match="warm_start needs an operator with subsample"):
         top_eigenvalues(Plain(), warm_start=0.5)
+
+
+# ------------------------------------------------------------------ progress
+@pytest.fixture
+def bars(monkeypatch):
+    """Every Progress opened during the test: its desc, total, whether a bar was drawn, its
+    updates and postfixes, and whether it was closed."""
+    from landprobe.engine import Progress
+
+    made = []
+    init, update, set_, close = Progress.__init__, Progress.update, Progress.set, Progress.close
+
+    def rec_init(self, desc, total=None, **kw):
+        init(self, desc, total, **kw)
+        self.log = {"desc": desc, "total": total, "drawn": self._bar is not None, "updates": [], "set": [],
+                    "closed": False}
+        made.append(self.log)
+
+    def rec_update(self, n=1):
+        self.log["updates"].append(n)
+        update(self, n)
+
+    def rec_set(self, **postfix):
+        self.log["set"].append(postfix)
+        set_(self, **postfix)
+
+    def rec_close(self):
+        self.log["closed"] = True
+        close(self)
+
+    for name, fn in [("__init__", rec_init), ("update", rec_update), ("set", rec_set), ("close", rec_close)]:
+        monkeypatch.setattr(Progress, name, fn)
+    return made
+
+
+def test_spectra_draw_a_progress_bar_counting_every_product(bars, capsys):
+    model, data, _ = _regression()
+    op = hessian(lp.LandscapeProbe(model, nn.MSELoss(), data, progress=True))
+    assert op.progress is True
+    runs = [("Lanczos", op.n, lambda: op.top_eigenvalues(k=1, tol=1e-4)),       # converges early (4 of 6)
+            ("Lanczos", 3, lambda: op.top_eigenvalues(k=1, tol=1e-10, max_iter=3)),  # stops unconverged
+            ("ARPACK", None, lambda: op.top_eigenvalues(k=2, tol=1e-10, method="arpack")),
+            ("ARPACK", None, lambda: op.top_eigenvalues(k=5, method="arpack")),   # k >= n - 1: dense
+            ("Hutchinson", 70, lambda: op.trace("hutchinson", 70)),               # three chunks
+            ("Hutch++", 40, lambda: op.trace("hutch++", 40)),
+            ("SLQ", 3 * 5, lambda: op.density(steps=5, probes=3))]
+    for desc, total, call in runs:
+        bars.clear()
+        res = call()
+        products = res.settings["matvecs"] if desc == "SLQ" else res.matvecs
+        assert len(bars) == 1, desc
+        bar = bars[0]
+        assert (bar["desc"], bar["total"], bar["drawn"], bar["closed"]) == (desc, total, True, True)
+        assert sum(bar["updates"]) == products > 0, desc
+        if desc in ("Lanczos", "SLQ"):
+            assert bar["updates"] == [1] * products          # one update per Krylov step
+        if desc == "Lanczos":
+            assert bar["set"] and all(p["residual"] >= 0 for p in bar["set"])
+            assert products < total or not res.converged.all()   # early stop: the bar closes short
+    err = capsys.readouterr().err
+    for desc in ("Lanczos", "ARPACK", "Hutchinson", "Hutch++", "SLQ"):
+        assert f"{desc}:" in err                             # tqdm drew to standard error
+    assert "product" in err
+
+
+def test_warm_start_shows_the_subsample_run_as_its_own_bar(bars):
+    model, data, _ = _regression()
+    op = hessian(lp.LandscapeProbe(model, nn.MSELoss(), data, progress=True))
+    res = op.top_eigenvalues(k=1, tol=1e-6, warm_start=0.25)
+    assert [b["desc"] for b in bars] == ["Lanczos (25.0% of the data)", "Lanczos"]
+    assert sum(bars[0]["updates"]) == res.settings["warm_start"]["matvecs"]
+    assert sum(bars[1]["updates"]) == res.matvecs
+    assert all(b["drawn"] and b["closed"] for b in bars)
+
+
+def test_no_progress_bar_when_off_or_off_a_terminal(bars, capsys):
+    model, data, _ = _regression()
+    probe = lp.LandscapeProbe(model, nn.MSELoss(), data, progress=False)
+    op = hessian(probe)
+    op.top_eigenvalues(k=1)
+    probe.progress = None                                    # a terminal only: pytest captures stderr
+    op.trace(matvecs=8)
+    op.density(steps=3)
+    assert len(bars) == 3 and not any(b["drawn"] for b in bars)
+    assert capsys.readouterr().err == ""
+
+
+def test_spectra_accept_an_operator_without_a_progress_setting(bars):
+    class Diagonal:                                # n, dtype, device, a flat product; no progress
+        n, dtype, device, settings = 6, torch.float64, torch.device("cpu"), {}
+
+        def __init__(self):
+            self.matvecs = 0
+            self.d = torch.arange(1.0, 7.0, dtype=torch.float64)
+
+        def _flat_matvec(self, v):
+            self.matvecs += 1
+            return self.d * v
+
+        def to_param_vector(self, flat):
+            return lp.ParamVector({"w": flat.clone()})
+
+    op = Diagonal()
+    res = top_eigenvalues(op, k=2, tol=1e-10)
+    np.testing.assert_allclose(res.values, [6.0, 5.0], rtol=1e-10)
+    est = hutchpp(op, matvecs=18)                   # s = 6 = n: exact
+    assert math.isclose(est.value, 21.0, rel_tol=1e-12)
+    spec = density(op, steps=6)
+    assert math.isclose(spec.trace, 21.0, rel_tol=1e-10)
+    assert [b["desc"] for b in bars] == ["Lanczos", "Hutch++", "SLQ"]
+    assert not any(b["drawn"] for b in bars)
+    assert [sum(b["updates"]) for b in bars] == [res.matvecs, est.matvecs, spec.settings["matvecs"]]

@@ -281,59 +281,10 @@ class SubnetNormPenalty:
     def _setup(self, model: nn.Module, specs: dict[Hashable, tuple[Selector, str]], weight: Weight,
                include_bias: bool, power_iterations: int, init_power_iterations: int, seed: int,
                check_finite: bool) -> None:
-        _check_model(model)
-        if not specs:
-            raise ValueError("norms is empty; give at least one subnet, e.g. {'features': 'l2'}.")
-        for label, (_, kind) in specs.items():
-            if not isinstance(kind, str):
-                raise TypeError(f"kind for subnet {label!r} is {kind!r} ({type(kind).__name__}); "
-                                f"expected one of {list(KINDS)}.")
-            if kind not in KINDS:
-                raise ValueError(f"unknown kind {kind!r} for subnet {label!r}; expected one of {list(KINDS)}.")
-        if not isinstance(include_bias, bool):
-            raise TypeError(f"include_bias={include_bias!r}; expected True or False.")
-        for name, val, low in (("power_iterations", power_iterations, 1),
-                               ("init_power_iterations", init_power_iterations, 1)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < low:
-                raise ValueError(f"{name}={val!r}; expected an int >= {low}.")
-
+        _check_options(model, specs, include_bias, power_iterations, init_power_iterations)
         labels = list(specs)
-        if isinstance(weight, Mapping):
-            missing = [k for k in labels if k not in weight]
-            extra = [k for k in weight if k not in specs]
-            if missing or extra:
-                raise ValueError(
-                    f"weight mapping keys differ from the subnets {labels}: missing {missing}, "
-                    f"unexpected {extra}. Give one weight per subnet, or a single float."
-                )
-            weights = {k: _check_weight(weight[k], f"weight[{k!r}]") for k in labels}
-        else:
-            w = _check_weight(weight, "weight")
-            weights = {k: w for k in labels}
-
-        selectors = {label: (list(sel) if isinstance(sel, tuple) else sel) for label, (sel, _) in specs.items()}
-        resolved = select_subnets(model, selectors)
-        params = dict(model.named_parameters())
-        members: dict[Hashable, list[str]] = {}
-        for label in labels:
-            names = resolved[label]
-            if not include_bias:
-                names = [n for n in names if params[n].dim() >= 2 and not n.endswith("bias")]
-                if not names:
-                    raise ValueError(
-                        f"subnet {label!r} selects only biases and 1-D parameters "
-                        f"({resolved[label][:4]}), which include_bias=False leaves out; "
-                        f"drop the subnet or pass include_bias=True."
-                    )
-            if specs[label][1] == "spectral":
-                flat = [n for n in names if params[n].dim() < 2]
-                if flat:
-                    raise ValueError(
-                        f"kind 'spectral' needs weight matrices (tensors with >= 2 dims), but subnet "
-                        f"{label!r} selects 1-D/0-D parameter(s) {flat[:6]}. Pass include_bias=False "
-                        f"to leave them out, or narrow the selector (e.g. 'rnet.*.weight')."
-                    )
-            members[label] = names
+        weights = _resolve_weights(weight, specs)
+        params, members = _resolve_members(model, specs, include_bias)
 
         self._model_name = type(model).__name__
         self._labels = labels
@@ -346,28 +297,21 @@ class SubnetNormPenalty:
         self._seed = int(seed)
         self._check_finite = check_finite
         self._params = {n: params[n] for names in members.values() for n in names}
+        self._plan_evaluation(params)
+        self._u: dict[int, Tensor] = {}
+        self._weight_cache: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+        self._plan_direct_backward()
 
-        # Fused groups: per p, subnets with tensors contiguous. "group" sends its 1-D/0-D tensors
-        # (each element its own group, i.e. |b|) to the p=1 batch; its matrices and the
-        # "spectral" matrices go to buckets of equal (shape, dtype, device); spectral buckets run
-        # one batched power iteration each.
-        fused: dict[int, list[tuple[Hashable, list[str]]]] = {1: [], 2: []}
-        buckets: dict[tuple[str, tuple[int, ...], torch.dtype, torch.device], list[tuple[int, str]]] = {}
-        for pos, label in enumerate(labels):
-            kind, names = self._kinds[label], members[label]
-            if kind in ("l2", "l2norm"):
-                fused[2].append((label, names))
-            elif kind == "l1":
-                fused[1].append((label, names))
-            else:
-                if kind == "group":
-                    small = [n for n in names if params[n].dim() < 2]
-                    if small:
-                        fused[1].append((label, small))
-                for n in names:
-                    if params[n].dim() >= 2:
-                        t = params[n]
-                        buckets.setdefault((kind, tuple(t.shape), t.dtype, t.device), []).append((pos, n))
+    def _plan_evaluation(self, params: Mapping[str, Tensor]) -> None:
+        """The fused plans, the group/spectral buckets and the fast path of ``_values``.
+
+        Fused groups: per p, subnets with tensors contiguous. "group" sends its 1-D/0-D tensors
+        (each element its own group, i.e. |b|) to the p=1 batch; its matrices and the
+        "spectral" matrices go to buckets of equal (shape, dtype, device); spectral buckets run
+        one batched power iteration each.
+        """
+        labels = self._labels
+        fused, buckets = _sort_tensors(labels, self._kinds, self._members, params)
         self._fused: list[tuple[_Plan, list[int]]] = []
         for p, entries in fused.items():
             if entries:
@@ -384,22 +328,24 @@ class SubnetNormPenalty:
         self._perm = (None if not self._simple or order == list(range(len(labels)))
                       else torch.tensor([order.index(i) for i in range(len(labels))]))
         self._sqrt_idx = [i for i, lab in enumerate(labels) if self._kinds[lab] == "l2norm"]
-        self._u: dict[int, Tensor] = {}
-        self._weight_cache: dict[tuple[torch.dtype, torch.device], Tensor] = {}
-        # penalty.backward() without l2norm: per segment its tensors, norm power, λ and gradient
-        # coefficient (2λ for Σθ², λ for Σ|θ|), so that a call is one pass over the segments.
+
+    def _plan_direct_backward(self) -> None:
+        """``penalty.backward()`` without l2norm: per segment its tensors, stacked flag, norm power,
+        λ and gradient coefficient (2λ for Σθ², λ for Σ|θ|), so that a call is one pass over the
+        segments. Only on the fast path, with all tensors on one dtype and device."""
         self._direct = None
-        if self._simple and not self._sqrt_idx:
-            segs = []
-            for plan, positions in self._fused:
-                for out, a, b, stacked in plan.segments:
-                    lam = self._weights[self._labels[positions[out]]]
-                    segs.append((plan.tensors[a:b], stacked, plan.p, lam, 2.0 * lam if plan.p == 2 else lam))
-            kinds = {(t.dtype, t.device) for seg in segs for t in seg[0]}
-            if len(kinds) == 1:
-                self._direct = segs
-                self._direct_lams = torch.tensor([seg[3] for seg in segs], dtype=next(iter(kinds))[0],
-                                                 device=next(iter(kinds))[1])
+        if not self._simple or self._sqrt_idx:
+            return
+        segs = []
+        for plan, positions in self._fused:
+            for out, a, b, stacked in plan.segments:
+                lam = self._weights[self._labels[positions[out]]]
+                segs.append((plan.tensors[a:b], stacked, plan.p, lam, 2.0 * lam if plan.p == 2 else lam))
+        kinds = {(t.dtype, t.device) for seg in segs for t in seg[0]}
+        if len(kinds) == 1:
+            self._direct = segs
+            self._direct_lams = torch.tensor([seg[3] for seg in segs], dtype=next(iter(kinds))[0],
+                                             device=next(iter(kinds))[1])
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -674,6 +620,95 @@ class SubnetNormPenalty:
             f"SubnetNormPenalty: the weighted total is not finite ({values.tolist()} weighted by "
             f"{list(self._weights.values())}); the sum overflowed. Lower the weights."
         )
+
+
+def _check_options(model: Any, specs: dict[Hashable, tuple[Selector, str]], include_bias: Any,
+                   power_iterations: Any, init_power_iterations: Any) -> None:
+    _check_model(model)
+    if not specs:
+        raise ValueError("norms is empty; give at least one subnet, e.g. {'features': 'l2'}.")
+    for label, (_, kind) in specs.items():
+        if not isinstance(kind, str):
+            raise TypeError(f"kind for subnet {label!r} is {kind!r} ({type(kind).__name__}); "
+                            f"expected one of {list(KINDS)}.")
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r} for subnet {label!r}; expected one of {list(KINDS)}.")
+    if not isinstance(include_bias, bool):
+        raise TypeError(f"include_bias={include_bias!r}; expected True or False.")
+    for name, val, low in (("power_iterations", power_iterations, 1),
+                           ("init_power_iterations", init_power_iterations, 1)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < low:
+            raise ValueError(f"{name}={val!r}; expected an int >= {low}.")
+
+
+def _resolve_weights(weight: Weight, specs: Mapping[Hashable, Any]) -> dict[Hashable, float]:
+    """Subnet label → checked weight, from one float or a mapping with exactly the labels."""
+    labels = list(specs)
+    if isinstance(weight, Mapping):
+        missing = [k for k in labels if k not in weight]
+        extra = [k for k in weight if k not in specs]
+        if missing or extra:
+            raise ValueError(
+                f"weight mapping keys differ from the subnets {labels}: missing {missing}, "
+                f"unexpected {extra}. Give one weight per subnet, or a single float."
+            )
+        return {k: _check_weight(weight[k], f"weight[{k!r}]") for k in labels}
+    w = _check_weight(weight, "weight")
+    return {k: w for k in labels}
+
+
+def _resolve_members(model: nn.Module, specs: dict[Hashable, tuple[Selector, str]], include_bias: bool
+                     ) -> tuple[dict[str, nn.Parameter], dict[Hashable, list[str]]]:
+    """The model's parameters by name, and subnet label → names of its penalised parameters."""
+    selectors = {label: (list(sel) if isinstance(sel, tuple) else sel) for label, (sel, _) in specs.items()}
+    resolved = select_subnets(model, selectors)
+    params = dict(model.named_parameters())
+    members: dict[Hashable, list[str]] = {}
+    for label in specs:
+        names = resolved[label]
+        if not include_bias:
+            names = [n for n in names if params[n].dim() >= 2 and not n.endswith("bias")]
+            if not names:
+                raise ValueError(
+                    f"subnet {label!r} selects only biases and 1-D parameters "
+                    f"({resolved[label][:4]}), which include_bias=False leaves out; "
+                    f"drop the subnet or pass include_bias=True."
+                )
+        if specs[label][1] == "spectral":
+            flat = [n for n in names if params[n].dim() < 2]
+            if flat:
+                raise ValueError(
+                    f"kind 'spectral' needs weight matrices (tensors with >= 2 dims), but subnet "
+                    f"{label!r} selects 1-D/0-D parameter(s) {flat[:6]}. Pass include_bias=False "
+                    f"to leave them out, or narrow the selector (e.g. 'rnet.*.weight')."
+                )
+        members[label] = names
+    return params, members
+
+
+def _sort_tensors(labels: list[Hashable], kinds: dict[Hashable, str], members: dict[Hashable, list[str]],
+                  params: Mapping[str, Tensor]
+                  ) -> tuple[dict[int, list[tuple[Hashable, list[str]]]], dict[tuple, list[tuple[int, str]]]]:
+    """Per norm power p, ``(label, names)`` of the tensors fused by ``_Plan``; and buckets
+    ``(kind, shape, dtype, device)`` → ``[(position, name)]`` of the group/spectral matrices."""
+    fused: dict[int, list[tuple[Hashable, list[str]]]] = {1: [], 2: []}
+    buckets: dict[tuple[str, tuple[int, ...], torch.dtype, torch.device], list[tuple[int, str]]] = {}
+    for pos, label in enumerate(labels):
+        kind, names = kinds[label], members[label]
+        if kind in ("l2", "l2norm"):
+            fused[2].append((label, names))
+        elif kind == "l1":
+            fused[1].append((label, names))
+        else:
+            if kind == "group":
+                small = [n for n in names if params[n].dim() < 2]
+                if small:
+                    fused[1].append((label, small))
+            for n in names:
+                if params[n].dim() >= 2:
+                    t = params[n]
+                    buckets.setdefault((kind, tuple(t.shape), t.dtype, t.device), []).append((pos, n))
+    return fused, buckets
 
 
 def _check_model(model: Any) -> None:

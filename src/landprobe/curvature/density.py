@@ -6,9 +6,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from landprobe.curvature.lanczos import _rademacher, lanczos
 from landprobe.curvature.results import Spectrum
+from landprobe.engine import Progress
 
 __all__ = ["density"]
 
@@ -24,6 +26,8 @@ def density(op, steps: int = 90, probes: int = 1, *, sigma: float | None = None,
     Σ τ_i N(t; θ_i, σ²) (Ghorbani et al. 2019, §3). With ``steps = n`` the nodes are the
     eigenvalues of H (those the probe sees). A probe whose Krylov space becomes invariant
     stops there (its quadrature is then exact) and is padded with NaN nodes of weight 0.
+    When the operator's ``progress`` (the probe's setting) asks for it, a bar counts the
+    products (``probes · steps`` at most).
 
     Args:
         op: A :class:`~landprobe.curvature.HessianOperator`.
@@ -60,13 +64,18 @@ def density(op, steps: int = 90, probes: int = 1, *, sigma: float | None = None,
     nodes = np.full((int(probes), steps), np.nan)
     weights = np.zeros((int(probes), steps))
     start = op.matvecs
-    for p in range(int(probes)):
-        v = _rademacher(op.n, gen).to(op.device)
-        run = lanczos(op._flat_matvec, v, steps, restart=False)
-        th, S = np.linalg.eigh(run.tridiagonal())
-        m = len(th)
-        nodes[p, :m] = th
-        weights[p, :m] = S[0, :] ** 2
+    with Progress("SLQ", int(probes) * steps, enabled=getattr(op, "progress", None), unit="product") as bar:
+        def mv(v: Tensor) -> Tensor:
+            bar.update()
+            return op._flat_matvec(v)
+
+        for p in range(int(probes)):
+            v = _rademacher(op.n, gen).to(op.device)
+            run = lanczos(mv, v, steps, restart=False)
+            th, S = np.linalg.eigh(run.tridiagonal())
+            m = len(th)
+            nodes[p, :m] = th
+            weights[p, :m] = S[0, :] ** 2
     settings = dict(op.settings, steps=steps, probes=int(probes), seed=int(seed),
                     matvecs=int(op.matvecs - start))
     return Spectrum.from_quadrature(nodes, weights, n=op.n, sigma=sigma, grid=grid, settings=settings)

@@ -213,6 +213,8 @@ class HessianOperator:
             concatenated batches), ``"per-batch"`` (one kept graph per batch), ``"streamed"``
             (nothing kept), or ``None`` before the first product decides.
         matvecs: Number of Hessian-vector products computed so far.
+        progress: The probe's progress setting, which the spectral probes follow (see
+            :attr:`progress`).
 
     Example:
         >>> import torch, landprobe as lp
@@ -270,6 +272,25 @@ class HessianOperator:
     @property
     def shape(self) -> tuple[int, int]:
         return (self.n, self.n)
+
+    @property
+    def progress(self) -> bool | None:
+        """Whether ``top_eigenvalues``, ``trace`` and ``density`` draw a progress bar: the
+        probe's (its engine's) setting, read when each starts: ``None`` on a terminal only,
+        ``True`` always, ``False`` never. Set it on the probe (``probe.progress = True``).
+
+        Example:
+            >>> import torch, landprobe as lp
+            >>> from landprobe.curvature import hessian
+            >>> model = torch.nn.Linear(2, 1)
+            >>> probe = lp.LandscapeProbe(model, torch.nn.MSELoss(), [(torch.randn(4, 2), torch.randn(4, 1))])
+            >>> H = hessian(probe)
+            >>> H.progress is None, H.subsample(0.5).progress is None
+            (True, True)
+            >>> probe.progress = False; H.progress
+            False
+        """
+        return self._p.engine.progress
 
     def __repr__(self) -> str:
         return (f"HessianOperator(n={self.n}, {len(self.names)} tensors, {self.dtype}, "

@@ -13,12 +13,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from landprobe.curvature.results import Eigenpairs
+from landprobe.engine import Progress
 
 __all__ = ["lanczos", "LanczosRun", "top_eigenvalues", "WHICH"]
 
@@ -88,46 +90,23 @@ def lanczos(matvec: Callable[[Tensor], Tensor], v0: Tensor, steps: int, *, resta
     v0 = v0.detach().to(torch.float64).reshape(-1)
     n = v0.numel()
     steps = int(min(steps, n))
-    device = v0.device
-    cap = min(steps + 1, 32)
-    Q = torch.empty(cap, n, dtype=torch.float64, device=device)
+    Q = torch.empty(min(steps + 1, 32), n, dtype=torch.float64, device=v0.device)
     nrm = float(torch.linalg.vector_norm(v0))
     if not math.isfinite(nrm) or nrm == 0.0:
-        raise ValueError("the Lanczos start vector is zero or not finite")
+        raise ValueError(f"v0 has norm {nrm}: the start vector is zero or not finite; pass a finite, non-zero "
+                         f"flat tensor")
     Q[0] = v0 / nrm
     W = torch.empty_like(Q) if keep_products else None
     alphas: list[float] = []
     betas: list[float] = []
     gen = torch.Generator().manual_seed(int(seed) + 7919)
     scale = 0.0
-    beta = 0.0
     run = None
     for j in range(steps):
-        if j + 1 >= Q.shape[0]:                 # room for the next vector (grown on demand: on a GPU
-            rows = min(2 * Q.shape[0], steps + 1)   # an unused row is memory)
-            bigger = torch.empty(rows, n, dtype=torch.float64, device=device)
-            bigger[: j + 1] = Q[: j + 1]
-            Q = bigger
-            if W is not None:
-                bigger_w = torch.empty_like(Q)
-                bigger_w[: j] = W[: j]
-                W = bigger_w
-        q = Q[j]
-        # Everything in place in the next row of the basis: no n-sized temporaries per step.
-        w = Q[j + 1]
-        w.copy_(matvec(q).reshape(-1))          # to float64 while copying
-        if W is not None:
-            W[j].copy_(w)
-        a = float(torch.dot(q, w))
-        alphas.append(a)
-        w.sub_(q, alpha=a)
-        if j > 0:
-            w.sub_(Q[j - 1], alpha=betas[-1])
-        B = Q[: j + 1]
-        for _ in range(2):                      # full reorthogonalisation, twice ("twice is enough")
-            w.addmv_(B.T, B @ w, alpha=-1.0)
-        beta = float(torch.linalg.vector_norm(w))
-        scale = max(scale, abs(a) + beta + (betas[-1] if betas else 0.0))
+        if j + 1 >= Q.shape[0]:
+            Q, W = _grow(Q, W, j, steps)
+        beta = _extend(matvec, Q, W, j, alphas, betas)
+        scale = max(scale, abs(alphas[-1]) + beta + (betas[-1] if betas else 0.0))
         run = LanczosRun(np.array(alphas), np.array(betas), Q[: j + 1], beta, j + 1)
         if j + 1 == steps:
             break
@@ -142,24 +121,65 @@ def lanczos(matvec: Callable[[Tensor], Tensor], v0: Tensor, steps: int, *, resta
         if callback is not None and not (breakdown and restart) and callback(run):
             break
         if breakdown:
-            if not restart:
+            if not restart or not _restart(Q, j, gen):
                 break
-            # Gaussian, not Rademacher: a few +-1 vectors are linearly dependent too often in small n.
-            r = torch.randn(n, generator=gen, dtype=torch.float64).to(device)
-            for _ in range(2):
-                r = r - B.T @ (B @ r)
-            rn = float(torch.linalg.vector_norm(r))
-            if rn <= 1e-8 * math.sqrt(n):
-                break                           # the basis spans everything: H is fully known
-            w.copy_(r).div_(rn)
             beta = 0.0
         else:
-            w.div_(beta)
+            Q[j + 1].div_(beta)
         betas.append(beta)
     assert run is not None
     run.basis = Q[: len(alphas)]
     run.products = None if W is None else W[: len(alphas)]
     return run
+
+
+def _grow(Q: Tensor, W: Tensor | None, j: int, steps: int) -> tuple[Tensor, Tensor | None]:
+    """Room for the basis' next row (grown on demand, doubling: on a GPU an unused row is memory)."""
+    rows = min(2 * Q.shape[0], steps + 1)
+    bigger = torch.empty(rows, Q.shape[1], dtype=torch.float64, device=Q.device)
+    bigger[: j + 1] = Q[: j + 1]
+    if W is None:
+        return bigger, None
+    bigger_w = torch.empty_like(bigger)
+    bigger_w[: j] = W[: j]
+    return bigger, bigger_w
+
+
+def _extend(matvec: Callable[[Tensor], Tensor], Q: Tensor, W: Tensor | None, j: int, alphas: list[float],
+            betas: list[float]) -> float:
+    """One Lanczos step: append α_j, leave H q_j orthogonalised against q_0..q_j (not yet
+    normalised) in row j + 1 of ``Q`` (and H q_j in row j of ``W``), and return its norm β."""
+    q = Q[j]
+    # Everything in place in the next row of the basis: no n-sized temporaries per step.
+    w = Q[j + 1]
+    w.copy_(matvec(q).reshape(-1))          # to float64 while copying
+    if W is not None:
+        W[j].copy_(w)
+    a = float(torch.dot(q, w))
+    alphas.append(a)
+    w.sub_(q, alpha=a)
+    if j > 0:
+        w.sub_(Q[j - 1], alpha=betas[-1])
+    B = Q[: j + 1]
+    for _ in range(2):                      # full reorthogonalisation, twice ("twice is enough")
+        w.addmv_(B.T, B @ w, alpha=-1.0)
+    return float(torch.linalg.vector_norm(w))
+
+
+def _restart(Q: Tensor, j: int, gen: torch.Generator) -> bool:
+    """After a breakdown at step j, put a random unit vector orthogonal to q_0..q_j into row
+    j + 1 of ``Q``; False when there is none (the basis spans everything: H is fully known)."""
+    B = Q[: j + 1]
+    n = Q.shape[1]
+    # Gaussian, not Rademacher: a few +-1 vectors are linearly dependent too often in small n.
+    r = torch.randn(n, generator=gen, dtype=torch.float64).to(Q.device)
+    for _ in range(2):
+        r = r - B.T @ (B @ r)
+    rn = float(torch.linalg.vector_norm(r))
+    if rn <= 1e-8 * math.sqrt(n):
+        return False
+    Q[j + 1].copy_(r).div_(rn)
+    return True
 
 
 def _order(theta: np.ndarray, which: str) -> np.ndarray:
@@ -191,6 +211,9 @@ def top_eigenvalues(op, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max
     is still a true eigenpair to its residual. Ghosts (spurious copies from lost
     orthogonality) do not arise: the basis is reorthogonalised in float64, and a value whose
     vector is not orthogonal to an earlier equal one is flagged unconverged.
+
+    Progress: when the operator's ``progress`` (the probe's setting) asks for it, a bar counts
+    the products (up to ``max_iter`` for Lanczos) and shows the current worst residual estimate.
 
     Args:
         op: A :class:`~landprobe.curvature.HessianOperator` (or anything with ``n``,
@@ -232,7 +255,31 @@ def top_eigenvalues(op, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max
         >>> [round(v, 12) for v in res.values.tolist()], res.converged.tolist()
         ([0.666666666667, 2.666666666667], [True, True])
     """
-    n = op.n
+    max_iter = _checked_arguments(op.n, k, which, tol, max_iter, method)
+    v0, warm = _start_vector(op, k, which, tol, max_iter, seed, method, atol, warm_start)
+    eps = torch.finfo(op.dtype).eps
+    start = op.matvecs
+    with _product_progress(op, method, max_iter) as bar:
+        def mv(v: Tensor) -> Tensor:
+            bar.update()
+            return op._flat_matvec(v)
+
+        if method == "arpack":
+            theta, vecs, hvecs, big = _arpack_pairs(op, v0, k, which, tol, max_iter, bar)
+        else:
+            theta, vecs, hvecs, big = _lanczos_pairs(mv, v0, k, which, tol, atol, eps, max_iter, seed, bar)
+        floor = atol if atol is not None else 100 * eps * big
+        units, residuals, flags = _measured(mv, theta, vecs, hvecs, tol, floor)
+    settings = dict(op.settings)
+    settings.update(k=int(k), which=which, tol=float(tol), atol=float(floor), max_iter=int(max_iter),
+                    seed=int(seed), method=method, warm_start=warm)
+    return Eigenpairs(values=np.asarray(theta, dtype=np.float64), residuals=np.asarray(residuals),
+                      converged=np.asarray(flags, dtype=bool), matvecs=int(op.matvecs - start),
+                      vectors=[op.to_param_vector(v) for v in units], settings=settings)
+
+
+def _checked_arguments(n: int, k: Any, which: Any, tol: Any, max_iter: Any, method: Any) -> int:
+    """Check the arguments of :func:`top_eigenvalues`; return the Krylov dimension limit."""
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= n:
         raise ValueError(f"k={k!r}; expected an integer from 1 to the dimension n={n}")
     if which not in WHICH:
@@ -243,91 +290,124 @@ def top_eigenvalues(op, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max
         max_iter = min(n, max(100, 10 * k))
     if not isinstance(max_iter, (int, np.integer)) or max_iter < k:
         raise ValueError(f"max_iter={max_iter!r}; expected an integer >= k={k} (the Krylov dimension limit)")
-    max_iter = int(min(max_iter, n))
     if method not in ("lanczos", "arpack"):
         raise ValueError(f"method={method!r}; expected 'lanczos' or 'arpack'")
-    warm = None
-    if warm_start is not None:
-        if isinstance(warm_start, bool) or not isinstance(warm_start, (int, float)) or not 0 < warm_start < 1:
-            raise ValueError(f"warm_start={warm_start!r}; expected None or a share of the data in (0, 1), e.g. 0.125")
-        if not hasattr(op, "subsample"):
-            raise ValueError(f"warm_start needs an operator with subsample(fraction) (a HessianOperator); "
-                             f"got {type(op).__name__}")
-        sub = op.subsample(float(warm_start))
-        pre = top_eigenvalues(sub, k, which, tol=max(float(tol), 1e-3), max_iter=max_iter, seed=seed,
-                              method=method, atol=atol)
-        v0 = torch.stack([v.flatten().to(torch.float64) for v in pre.vectors]).sum(0).to(op.device)
-        warm = {"fraction": float(warm_start), "samples_share": float(sub.settings.get("subsample", warm_start)),
-                "matvecs": int(pre.matvecs), "values": pre.values.tolist()}
-    eps = torch.finfo(op.dtype).eps
-    if warm is None:
+    return int(min(max_iter, n))
+
+
+def _start_vector(op, k: int, which: str, tol: float, max_iter: int, seed: int, method: str,
+                  atol: float | None, warm_start: Any) -> tuple[Tensor, dict[str, Any] | None]:
+    """The start vector (float64, on the operator's device) and what the warm start did (or None).
+
+    Cold: a seeded Gaussian vector. Warm: the sum of the k Ritz vectors of a run on
+    ``op.subsample(warm_start)`` to tolerance ``max(tol, 1e-3)``.
+    """
+    if warm_start is None:
         gen = torch.Generator().manual_seed(int(seed))
         # drawn in float32 (4x cheaper at n = 1M) and widened: a start vector needs no more
-        v0 = torch.randn(n, generator=gen, dtype=torch.float32).to(device=op.device, dtype=torch.float64)
-    start = op.matvecs
+        return torch.randn(op.n, generator=gen, dtype=torch.float32).to(device=op.device, dtype=torch.float64), None
+    if isinstance(warm_start, bool) or not isinstance(warm_start, (int, float)) or not 0 < warm_start < 1:
+        raise ValueError(f"warm_start={warm_start!r}; expected None or a share of the data in (0, 1), e.g. 0.125")
+    if not hasattr(op, "subsample"):
+        raise ValueError(f"warm_start needs an operator with subsample(fraction) (a HessianOperator); "
+                         f"got {type(op).__name__}")
+    sub = op.subsample(float(warm_start))
+    pre = top_eigenvalues(sub, k, which, tol=max(float(tol), 1e-3), max_iter=max_iter, seed=seed,
+                          method=method, atol=atol)
+    v0 = torch.stack([v.flatten().to(torch.float64) for v in pre.vectors]).sum(0).to(op.device)
+    warm = {"fraction": float(warm_start), "samples_share": float(sub.settings.get("subsample", warm_start)),
+            "matvecs": int(pre.matvecs), "values": pre.values.tolist()}
+    return v0, warm
 
-    def mv(v: Tensor) -> Tensor:
-        return op._flat_matvec(v)
 
-    if method == "arpack":
-        from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+def _product_progress(op, method: str, max_iter: int) -> Progress:
+    """The bar of one eigenpair run: a Krylov step (one product) per unit, up to ``max_iter``
+    for Lanczos; ARPACK's count is not known in advance. Named after the share of the data
+    for a subsampled operator (the warm start's run)."""
+    desc = "Lanczos" if method == "lanczos" else "ARPACK"
+    share = getattr(op, "settings", {}).get("subsample")
+    if share is not None:
+        desc += f" ({share:.1%} of the data)"
+    total = max_iter if method == "lanczos" else None
+    return Progress(desc, total, enabled=getattr(op, "progress", None), unit="product")
 
-        A = op.as_linear_operator()
-        ncv = min(n, max(2 * k + 1, 20))
-        if k >= n - 1:                            # ARPACK needs k < n - 1: small blocks go dense
-            dense = op.dense(max_n=n).to("cpu", torch.float64).numpy()
-            th, V = np.linalg.eigh((dense + dense.T) / 2)
-        else:
-            try:
-                th, V = eigsh(A, k=k, which=which, tol=tol, maxiter=max(1, max_iter), ncv=ncv,
-                              v0=v0.cpu().numpy())
-            except ArpackNoConvergence as err:
-                th, V = err.eigenvalues, err.eigenvectors
-        th = np.asarray(th, dtype=np.float64)
-        idx = _order(th, which)[:k]
-        theta = th[idx]
-        vecs = torch.from_numpy(np.ascontiguousarray(V[:, idx].T)).to(op.device)
-        hvecs = None
-        big = float(np.max(np.abs(th))) if th.size else 0.0
-    else:
-        def enough(run: LanczosRun) -> bool:
-            m = len(run.alphas)
-            if m < k:
-                return False
-            th, S = np.linalg.eigh(run.tridiagonal())
-            idx = _order(th, which)[:k]
-            est = abs(run.last_beta) * np.abs(S[-1, idx])
-            floor = atol if atol is not None else 100 * eps * float(np.max(np.abs(th)))
-            return bool(np.all(est <= tol * np.abs(th[idx]) + floor))
 
-        run = lanczos(mv, v0, max_iter, restart=True, seed=seed, callback=enough, keep_products=True)
+def _lanczos_pairs(mv: Callable[[Tensor], Tensor], v0: Tensor, k: int, which: str, tol: float,
+                   atol: float | None, eps: float, max_iter: int, seed: int,
+                   bar: Progress) -> tuple[np.ndarray, Tensor, Tensor, float]:
+    """Lanczos until the k wanted Ritz pairs' residual estimates pass; their values, unit
+    vectors (k, n), H applied to them (from the kept products) and the largest |Ritz value|."""
+    def enough(run: LanczosRun) -> bool:
+        m = len(run.alphas)
+        if m < k:
+            return False
         th, S = np.linalg.eigh(run.tridiagonal())
         idx = _order(th, which)[:k]
-        theta = th[idx]
-        big = float(np.max(np.abs(th)))
-        coef = torch.from_numpy(np.ascontiguousarray(S[:, idx].T)).to(run.basis)
-        vecs = coef @ run.basis                   # (k', n) Ritz vectors, orthonormal
-        hvecs = coef @ run.products               # H applied to them, by linearity from real products
-    floor = atol if atol is not None else 100 * eps * big
-    residuals, flags = [], []
-    out_vecs = []
+        est = abs(run.last_beta) * np.abs(S[-1, idx])
+        bar.set(residual=float(np.max(est)))
+        floor = atol if atol is not None else 100 * eps * float(np.max(np.abs(th)))
+        return bool(np.all(est <= tol * np.abs(th[idx]) + floor))
+
+    run = lanczos(mv, v0, max_iter, restart=True, seed=seed, callback=enough, keep_products=True)
+    assert run.products is not None
+    th, S = np.linalg.eigh(run.tridiagonal())
+    idx = _order(th, which)[:k]
+    coef = torch.from_numpy(np.ascontiguousarray(S[:, idx].T)).to(run.basis)
+    vecs = coef @ run.basis                   # (k', n) Ritz vectors, orthonormal
+    hvecs = coef @ run.products               # H applied to them, by linearity from real products
+    return th[idx], vecs, hvecs, float(np.max(np.abs(th)))
+
+
+def _arpack_pairs(op, v0: Tensor, k: int, which: str, tol: float, max_iter: int,
+                  bar: Progress) -> tuple[np.ndarray, Tensor, None, float]:
+    """SciPy ``eigsh`` on ``op.as_linear_operator()`` (a dense eigensolver for k >= n - 1, which
+    ARPACK cannot do): the k wanted values, their vectors (k, n) and the largest |value|."""
+    from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+
+    n = op.n
+    if k >= n - 1:                            # ARPACK needs k < n - 1: small blocks go dense
+        dense = op.dense(max_n=n).to("cpu", torch.float64).numpy()
+        bar.update(n)
+        th, V = np.linalg.eigh((dense + dense.T) / 2)
+    else:
+        try:
+            th, V = eigsh(_counted(op.as_linear_operator(), bar), k=k, which=which, tol=tol,
+                          maxiter=max(1, max_iter), ncv=min(n, max(2 * k + 1, 20)), v0=v0.cpu().numpy())
+        except ArpackNoConvergence as err:
+            th, V = err.eigenvalues, err.eigenvectors
+    th = np.asarray(th, dtype=np.float64)
+    idx = _order(th, which)[:k]
+    vecs = torch.from_numpy(np.ascontiguousarray(V[:, idx].T)).to(op.device)
+    return th[idx], vecs, None, (float(np.max(np.abs(th))) if th.size else 0.0)
+
+
+def _counted(A, bar: Progress):
+    """``A`` (a SciPy LinearOperator) with one bar update per product."""
+    from scipy.sparse.linalg import LinearOperator
+
+    def mv(x: np.ndarray) -> np.ndarray:
+        bar.update()
+        return A.matvec(x)
+
+    return LinearOperator(A.shape, matvec=mv, rmatvec=mv, dtype=A.dtype)
+
+
+def _measured(mv: Callable[[Tensor], Tensor], theta: np.ndarray, vecs: Tensor, hvecs: Tensor | None,
+              tol: float, floor: float) -> tuple[list[Tensor], list[float], list[bool]]:
+    """Unit vectors, measured residuals ‖Hv − θv‖ (from ``hvecs`` = H applied to ``vecs`` when
+    given, else one product each) and convergence flags; a ghost (a copy of an earlier value
+    whose vector is not orthogonal to the earlier one) is flagged unconverged."""
+    units: list[Tensor] = []
+    residuals: list[float] = []
+    flags: list[bool] = []
     for i in range(len(theta)):
         nv = torch.linalg.vector_norm(vecs[i])
         v = vecs[i] / nv
         hv = (hvecs[i] / nv) if hvecs is not None else mv(v).to(torch.float64)
         r = float(torch.linalg.vector_norm(hv - theta[i] * v))
-        ok = r <= tol * abs(theta[i]) + floor
-        # a ghost: a copy of an earlier value whose vector is not orthogonal to the earlier one
-        for j in range(i):
-            if abs(theta[i] - theta[j]) <= tol * abs(theta[j]) + floor and \
-                    abs(float(torch.dot(v, vecs[j] / torch.linalg.vector_norm(vecs[j])))) > 1e-6:
-                ok = False
+        ghost = any(abs(theta[i] - theta[j]) <= tol * abs(theta[j]) + floor
+                    and abs(float(torch.dot(v, units[j]))) > 1e-6 for j in range(i))
+        units.append(v)
         residuals.append(r)
-        flags.append(bool(ok))
-        out_vecs.append(op.to_param_vector(v))
-    settings = dict(op.settings)
-    settings.update(k=int(k), which=which, tol=float(tol), atol=float(floor), max_iter=int(max_iter),
-                    seed=int(seed), method=method, warm_start=warm)
-    return Eigenpairs(values=np.asarray(theta, dtype=np.float64), residuals=np.asarray(residuals),
-                      converged=np.asarray(flags, dtype=bool), matvecs=int(op.matvecs - start),
-                      vectors=out_vecs, settings=settings)
+        flags.append(bool(r <= tol * abs(theta[i]) + floor and not ghost))
+    return units, residuals, flags

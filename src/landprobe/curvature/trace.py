@@ -1,7 +1,8 @@
 """Stochastic trace estimators: Hutchinson (1989) and Hutch++ (Meyer, Musco, Musco & Woodruff 2021).
 
 Both use Rademacher probes drawn on the CPU from a seeded generator (float64), so the same seed
-gives the same estimate on every device, and the global RNG is never touched.
+gives the same estimate on every device, and the global RNG is never touched. When the
+operator's ``progress`` (the probe's setting) asks for it, a bar counts the products.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 from torch import Tensor
 
 from landprobe.curvature.results import TraceEstimate
+from landprobe.engine import Progress
 
 __all__ = ["trace", "hutchinson", "hutchpp", "TRACE_METHODS"]
 
@@ -27,8 +29,14 @@ def _rademacher(n: int, count: int, gen: torch.Generator, device) -> Tensor:
 _CHUNK = 32
 
 
-def _products(op, rows: Tensor) -> Tensor:
-    """H applied to each row of ``rows`` (m x n, float64), in chunks through ``op``'s batched path."""
+def _bar(op, desc: str, total: int) -> Progress:
+    """A bar of ``total`` products, shown as the operator's ``progress`` setting says."""
+    return Progress(desc, total, enabled=getattr(op, "progress", None), unit="product")
+
+
+def _products(op, rows: Tensor, bar: Progress) -> Tensor:
+    """H applied to each row of ``rows`` (m x n, float64), in chunks through ``op``'s batched
+    path; ``bar`` advances by the products of each chunk."""
     out = []
     for i in range(0, rows.shape[0], _CHUNK):
         block = rows[i:i + _CHUNK]
@@ -38,6 +46,7 @@ def _products(op, rows: Tensor) -> Tensor:
             out.append(op.matmat(block.T).T.to(torch.float64))
         else:
             out.append(torch.stack([op._flat_matvec(r).to(torch.float64) for r in block]))
+        bar.update(block.shape[0])
     return torch.cat(out) if out else rows.new_zeros((0, rows.shape[1]))
 
 
@@ -70,12 +79,13 @@ def hutchinson(op, matvecs: int = 100, *, seed: int = 0) -> TraceEstimate:
     start = op.matvecs
     samples: list[float] = []
     left = int(matvecs)
-    while left > 0:                                   # chunks bound the memory of the probes
-        c = min(left, _CHUNK)
-        Z = _rademacher(op.n, c, gen, op.device)
-        HZ = _products(op, Z)
-        samples.extend(torch.sum(Z * HZ, dim=1).tolist())
-        left -= c
+    with _bar(op, "Hutchinson", left) as bar:
+        while left > 0:                               # chunks bound the memory of the probes
+            c = min(left, _CHUNK)
+            Z = _rademacher(op.n, c, gen, op.device)
+            HZ = _products(op, Z, bar)
+            samples.extend(torch.sum(Z * HZ, dim=1).tolist())
+            left -= c
     s = np.asarray(samples)
     settings = dict(op.settings, seed=int(seed), estimator="hutchinson")
     return TraceEstimate(value=float(s.mean()), stderr=_stderr(s), matvecs=int(op.matvecs - start),
@@ -114,12 +124,13 @@ def hutchpp(op, matvecs: int = 99, *, seed: int = 0) -> TraceEstimate:
     g_count = m - 2 * s
     gen = torch.Generator().manual_seed(int(seed))
     start = op.matvecs
-    S = _rademacher(op.n, s, gen, op.device)
-    Q, _ = torch.linalg.qr(_products(op, S).T)                      # n x s, orthonormal range of HS
-    deflated = float(torch.sum(Q.T * _products(op, Q.T.contiguous())))
-    G = _rademacher(op.n, g_count, gen, op.device)
-    G = G - (G @ Q) @ Q.T                                            # (I - QQᵀ) g, as rows
-    smp = torch.sum(G * _products(op, G), dim=1).cpu().numpy()
+    with _bar(op, "Hutch++", m) as bar:
+        S = _rademacher(op.n, s, gen, op.device)
+        Q, _ = torch.linalg.qr(_products(op, S, bar).T)             # n x s, orthonormal range of HS
+        deflated = float(torch.sum(Q.T * _products(op, Q.T.contiguous(), bar)))
+        G = _rademacher(op.n, g_count, gen, op.device)
+        G = G - (G @ Q) @ Q.T                                        # (I - QQᵀ) g, as rows
+        smp = torch.sum(G * _products(op, G, bar), dim=1).cpu().numpy()
     settings = dict(op.settings, seed=int(seed), estimator="hutch++", sketch=int(s))
     return TraceEstimate(value=deflated + float(smp.mean()), stderr=_stderr(smp), matvecs=int(op.matvecs - start),
                          method="hutch++", samples=smp, deflated=deflated, settings=settings)

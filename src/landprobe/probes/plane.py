@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from landprobe.common.results import Result, require_matplotlib
-from landprobe.engine import Engine, HasEngine, as_engine
-from landprobe.params import ParamVector, Selector, as_param_vector, select
+from landprobe.engine import Engine, HasEngine, Writer, as_engine
+from landprobe.params import ParamVector, Selector, select
 
 __all__ = ["Surface", "plane", "grid_axis"]
 
@@ -190,14 +190,14 @@ def _subnet_label(model, subnet):
     return subnet if isinstance(subnet, str) else select(model, subnet)
 
 
-def _direction(value: Any, model, names: list[str], what: str) -> ParamVector:
+def _direction(engine: Engine, value: Any, names: list[str], what: str) -> ParamVector:
     if isinstance(value, ParamVector):
         src = value
     elif isinstance(value, torch.nn.Module) or hasattr(value, "keys"):
         src = value
     else:
         raise TypeError(f"{what} must be a ParamVector, a state_dict or a module, not {type(value).__name__}")
-    vec = as_param_vector(src, model, names=names, what=what)
+    vec = engine.as_point(src, what=what, names=names)
     bad = [n for n, t in vec.items() if not bool(torch.isfinite(t).all())]
     if bad:
         raise ValueError(f"{what} has non-finite values (NaN or inf) in {bad[:6]}")
@@ -290,103 +290,170 @@ def plane(engine: Engine | HasEngine, center: Any = None, directions: Sequence[A
         ([0.5, 0.5], 2.0)
     """
     engine = as_engine(engine)
-    model = engine.model
+    nx, ny = _check_args(steps, normalization, one_d)
+    names = engine.state_names()                       # parameters (+ floating buffers under bn='eval')
+    pnames = select(engine.model, subnet)             # the parameters that move
+    if through is not None:
+        _check_through(through, center, directions, normalization, margin)
+        chosen = _through_three(engine, through, names, pnames, subnet, span, margin)
+    else:
+        origin = engine.as_point(center if center is not None else engine.model, what="center",
+                                 names=names).clone()
+        xr, yr = _parse_span(1.0 if span is None else span)
+        cp = origin.subset(pnames)
+        if directions is None:
+            kind, norm_used = "random", "filter" if normalization == "auto" else normalization
+            raw = _random_directions(cp, seed)
+        else:
+            kind, norm_used = "given", None if normalization == "auto" else normalization
+            raw = _given_directions(engine, directions, pnames)
+        d1, d2 = _normalized(raw, cp, norm_used, one_d, subnet)
+        chosen = _Plane(kind, origin, d1, d2, xr, yr, {"center": [0.0, 0.0]}, norm_used,
+                        info=dict(direction_norms=[d1.norm(), d2.norm()],
+                                  direction_cosine=d1.dot(d2) / (d1.norm() * d2.norm())))
+
+    xs, ys = grid_axis(*chosen.xr, nx), grid_axis(*chosen.yr, ny)
+    points = _grid_points(xs, ys, chosen.anchors)
+    evals = engine.sweep(names, _writers(names, chosen, points), "plane")
+    settings = engine.settings(probe="plane", directions=chosen.kind, normalization=chosen.normalization,
+                               one_d=one_d, seed=int(seed) if chosen.kind == "random" else None,
+                               span=[list(chosen.xr), list(chosen.yr)], steps=[nx, ny],
+                               subnet=_subnet_label(engine.model, subnet),
+                               margin=float(margin) if chosen.kind == "through" else None, **chosen.info)
+    return _surface(xs, ys, points, evals, chosen.anchors, settings)
+
+
+# --------------------------------------------------------------------------- the steps of plane
+@dataclass
+class _Plane:
+    """The chosen plane: θ(x, y) = origin + x·d1 + y·d2 for x in ``xr``, y in ``yr``."""
+
+    kind: str                           # "random", "given" or "through"
+    origin: ParamVector                 # over the engine's state names
+    d1: ParamVector
+    d2: ParamVector
+    xr: tuple[float, float]
+    yr: tuple[float, float]
+    anchors: dict[str, list[float]]     # name -> [x, y], measured exactly
+    normalization: str | None           # the one applied to the directions
+    info: dict[str, Any]                # direction norms and cosine, or |b - a|, for the settings
+
+
+def _check_args(steps: Any, normalization: Any, one_d: Any) -> tuple[int, int]:
+    """``(nx, ny)``, after checking the arguments every kind of plane takes."""
     nx, ny = _parse_steps(steps)
     if normalization not in _NORMALIZATIONS + ("auto",):
         raise ValueError(f"normalization={normalization!r}; expected 'auto', 'filter' (Li et al. 2018, §4), "
                          f"'layer', 'model' or None")
     if one_d not in ("zero", "filter", "copy", "keep"):
         raise ValueError(f"one_d={one_d!r}; expected 'zero' (Li et al.), 'filter', 'copy' or 'keep'")
-    names = engine.state_names()                       # parameters (+ floating buffers under bn='eval')
-    pnames = select(model, subnet)                    # the parameters that move
-    anchors: dict[str, list[float]] = {}
-    info: dict[str, Any] = {}
+    return nx, ny
 
-    if through is not None:
-        if directions is not None:
-            raise ValueError("pass either directions=(d1, d2) or through=(a, b, c), not both")
-        if center is not None:
-            raise ValueError("center must be None with through=(a, b, c): the plane's origin is a")
-        if normalization not in ("auto", None):
-            raise ValueError(f"normalization={normalization!r} with through=(a, b, c); the plane through three "
-                             f"models uses their own differences (normalization='auto' or None)")
-        if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
-            raise ValueError(f"margin={margin!r}; expected a finite number >= 0 (in units of |b - a|)")
-        if not isinstance(through, (tuple, list)) or len(through) != 3:
-            raise TypeError(f"through must be a triple (a, b, c) of models, state_dicts or ParamVectors; "
-                            f"got {type(through).__name__}" + (f" of length {len(through)}"
-                                                              if isinstance(through, (tuple, list)) else ""))
-        # clones: a module argument may be the probed model itself, whose tensors the sweep overwrites
-        va, vb, vc = (as_param_vector(t, model, names=names, what=w).clone() for t, w in zip(through, "abc"))
-        moving = set(pnames) | (set(engine.state_names(subnet)) - set(select(model, None)))
-        u = ParamVector({n: (tb - ta) if n in moving else torch.zeros_like(ta)
-                         for n, ta, tb in zip(names, va.tensors, vb.tensors)})
-        w = ParamVector({n: (tc - ta) if n in moving else torch.zeros_like(ta)
-                         for n, ta, tc in zip(names, va.tensors, vc.tensors)})
-        up, wp = u.subset(pnames), w.subset(pnames)
-        uu = up.dot(up)
-        if not uu > 0:
-            raise ValueError("through=(a, b, c): a and b have the same parameters (b - a = 0"
-                             + (f" on subnet {subnet!r}" if subnet is not None else "") + "); pass three distinct models")
-        cx = wp.dot(up) / uu
-        cy = (wp - up * cx).norm() / math.sqrt(uu)
-        eps = torch.finfo(up.tensors[0].dtype).eps if len(up) else 1e-16
-        if not cy > 64 * eps * max(1.0, abs(cx), math.sqrt(wp.dot(wp) / uu)):
-            raise ValueError(f"through=(a, b, c): c lies on the line through a and b (c - a = {cx:.6g} (b - a)); "
-                             f"a plane needs three models not on one line")
-        # d1 = u; d2 = (c - a - cx u) / cy: orthogonal to u on the parameters, |d2| = |u|, and
-        # a + cx d1 + cy d2 = c on every entry (buffers included).
-        d1 = u
-        d2 = (w - u * cx) / cy
-        c0 = va
-        anchors = {"a": [0.0, 0.0], "b": [1.0, 0.0], "c": [float(cx), float(cy)]}
-        if span is None:
-            xr = (min(0.0, cx) - margin, max(1.0, cx) + margin)
-            yr = (-margin, cy + margin)
-            if margin == 0:
-                raise ValueError("margin=0 with span=None leaves a and b on the grid's edge with no room: pass "
-                                 "margin > 0 or explicit span=((xmin, xmax), (ymin, ymax))")
-        elif isinstance(span, (int, float)):
-            raise ValueError(f"span={span!r} with through=(a, b, c); pass span=None (fit the three models, plus "
-                             f"margin) or explicit ranges ((xmin, xmax), (ymin, ymax)) in units of |b - a|")
-        else:
-            xr, yr = _parse_span(span)
-        kind, norm_used = "through", None
-        info.update(norm_b_minus_a=math.sqrt(uu))
-    else:
-        c0 = as_param_vector(center if center is not None else model, model, names=names, what="center").clone()
-        xr, yr = _parse_span(1.0 if span is None else span)
-        cp = c0.subset(pnames)
-        if directions is None:
-            kind = "random"
-            norm_used = "filter" if normalization == "auto" else normalization
-            s1, s2 = (int(s) for s in np.random.SeedSequence(int(seed)).generate_state(2))
-            raw = [cp.randn_like(s1), cp.randn_like(s2)]
-        else:
-            kind = "given"
-            norm_used = None if normalization == "auto" else normalization
-            if not isinstance(directions, (tuple, list)) or len(directions) != 2:
-                raise TypeError(f"directions must be a pair (d1, d2) of ParamVectors, state_dicts or modules; got "
-                                f"{type(directions).__name__}" + (f" of length {len(directions)}"
-                                                                 if isinstance(directions, (tuple, list)) else ""))
-            raw = [_direction(d, model, pnames, f"directions[{i}]").clone() for i, d in enumerate(directions)]
-        for i, d in enumerate(raw):
-            if norm_used is not None:
-                d.normalize_(cp, norm_used, one_d=one_d)
-            if not d.norm() > 0:
-                raise ValueError(f"direction {i + 1} is zero on the moving parameters "
-                                 f"({'subnet ' + repr(subnet) if subnet is not None else 'whole model'}"
-                                 + (f", normalization={norm_used!r} with one_d={one_d!r} zeroes 1-D tensors"
-                                    if norm_used in ("filter", "layer") and one_d == "zero" else "")
-                                 + "); choose another subnet or one_d='filter'")
-        d1, d2 = raw
-        anchors = {"center": [0.0, 0.0]}
-        info.update(direction_norms=[d1.norm(), d2.norm()], direction_cosine=d1.dot(d2) / (d1.norm() * d2.norm()))
 
-    xs = grid_axis(*xr, nx)
-    ys = grid_axis(*yr, ny)
+def _check_through(through: Any, center: Any, directions: Any, normalization: Any, margin: Any) -> None:
+    """The arguments that a plane through three models excludes or needs."""
+    if directions is not None:
+        raise ValueError("pass either directions=(d1, d2) or through=(a, b, c), not both")
+    if center is not None:
+        raise ValueError("center must be None with through=(a, b, c): the plane's origin is a")
+    if normalization not in ("auto", None):
+        raise ValueError(f"normalization={normalization!r} with through=(a, b, c); the plane through three "
+                         f"models uses their own differences (normalization='auto' or None)")
+    if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"margin={margin!r}; expected a finite number >= 0 (in units of |b - a|)")
+    if not isinstance(through, (tuple, list)) or len(through) != 3:
+        raise TypeError(f"through must be a triple (a, b, c) of models, state_dicts or ParamVectors; "
+                        f"got {type(through).__name__}" + (f" of length {len(through)}"
+                                                          if isinstance(through, (tuple, list)) else ""))
 
-    # Moving entries get base + x d1 + y d2 (base of the row cached); the others are copied from the origin.
+
+def _through_three(engine: Engine, through: Sequence[Any], names: list[str], pnames: list[str],
+                   subnet: Selector | None, span: Any, margin: float) -> _Plane:
+    """The plane with origin a, d1 = u = b - a and d2 = the part of c - a orthogonal to u (on the
+    parameters) rescaled to |u|, so that a = (0, 0), b = (1, 0) and c = (cx, cy), cy > 0."""
+    model = engine.model
+    # clones: a module argument may be the probed model itself, whose tensors the sweep overwrites
+    va, vb, vc = (engine.as_point(t, what=w, names=names).clone() for t, w in zip(through, "abc"))
+    moving = set(pnames) | (set(engine.state_names(subnet)) - set(select(model, None)))
+    u = ParamVector({n: (tb - ta) if n in moving else torch.zeros_like(ta)
+                     for n, ta, tb in zip(names, va.tensors, vb.tensors)})
+    w = ParamVector({n: (tc - ta) if n in moving else torch.zeros_like(ta)
+                     for n, ta, tc in zip(names, va.tensors, vc.tensors)})
+    up, wp = u.subset(pnames), w.subset(pnames)
+    uu = up.dot(up)
+    if not uu > 0:
+        raise ValueError("through=(a, b, c): a and b have the same parameters (b - a = 0"
+                         + (f" on subnet {subnet!r}" if subnet is not None else "") + "); pass three distinct models")
+    cx = wp.dot(up) / uu
+    cy = (wp - up * cx).norm() / math.sqrt(uu)
+    eps = torch.finfo(up.tensors[0].dtype).eps if len(up) else 1e-16
+    if not cy > 64 * eps * max(1.0, abs(cx), math.sqrt(wp.dot(wp) / uu)):
+        raise ValueError(f"through=(a, b, c): c lies on the line through a and b (c - a = {cx:.6g} (b - a)); "
+                         f"a plane needs three models not on one line")
+    # d1 = u; d2 = (c - a - cx u) / cy: orthogonal to u on the parameters, |d2| = |u|, and
+    # a + cx d1 + cy d2 = c on every entry (buffers included).
+    d2 = (w - u * cx) / cy
+    xr, yr = _through_ranges(span, cx, cy, margin)
+    return _Plane("through", va, u, d2, xr, yr, {"a": [0.0, 0.0], "b": [1.0, 0.0], "c": [float(cx), float(cy)]},
+                  None, info=dict(norm_b_minus_a=math.sqrt(uu)))
+
+
+def _through_ranges(span: Any, cx: float, cy: float, margin: float) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The grid's ranges through three models: the anchors plus ``margin``, or the explicit ``span``."""
+    if span is None:
+        xr = (min(0.0, cx) - margin, max(1.0, cx) + margin)
+        yr = (-margin, cy + margin)
+        if margin == 0:
+            raise ValueError("margin=0 with span=None leaves a and b on the grid's edge with no room: pass "
+                             "margin > 0 or explicit span=((xmin, xmax), (ymin, ymax))")
+        return xr, yr
+    if isinstance(span, (int, float)):
+        raise ValueError(f"span={span!r} with through=(a, b, c); pass span=None (fit the three models, plus "
+                         f"margin) or explicit ranges ((xmin, xmax), (ymin, ymax)) in units of |b - a|")
+    return _parse_span(span)
+
+
+def _random_directions(cp: ParamVector, seed: int) -> list[ParamVector]:
+    """Two Gaussian directions shaped like ``cp``, from their own generators seeded by ``seed``."""
+    s1, s2 = (int(s) for s in np.random.SeedSequence(int(seed)).generate_state(2))
+    return [cp.randn_like(s1), cp.randn_like(s2)]
+
+
+def _given_directions(engine: Engine, directions: Any, pnames: list[str]) -> list[ParamVector]:
+    """Copies of the user's pair ``(d1, d2)`` over the moving parameters."""
+    if not isinstance(directions, (tuple, list)) or len(directions) != 2:
+        raise TypeError(f"directions must be a pair (d1, d2) of ParamVectors, state_dicts or modules; got "
+                        f"{type(directions).__name__}" + (f" of length {len(directions)}"
+                                                         if isinstance(directions, (tuple, list)) else ""))
+    return [_direction(engine, d, pnames, f"directions[{i}]").clone() for i, d in enumerate(directions)]
+
+
+def _normalized(raw: list[ParamVector], cp: ParamVector, norm_used: str | None, one_d: str,
+                subnet: Selector | None) -> list[ParamVector]:
+    """The directions normalised in place against ``cp`` (unless ``norm_used`` is None); none may be zero."""
+    for i, d in enumerate(raw):
+        if norm_used is not None:
+            d.normalize_(cp, norm_used, one_d=one_d)
+        if not d.norm() > 0:
+            raise ValueError(f"direction {i + 1} is zero on the moving parameters "
+                             f"({'subnet ' + repr(subnet) if subnet is not None else 'whole model'}"
+                             + (f", normalization={norm_used!r} with one_d={one_d!r} zeroes 1-D tensors"
+                                if norm_used in ("filter", "layer") and one_d == "zero" else "")
+                             + "); choose another subnet or one_d='filter'")
+    return raw
+
+
+def _grid_points(xs: np.ndarray, ys: np.ndarray, anchors: dict[str, list[float]]) -> list[tuple[float, float]]:
+    """The grid row by row (y outer, x inner), then the anchors that are not grid points."""
+    points = [(float(x), float(y)) for y in ys for x in xs]
+    on_grid = set(points)
+    return points + [p for p in (tuple(v) for v in anchors.values()) if p not in on_grid]
+
+
+def _writers(names: list[str], chosen: _Plane, points: list[tuple[float, float]]) -> list[Writer]:
+    """One writer per point: moving entries get base + x d1 + y d2 (the base of the row cached, so
+    a row of the grid costs one add per point); the others are copied from the origin."""
+    c0, d1, d2 = chosen.origin, chosen.d1, chosen.d2
     index = {n: i for i, n in enumerate(names)}
     mov = [n for n in d1.names if bool((d1[n] != 0).any()) or bool((d2[n] != 0).any())]
     mi = [index[n] for n in mov]
@@ -402,7 +469,7 @@ def plane(engine: Engine | HasEngine, center: Any = None, directions: Sequence[A
             cache["y"] = y
         return cache["base"]
 
-    def writer(x: float, y: float):
+    def writer(x: float, y: float) -> Writer:
         def write(targets: list[torch.Tensor]) -> None:
             if c_static:
                 torch._foreach_copy_([targets[i] for i in si], c_static)
@@ -415,21 +482,17 @@ def plane(engine: Engine | HasEngine, center: Any = None, directions: Sequence[A
                     torch.add(b0, d, alpha=x, out=t)
         return write
 
-    points = [(float(x), float(y)) for y in ys for x in xs]
-    extra = [(0.0, 0.0)] if kind != "through" else []
-    extra += [tuple(v) for v in anchors.values()] if kind == "through" else []
-    grid_has = {p: k for k, p in enumerate(points)}
-    extra = [p for p in extra if p not in grid_has]
-    all_points = points + extra
-    evals = engine.sweep(names, [writer(x, y) for x, y in all_points], "plane")
-    at = {p: evals[k] for k, p in enumerate(all_points)}
-    losses = np.array([e.loss for e in evals[:len(points)]]).reshape(ny, nx)
-    stderr = np.array([e.stderr for e in evals[:len(points)]]).reshape(ny, nx)
+    return [writer(x, y) for x, y in points]
+
+
+def _surface(xs: np.ndarray, ys: np.ndarray, points: list[tuple[float, float]], evals: list,
+             anchors: dict[str, list[float]], settings: dict[str, Any]) -> Surface:
+    """The :class:`Surface` from the evaluations of ``points`` (the grid, then off-grid anchors)."""
+    nx, ny = len(xs), len(ys)
+    at = {p: evals[k] for k, p in enumerate(points)}
+    losses = np.array([e.loss for e in evals[:nx * ny]]).reshape(ny, nx)
+    stderr = np.array([e.stderr for e in evals[:nx * ny]]).reshape(ny, nx)
     anchor_losses = {k: float(at[(float(v[0]), float(v[1]))].loss) for k, v in anchors.items()}
     center_loss = anchor_losses.get("center", anchor_losses.get("a"))
-    settings = engine.settings(probe="plane", directions=kind, normalization=norm_used, one_d=one_d,
-                              seed=int(seed) if kind == "random" else None, span=[list(xr), list(yr)],
-                              steps=[nx, ny], subnet=_subnet_label(model, subnet),
-                              margin=float(margin) if kind == "through" else None, **info)
     return Surface(xs=xs, ys=ys, losses=losses, stderr=stderr, center_loss=float(center_loss), anchors=anchors,
                    anchor_losses=anchor_losses, settings=settings)
