@@ -498,3 +498,13 @@ def test_backward_checks_scale_and_finiteness():
     with pytest.raises(ValueError, match=r"'a\.3\.weight'"):
         pen.backward()
     assert all(p.grad is None for p in model.parameters())        # a failing call writes no gradient
+
+
+def test_l2norm_subnet_reports_a_nan_parameter_instead_of_a_norm_of_zero():
+    model = nn.Linear(2, 1)
+    penalty = lp.SubnetNormPenalty(model, {"weight": "l2norm", "bias": "l2"}, weight=1.0)
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    assert math.isnan(penalty.breakdown()["weight"])
+    with pytest.raises(ValueError, match="hold NaN or inf"):
+        penalty()

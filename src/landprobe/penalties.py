@@ -402,7 +402,10 @@ class SubnetNormPenalty:
             idx = torch.tensor(self._sqrt_idx, device=values.device)
             sq = values[idx]
             pos = sq > 0
-            root = torch.where(pos, torch.where(pos, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq))
+            # zero stays zero (with gradient 0); NaN and inf stay what they are, so that a
+            # non-finite parameter is reported, not hidden as a norm of 0
+            zero_or_bad = torch.where(torch.isfinite(sq), torch.zeros_like(sq), sq)
+            root = torch.where(pos, torch.where(pos, sq, torch.ones_like(sq)).sqrt(), zero_or_bad)
             values = values.index_put((idx,), root)
         return values
 
