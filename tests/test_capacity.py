@@ -495,6 +495,99 @@ def test_report_skips_and_strict(tmp_path):
     assert "spectral_complexity[b]" in r2.skipped
 
 
+@pytest.fixture
+def user_measures():
+    from landprobe.capacity import MEASURE_REGISTRY, unregister_measure
+
+    added = []
+    yield added
+    for name in added:
+        if name in MEASURE_REGISTRY:
+            unregister_measure(name)
+
+
+def test_register_measure_is_computed_by_report(user_measures):
+    from landprobe.capacity import CHEAP_MEASURES, MEASURE_REGISTRY, MEASURES, register_measure
+
+    net = relu_net([3, 4, 2])
+    data = [(torch.randn(6, 3, dtype=D), torch.randn(6, 2, dtype=D))]
+    seen = {}
+
+    def max_abs(ctx):                                   # per scope, from the context's parameter names
+        params = dict(ctx.model.named_parameters())
+        seen["options"] = ctx.options
+        return {s: {"max_abs": max(float(params[n].detach().abs().max()) for n in names)}
+                for s, names in ctx.parameters.items()}
+
+    def batches(ctx):                                   # whole model only, needs data
+        return {"model": {"batches": len(ctx.data)}}
+
+    user_measures += ["max_abs", "batches"]
+    m = register_measure("max_abs", max_abs, per_subnet=True, cheap=True)
+    assert MEASURE_REGISTRY["max_abs"] is m and m.per_subnet and m.cheap
+    register_measure("batches", batches, needs_data=True)
+    r = report(net, data, {"first": "0"}, nn.MSELoss(), measures=["norms", "max_abs", "batches"])
+    assert r["model"]["max_abs"] == max(float(p.detach().abs().max()) for p in net.parameters())
+    assert r["first"]["max_abs"] == max(float(p.detach().abs().max()) for p in net[0].parameters())
+    assert r["model"]["batches"] == 1.0 and "batches" not in r["first"]
+    assert r["model"]["l1"] == report(net, measures=["norms"])["model"]["l1"]
+    assert seen["options"]["threshold"] == 1e-3
+    assert report(net, measures=["batches"]).skipped == {"batches": "needs data"}
+    cheap = report(net, measures="cheap")
+    assert "max_abs" in cheap["model"] and cheap.settings["measures"][-1] == "max_abs"
+    assert report(net, data, loss_fn=nn.MSELoss(), measures="all", sharpness_steps=1,
+                  pac_bayes_samples=1).settings["measures"] == [*MEASURES, "max_abs", "batches"]
+    assert MEASURES[:2] == ("norms", "path_norm") and len(MEASURES) == 8 and len(CHEAP_MEASURES) == 5
+    # replacing needs replace=True; a measure may skip a scope
+    with pytest.raises(ValueError, match="already registered; pass replace=True"):
+        register_measure("max_abs", max_abs)
+    register_measure("max_abs", lambda ctx: ctx.skip("not today", "first"), per_subnet=True, replace=True)
+    assert report(net, subnets={"first": "0"}, measures=["max_abs"]).skipped == {"max_abs[first]": "not today"}
+    with pytest.raises(ValueError, match="'max_abs\\[first\\]' cannot be computed: not today"):
+        report(net, subnets={"first": "0"}, measures=["max_abs"], strict=True)
+
+
+def test_register_measure_errors(user_measures):
+    from landprobe.capacity import MEASURE_REGISTRY, register_measure, unregister_measure
+
+    net = relu_net([3, 4, 2])
+    one = lambda ctx: {"model": {"one": 1.0}}                           # noqa: E731
+    with pytest.raises(ValueError, match="name='norms' is a built-in measure group"):
+        register_measure("norms", one)
+    for bad in ("", "all", "cheap", "a[b]", 3):
+        with pytest.raises(ValueError, match="expected a non-empty string"):
+            register_measure(bad, one)
+    with pytest.raises(TypeError, match="compute has type int; expected a function compute"):
+        register_measure("one", 1)
+    with pytest.raises(TypeError, match="cheap=1; expected True or False"):
+        register_measure("one", one, cheap=1)
+    assert "one" not in MEASURE_REGISTRY
+    with pytest.raises(ValueError, match="built-in measure group of report; it cannot be removed"):
+        unregister_measure("norms")
+    with pytest.raises(ValueError, match="name='nothing' is not registered"):
+        unregister_measure("nothing")
+    with pytest.raises(TypeError):
+        MEASURE_REGISTRY["one"] = one                                    # read-only: use register_measure
+    # what a compute function returns is checked
+    user_measures += ["bad"]
+    cases = [(lambda ctx: 1.0, TypeError, "compute returned float; expected a dict"),
+             (lambda ctx: {"first": {"x": 1.0}}, ValueError, "returned the scope 'first'.*per_subnet=True"),
+             (lambda ctx: {"model": 1.0}, TypeError, "returned float for scope 'model'"),
+             (lambda ctx: {"model": {"x": "high"}}, TypeError, "the value of 'x' for scope 'model' has type str")]
+    for fn, exc, match in cases:
+        register_measure("bad", fn, replace=True)
+        with pytest.raises(exc, match=match):
+            report(net, subnets={"first": "0"}, measures=["bad"])
+
+
+def test_report_progress_bar(capsys):
+    net = relu_net([3, 4, 2])
+    quiet = report(net, measures=["norms", "weight_sparsity"], progress=False)
+    assert capsys.readouterr().err == ""
+    shown = report(net, measures=["norms", "weight_sparsity"], progress=True)
+    assert "capacity report" in capsys.readouterr().err
+    assert shown.values == quiet.values
+
 def test_gradient_pass_is_sample_weighted_over_batches():
     from landprobe.engine import Engine
 

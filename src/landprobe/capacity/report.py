@@ -13,24 +13,11 @@ from torch import nn
 from landprobe.common.io import restore_floats
 from landprobe.common.results import Result, require_matplotlib
 from landprobe.capacity._common import MODEL, check_model, scopes
-from landprobe.capacity.fisher_rao import fisher_rao_norm
-from landprobe.capacity.norms import subnet_norms
-from landprobe.capacity.pathnorm import path_norm
-from landprobe.capacity.sharpness import epsilon_sharpness, pac_bayes_sigma
-from landprobe.capacity.sparsity import activation_sparseness, fraction_near_zero, hoyer
-from landprobe.capacity.spectral import spectral_complexity
+from landprobe.capacity.registry import CHEAP_MEASURES, MEASURE_REGISTRY, MEASURES, Measure, MeasureContext
+from landprobe.engine import Progress
 from landprobe.params import Selector
 
 __all__ = ["CapacityReport", "report", "MEASURES", "CHEAP_MEASURES"]
-
-#: Every measure group ``report`` knows, in the order it computes them.
-MEASURES = ("norms", "path_norm", "spectral_complexity", "weight_sparsity", "fisher_rao",
-            "activation_sparsity", "sharpness", "pac_bayes")
-#: The groups that cost at most one pass over the data (what :class:`~landprobe.LandscapeMonitor` runs).
-CHEAP_MEASURES = ("norms", "path_norm", "spectral_complexity", "weight_sparsity", "fisher_rao")
-_NEEDS_DATA = {"fisher_rao", "activation_sparsity", "sharpness", "pac_bayes"}
-_NEEDS_LOSS = {"fisher_rao", "sharpness", "pac_bayes"}
-_PER_SUBNET = {"norms", "spectral_complexity", "weight_sparsity", "fisher_rao", "activation_sparsity"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,12 +108,14 @@ def report(model: nn.Module, data: Iterable | None = None, subnets: Mapping[Any,
            input_shape: Sequence[int] | None = None, output: Callable | None = None, reference: Any = None,
            threshold: float = 1e-3, epsilon: float = 1e-3, sharpness_steps: int = 10,
            pac_bayes_target: float = 0.1, pac_bayes_samples: int = 8, seed: int = 0,
-           max_batches: int | None = None, strict: bool = False) -> CapacityReport:
+           max_batches: int | None = None, strict: bool = False, progress: bool | None = None) -> CapacityReport:
     """Every capacity measure of ``model`` (and each subnet) in one :class:`CapacityReport`.
 
     Measures that need what is not given (``data``, ``loss_fn``) or that do not apply (a path
     norm through BatchNorm, activations of a glob subnet) are listed in ``skipped`` with the
-    reason, unless ``strict=True``, which raises instead.
+    reason, unless ``strict=True``, which raises instead. The groups are those of
+    :data:`~landprobe.capacity.MEASURE_REGISTRY`: the built-in :data:`MEASURES` and any added
+    with :func:`~landprobe.capacity.register_measure`.
 
     Args:
         model: Any ``nn.Module`` (never modified).
@@ -134,14 +123,16 @@ def report(model: nn.Module, data: Iterable | None = None, subnets: Mapping[Any,
         subnets: Mapping name → selector (see :func:`landprobe.select`); the measures marked per
             subnet in :class:`CapacityReport` are computed for each, besides ``"model"``.
         loss_fn: Mean-reduced loss, for ``fisher_rao``, ``sharpness`` and ``pac_bayes``.
-        measures: ``"all"``, ``"cheap"`` (:data:`CHEAP_MEASURES`: no more than one pass over the
-            data) or a list of groups from :data:`MEASURES`.
+        measures: ``"all"`` (every registered group), ``"cheap"`` (those that cost no more than
+            one pass over the data per scope: :data:`CHEAP_MEASURES` and cheap registered ones)
+            or a list of group names.
         input_shape, output: For :func:`path_norm`. reference: Initial weights for
             :func:`spectral_complexity`. threshold: For :func:`fraction_near_zero`.
         epsilon, sharpness_steps: For :func:`epsilon_sharpness`. pac_bayes_target,
             pac_bayes_samples, seed: For :func:`pac_bayes_sigma`. max_batches: For
             :func:`activation_sparseness`.
         strict: Raise when a requested measure cannot be computed.
+        progress: A bar over the groups: ``None`` (on a terminal only), ``True`` or ``False``.
 
     Raises:
         ValueError: On an unknown measure group, or (``strict``) a measure that cannot be computed.
@@ -160,74 +151,26 @@ def report(model: nn.Module, data: Iterable | None = None, subnets: Mapping[Any,
         'needs data and loss_fn'
     """
     check_model(model, "capacity.report")
-    if measures == "all":
-        groups = list(MEASURES)
-    elif measures == "cheap":
-        groups = list(CHEAP_MEASURES)
-    elif isinstance(measures, str):
-        raise ValueError(f"measures={measures!r}; expected 'all', 'cheap' or a list of {MEASURES}")
-    else:
-        groups = list(measures)
-        unknown = [g for g in groups if g not in MEASURES]
-        if unknown:
-            raise ValueError(f"measures has unknown group(s) {unknown}; expected a list of {MEASURES}, 'all' or 'cheap'")
-    scope_names = scopes(model, subnets)               # validates the selectors
+    groups = _groups(measures)
+    parameters = scopes(model, subnets)                # validates the selectors
     sub_items = dict(subnets or {})
-    values: dict[str, dict[str, float]] = {k: {} for k in scope_names}
+    named = {str(k): s for k, s in sub_items.items()}
+    options = dict(input_shape=input_shape, output=output, reference=reference, threshold=threshold,
+                   epsilon=epsilon, sharpness_steps=sharpness_steps, pac_bayes_target=pac_bayes_target,
+                   pac_bayes_samples=pac_bayes_samples, seed=seed, max_batches=max_batches)
+    values: dict[str, dict[str, float]] = {k: {} for k in parameters}
     skipped: dict[str, str] = {}
-
-    def skip(group: str, why: str) -> None:
-        if strict:
-            raise ValueError(f"capacity.report: measure {group!r} cannot be computed: {why}")
-        skipped[group] = why
-
-    for group in groups:
-        missing = [w for w, need, have in (("data", _NEEDS_DATA, data), ("loss_fn", _NEEDS_LOSS, loss_fn))
-                   if group in need and have is None]
-        if missing:
-            skip(group, f"needs {' and '.join(missing)}")
-            continue
-        keyed = [(MODEL, None)] + [(str(k), s) for k, s in sub_items.items()]
-        if group == "norms":
-            for s, v in subnet_norms(model, subnets).items():
-                values[s].update(v)
-        elif group == "path_norm":
-            try:
-                values[MODEL]["path_norm_l1"] = path_norm(model, 1, input_shape=input_shape, output=output)
-                values[MODEL]["path_norm_l2"] = path_norm(model, 2, input_shape=input_shape, output=output)
-            except (ValueError, TypeError) as exc:
-                skip(group, str(exc))
-        elif group == "spectral_complexity":
-            for s, sel in keyed:
-                try:
-                    values[s]["spectral_complexity"] = spectral_complexity(model, reference=reference, subnet=sel)
-                except ValueError as exc:
-                    skip(f"{group}[{s}]", str(exc))
-        elif group == "weight_sparsity":
-            params = dict(model.named_parameters())
-            for s, names in scope_names.items():
-                ts = [params[n] for n in names]
-                values[s]["near_zero"] = fraction_near_zero(ts, threshold)
-                values[s]["hoyer"] = hoyer(ts) if sum(t.numel() for t in ts) >= 2 else float("nan")
-        elif group == "fisher_rao":
-            for s, sel in keyed:
-                values[s]["fisher_rao"] = fisher_rao_norm(model, loss_fn, data, subnet=sel)
-        elif group == "activation_sparsity":
-            ok = {}
-            for k, sel in sub_items.items():
-                if isinstance(sel, nn.Module) or (isinstance(sel, str) and _is_module_path(model, sel)):
-                    ok[k] = sel
-                else:
-                    skip(f"{group}[{k}]", f"selector {sel!r} is not a submodule (its output is the activation)")
-            for s, v in activation_sparseness(model, data, ok, max_batches=max_batches).items():
-                values[s].update(v)
-        elif group == "sharpness":
-            values[MODEL]["sharpness"] = epsilon_sharpness(model, loss_fn, data, epsilon,
-                                                           steps=sharpness_steps, seed=seed)
-        elif group == "pac_bayes":
-            sigma = pac_bayes_sigma(model, loss_fn, data, pac_bayes_target, samples=pac_bayes_samples, seed=seed)
-            values[MODEL]["pac_bayes_sigma"] = sigma
-            values[MODEL]["pac_bayes_measure"] = 1.0 / sigma**2 if sigma > 0 else float("inf")
+    with Progress("capacity report", len(groups), enabled=progress, unit="measure") as bar:
+        for group in groups:
+            bar.set(measure=group)
+            m = MEASURE_REGISTRY[group]
+            ctx = MeasureContext(group, model, data, loss_fn, subnets=named if m.per_subnet else {},
+                                 parameters=dict(parameters) if m.per_subnet else {MODEL: parameters[MODEL]},
+                                 options=dict(options), strict=strict)
+            for scope, vals in _compute(m, ctx).items():
+                values[scope].update(vals)
+            skipped.update(ctx.skipped)
+            bar.update()
     from landprobe.common.version import __version__
 
     settings = dict(measures=groups, subnets={str(k): (v if isinstance(v, (str, list)) else repr(v))
@@ -240,9 +183,29 @@ def report(model: nn.Module, data: Iterable | None = None, subnets: Mapping[Any,
     return CapacityReport(values=values, skipped=skipped, settings=settings)
 
 
-def _is_module_path(model: nn.Module, sel: str) -> bool:
-    try:
-        model.get_submodule(sel)
-        return True
-    except AttributeError:
-        return False
+def _groups(measures: Sequence[str] | str) -> list[str]:
+    """The group names ``measures`` asks for, checked against the registry."""
+    known = tuple(MEASURE_REGISTRY)
+    if measures == "all":
+        return list(known)
+    if measures == "cheap":
+        return [name for name, m in MEASURE_REGISTRY.items() if m.cheap]
+    if isinstance(measures, str):
+        raise ValueError(f"measures={measures!r}; expected 'all', 'cheap' or a list of {known}")
+    groups = list(measures)
+    unknown = [g for g in groups if not isinstance(g, str) or g not in MEASURE_REGISTRY]
+    if unknown:
+        raise ValueError(f"measures has unknown group(s) {unknown}; expected a list of {known}, 'all' or "
+                         f"'cheap' (add a group with landprobe.capacity.register_measure)")
+    return groups
+
+
+def _compute(measure: Measure, ctx: MeasureContext) -> dict[str, dict[str, float]]:
+    """One group's values, or ``{}`` (and a ``skipped`` entry) when its data or loss is missing."""
+    missing = [what for what, needed, given in (("data", measure.needs_data, ctx.data),
+                                                ("loss_fn", measure.needs_loss, ctx.loss_fn))
+               if needed and given is None]
+    if missing:
+        ctx.skip(f"needs {' and '.join(missing)}")
+        return {}
+    return measure.run(ctx)

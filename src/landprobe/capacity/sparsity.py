@@ -34,7 +34,7 @@ from landprobe.capacity._common import MODEL, check_model, check_positive_float
 from landprobe.params import ParamVector, Selector
 from landprobe.engine import Engine
 
-__all__ = ["fraction_near_zero", "hoyer", "treves_rolls", "activation_sparseness"]
+__all__ = ["fraction_near_zero", "hoyer", "treves_rolls", "activation_sparseness", "SparsenessAccumulator"]
 
 
 def _flat(x: Any) -> Tensor:
@@ -167,43 +167,78 @@ def _as_responses(out: Tensor) -> Tensor:
     return t.movedim(1, -1).reshape(-1, t.shape[1])
 
 
-class _Accumulator:
-    """Streaming sums for population (per-stimulus S) and lifetime (per-unit moments) sparseness."""
+class SparsenessAccumulator:
+    """Treves–Rolls sums streamed over a module's outputs: a forward hook, or :meth:`add` by hand.
+
+    Each output is read as in the module's Convention (``(B, C, *positions)``: ``C`` units,
+    every (sample, position) a stimulus). Population sparseness is summed over the stimuli
+    (``population_sum`` over ``population_count``; all-zero stimuli are left out); the units'
+    first and second moments are summed for the lifetime sparseness, so :meth:`result` is exact
+    over every output seen, without storing one. :func:`activation_sparseness` hooks one per
+    subnet.
+
+    Attributes:
+        population_sum, population_count: Σ of the population sparseness over the stimuli seen,
+            and their number.
+        stimuli: Stimuli seen (all-zero ones included).
+
+    Raises:
+        ValueError: (from :meth:`add`) When an output has another number of units than the
+            first one.
+
+    Example:
+        >>> import torch
+        >>> from landprobe.capacity import SparsenessAccumulator
+        >>> acc = SparsenessAccumulator()
+        >>> acc.add(torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]]))  # 3 stimuli of 2 units: 1, -, 0
+        >>> acc.population_sum, acc.population_count
+        (1.0, 2)
+        >>> acc.result()["population_sparseness"], acc.result()["lifetime_sparseness"]  # units (1,0,1), (0,0,1)
+        (0.5, 0.75)
+        >>> relu, hooked = torch.nn.ReLU(), SparsenessAccumulator()    # or as a forward hook
+        >>> h = relu.register_forward_hook(hooked); _ = relu(torch.tensor([[2.0, -1.0]])); h.remove()
+        >>> hooked.population_sum, hooked.population_count            # (2, 0): one unit active
+        (1.0, 1)
+    """
 
     def __init__(self) -> None:
-        self.pop_sum = 0.0
-        self.pop_count = 0
-        self.s1: Tensor | None = None
-        self.s2: Tensor | None = None
-        self.n = 0
+        self.population_sum = 0.0
+        self.population_count = 0
+        self._s1: Tensor | None = None
+        self._s2: Tensor | None = None
+        self.stimuli = 0
 
-    def __call__(self, _module, _inputs, out) -> None:
+    def __call__(self, _module: Any, _inputs: Any, out: Any) -> None:
         if isinstance(out, (list, tuple)):
             out = next((o for o in out if isinstance(o, Tensor)), None)
-        if not isinstance(out, Tensor):
-            return
+        if isinstance(out, Tensor):
+            self.add(out)
+
+    def add(self, out: Tensor) -> None:
+        """Add one output (a tensor of responses) to the sums."""
         r = _as_responses(out)
         if r.shape[1] >= 2:
             s = _tr_rows(r)
             s = s[torch.isfinite(s)]
-            self.pop_sum += float(s.sum())
-            self.pop_count += int(s.numel())
-        if self.s1 is None or self.s1.shape[0] != r.shape[1]:
-            if self.s1 is not None:
-                raise ValueError(f"a hooked module returned {r.shape[1]} units after {self.s1.shape[0]}; "
+            self.population_sum += float(s.sum())
+            self.population_count += int(s.numel())
+        if self._s1 is None or self._s1.shape[0] != r.shape[1]:
+            if self._s1 is not None:
+                raise ValueError(f"a hooked module returned {r.shape[1]} units after {self._s1.shape[0]}; "
                                  f"activation sparseness needs a fixed number of units (channels)")
-            self.s1 = torch.zeros(r.shape[1], dtype=torch.float64, device=r.device)
-            self.s2 = torch.zeros_like(self.s1)
-        self.s1 += r.sum(dim=0)
-        self.s2 += r.pow(2).sum(dim=0)
-        self.n += r.shape[0]
+            self._s1 = torch.zeros(r.shape[1], dtype=torch.float64, device=r.device)
+            self._s2 = torch.zeros_like(self._s1)
+        self._s1 += r.sum(dim=0)
+        self._s2 += r.pow(2).sum(dim=0)
+        self.stimuli += r.shape[0]
 
     def result(self) -> dict[str, float]:
-        pop = self.pop_sum / self.pop_count if self.pop_count else float("nan")
+        """``{"population_sparseness": s, "lifetime_sparseness": s}``, means over stimuli and units (NaN if none)."""
+        pop = self.population_sum / self.population_count if self.population_count else float("nan")
         life = float("nan")
-        if self.s1 is not None and self.n >= 2:
-            m1, m2 = self.s1 / self.n, self.s2 / self.n
-            s = (1 - m1.pow(2) / m2) / (1 - 1 / self.n)
+        if self._s1 is not None and self.stimuli >= 2:
+            m1, m2 = self._s1 / self.stimuli, self._s2 / self.stimuli
+            s = (1 - m1.pow(2) / m2) / (1 - 1 / self.stimuli)
             s = s[m2 > 0]
             life = float(s.mean()) if s.numel() else float("nan")
         return {"population_sparseness": pop, "lifetime_sparseness": life}
@@ -264,7 +299,7 @@ def activation_sparseness(model: nn.Module, data: Iterable, subnets: Mapping[Any
             raise ValueError(f"subnets has a key {key!r}, which is reserved for the whole model; rename it")
         modules[str(key)] = _module_of(model, key, sel)
     engine = Engine(model, lambda o, y: o, data)
-    accs = {k: _Accumulator() for k in modules}
+    accs = {k: SparsenessAccumulator() for k in modules}
     handles = []
     seen = 0
     try:

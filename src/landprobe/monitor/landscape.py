@@ -25,7 +25,7 @@ from torch import nn
 from landprobe.common.io import atomic_torch_save
 from landprobe.common.results import Result, require_matplotlib
 from landprobe.capacity import MODEL
-from landprobe.capacity.report import CHEAP_MEASURES, MEASURES, report
+from landprobe.capacity import CHEAP_MEASURES, MEASURE_REGISTRY, report
 from landprobe.common.io import restore_floats
 from landprobe.params import ParamVector, Selector, select
 from landprobe.engine import Progress
@@ -243,9 +243,10 @@ class LandscapeMonitor:
         elif capacity is False or capacity is None:
             groups = []
         elif capacity == "all":
-            groups = list(MEASURES)
-        elif isinstance(capacity, str) or not all(isinstance(g, str) and g in MEASURES for g in capacity):
-            raise ValueError(f"capacity={capacity!r}; expected True, False, 'all' or a list of groups from {MEASURES}")
+            groups = list(MEASURE_REGISTRY)
+        elif isinstance(capacity, str) or not all(isinstance(g, str) and g in MEASURE_REGISTRY for g in capacity):
+            raise ValueError(f"capacity={capacity!r}; expected True, False, 'all' or a list of groups from "
+                             f"{tuple(MEASURE_REGISTRY)} (built-in and registered measures)")
         else:
             groups = list(capacity)
         model = self.probe.model
@@ -394,7 +395,7 @@ class LandscapeMonitor:
                 rec.update(rec["hessian"][MODEL])
             if self.capacity_groups:
                 rep = report(probe.model, probe.data, self.subnets or None, probe.loss_fn,
-                             measures=self.capacity_groups, **self.capacity_options)
+                             measures=self.capacity_groups, progress=probe.progress, **self.capacity_options)
                 rec["capacity"] = rep.values
                 if rep.skipped:
                     rec["capacity_skipped"] = rep.skipped

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,8 +34,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from landprobe.capacity import SparsenessAccumulator, fraction_near_zero, hoyer
+from landprobe.common.distributed import rank_and_world
 from landprobe.common.io import atomic_torch_save, atomic_write
+from landprobe.engine import Progress, rng_state, set_rng_state
 
+# hoyer: landprobe.capacity.hoyer, what the history's "hoyer" records
 __all__ = ["TrainSpec", "Trainer", "steps_for_epochs", "hoyer", "population_sparseness_sums", "build_model"]
 
 SUBNETS = ("enet", "inet", "rnet")
@@ -140,24 +143,6 @@ class RecipeLoss(nn.Module):
 
 
 # ----------------------------------------------------------------------------- sparsity
-def hoyer(w: torch.Tensor) -> float:
-    """Hoyer's sparsity (2004) of a flat vector: ``(√n − ‖w‖₁/‖w‖₂) / (√n − 1)``, in [0, 1]
-    (0: all entries equal in magnitude; 1: one non-zero entry); NaN for w = 0. The same as
-    ``landprobe.capacity.hoyer``, which the recipe uses when it is installed.
-
-    Example:
-        >>> import torch
-        >>> hoyer(torch.tensor([0.0, 0.0, 0.0, 5.0])), hoyer(torch.ones(4))
-        (1.0, 0.0)
-    """
-    w = w.detach().reshape(-1).double()
-    n = w.numel()
-    l2 = float(w.norm())
-    if n < 2 or l2 == 0.0:
-        return float("nan")
-    return float((math.sqrt(n) - float(w.abs().sum()) / l2) / (math.sqrt(n) - 1))
-
-
 def population_sparseness_sums(out: torch.Tensor) -> tuple[float, int]:
     """Σ and count of the Treves–Rolls population sparseness over the stimuli of one output.
 
@@ -165,7 +150,9 @@ def population_sparseness_sums(out: torch.Tensor) -> tuple[float, int]:
     feature map ``(B, C, H, W)`` is ``B·H·W`` stimuli of ``C`` units; for each stimulus,
     ``S = (1 − (mean r)² / mean(r²)) / (1 − 1/C)`` (0: all units equal; 1: one unit active);
     all-zero stimuli are left out. Dividing the summed Σ by the count over all calls of a
-    module (a recurred block contributes each call) gives the mean population sparseness.
+    module (a recurred block contributes each call) gives the mean population sparseness; the
+    sums are those of :class:`landprobe.capacity.SparsenessAccumulator`, which
+    :meth:`Trainer.validate` hooks on each subnet.
 
     Example:
         >>> import torch
@@ -173,56 +160,33 @@ def population_sparseness_sums(out: torch.Tensor) -> tuple[float, int]:
         >>> population_sparseness_sums(r)       # stimuli (1, 0): S = 1; (0, 0): skipped; (1, 1): 0
         (1.0, 2)
     """
-    t = out.detach().to(torch.float64)
-    r = t.reshape(-1, 1) if t.dim() == 1 else (t if t.dim() == 2 else t.movedim(1, -1).reshape(-1, t.shape[1]))
-    n = r.shape[1]
-    if n < 2:
-        return 0.0, 0
-    m1, m2 = r.mean(dim=1), r.pow(2).mean(dim=1)
-    keep = m2 > 0
-    s = (1 - m1[keep].pow(2) / m2[keep]) / (1 - 1 / n)
-    return float(s.sum()), int(s.numel())
-
-
-def _capacity_fn(name: str, fallback: Callable) -> Callable:
-    try:
-        from landprobe import capacity
-
-        fn = getattr(capacity, name, None)
-        return fn if callable(fn) else fallback
-    except Exception:  # pragma: no cover - depends on what is installed
-        return fallback
-
-
-def _fraction_small(flat: torch.Tensor, threshold: float) -> float:
-    return float((flat.abs() < threshold).double().mean())
+    acc = SparsenessAccumulator()
+    acc.add(out)
+    return acc.population_sum, acc.population_count
 
 
 # ----------------------------------------------------------------------------- helpers
-def _dist() -> tuple[int, int]:
-    d = torch.distributed
-    if d.is_available() and d.is_initialized():
-        return d.get_rank(), d.get_world_size()
-    return 0, 1
-
-
-def _rng_state() -> dict[str, Any]:
-    st = np.random.get_state()
-    py = random.getstate()
+def _checkpoint_rng() -> dict[str, Any]:
+    """:func:`landprobe.engine.rng_state` (torch, numpy, Python) as tensors, numbers, strings and
+    lists, which ``torch.load(..., weights_only=True)`` reads back. The CUDA states are left out:
+    training draws no CUDA random numbers, and a checkpoint resumes on any number of GPUs."""
+    state = rng_state()
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    version, internal, gauss = state["python"]
     return {
-        "torch": torch.get_rng_state(),
-        "numpy": {"name": st[0], "keys": torch.from_numpy(st[1].astype(np.int64)), "pos": int(st[2]),
-                  "has_gauss": int(st[3]), "cached": float(st[4])},
-        "python": {"version": py[0], "state": list(py[1]), "gauss": py[2]},
+        "torch": state["torch"],
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": version, "state": list(internal), "gauss": gauss},
     }
 
 
-def _set_rng_state(s: dict[str, Any]) -> None:
-    torch.set_rng_state(s["torch"])
-    n = s["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    p = s["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+def _restore_rng(s: dict[str, Any]) -> None:
+    """Put back the states :func:`_checkpoint_rng` stored, through :func:`landprobe.engine.set_rng_state`."""
+    n, p = s["numpy"], s["python"]
+    set_rng_state({"torch": s["torch"],
+                   "numpy": (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]),
+                   "python": (p["version"], tuple(p["state"]), p["gauss"])})
 
 
 def _subnet_params(model: nn.Module, name: str) -> list[torch.Tensor]:
@@ -270,19 +234,20 @@ class Trainer:
         val: Validation pairs ``[(x, y), ...]`` of ``(1, 1, H, W)`` or ``(1, H, W)`` tensors, or None.
         out_dir: Folder for ``history.jsonl``, ``checkpoint.pt`` and ``final.json`` (rank 0), or None.
         device: Where to train.
-        progress: tqdm bar with ETA (rank 0).
+        progress: A bar with ETA over the training steps (:class:`landprobe.engine.Progress`):
+            ``False`` (default) none, ``True`` always, ``None`` on a terminal only; rank 0 only.
         callback: ``callback(trainer)`` after every optimizer step (logging, tests).
         model: Use this model instead of building one from ``spec`` (same init contract).
     """
 
     def __init__(self, spec: TrainSpec, inputs: torch.Tensor, targets: torch.Tensor, val=None,
                  out_dir: str | os.PathLike | None = None, device: torch.device | str | None = None,
-                 progress: bool = False, callback: Callable[["Trainer"], None] | None = None,
+                 progress: bool | None = False, callback: Callable[["Trainer"], None] | None = None,
                  model: nn.Module | None = None):
         from landprobe.penalties import SubnetNormPenalty
 
         self.spec = spec
-        self.rank, self.world = _dist()
+        self.rank, self.world = rank_and_world()
         if spec.batch_size % self.world:
             raise ValueError(f"batch_size={spec.batch_size} does not split over {self.world} ranks; "
                              f"use a multiple of the world size.")
@@ -292,7 +257,7 @@ class Trainer:
         self.pool_size = self.n_patches if spec.patches_per_epoch is None else min(int(spec.patches_per_epoch), self.n_patches)
         self.val = val
         self.out_dir = None if out_dir is None else Path(out_dir)
-        self.progress = progress and self.rank == 0
+        self.progress = progress
         self.callback = callback
 
         self.model = (model if model is not None else build_model(spec.width, spec.recursions, spec.seed)).to(self.device)
@@ -385,16 +350,14 @@ class Trainer:
         was = model.training
         model.eval()
         # the subnet's output; for a subnet whose output is one image (rnet), its last ReLU
-        acts = {(n, k): [0.0, 0] for n in SUBNETS for k in ("out", "hidden")}
+        acts = {(n, k): SparsenessAccumulator() for n in SUBNETS for k in ("out", "hidden")}
         hooks = []
         for name in SUBNETS:
             for kind, mod in activation_modules(model, name).items():
-                def hook(_m, _i, o, key=(name, kind)):
+                def hook(_m, _i, o, acc=acts[(name, kind)]):
                     t = _first_tensor(o)
                     if t is not None:
-                        total, count = population_sparseness_sums(t)
-                        acts[key][0] += total
-                        acts[key][1] += count
+                        acc.add(t)
                 hooks.append(mod.register_forward_hook(hook))
         ps, mses = [], []
         try:
@@ -411,14 +374,13 @@ class Trainer:
             model.train(was)
         return {
             "psnr": float(np.mean(ps)), "val_mse": float(np.mean(mses)),
-            "treves_rolls": {n: next((acts[(n, k)][0] / acts[(n, k)][1] for k in ("out", "hidden") if acts[(n, k)][1]),
-                                     None) for n in SUBNETS},
+            "treves_rolls": {n: next((acts[(n, k)].result()["population_sparseness"] for k in ("out", "hidden")
+                                      if acts[(n, k)].population_count), None) for n in SUBNETS},
         }
 
     def measure_weights(self) -> dict[str, Any]:
-        """Per-subnet L1 and squared L2 norms, fraction of |w| < threshold and Hoyer sparsity."""
-        hoyer_fn = _capacity_fn("hoyer", hoyer)
-        small_fn = _capacity_fn("fraction_near_zero", _fraction_small)
+        """Per-subnet L1 and squared L2 norms, and the fraction of |w| < threshold and Hoyer sparsity
+        of :func:`landprobe.capacity.fraction_near_zero` and :func:`landprobe.capacity.hoyer`."""
         norms, sparsity = {}, {}
         for name in SUBNETS:
             ps = _subnet_params(self.model, name)
@@ -426,8 +388,8 @@ class Trainer:
                 continue
             flat = torch.cat([p.reshape(-1) for p in ps]).double()
             norms[name] = {"l1": float(flat.abs().sum()), "l2sq": float((flat * flat).sum())}
-            sparsity[name] = {"frac_small": float(small_fn(flat, self.spec.sparsity_threshold)),
-                              "hoyer": float(hoyer_fn(flat))}
+            sparsity[name] = {"frac_small": fraction_near_zero(flat, self.spec.sparsity_threshold),
+                              "hoyer": hoyer(flat)}
         return {"norms": norms, "sparsity": sparsity}
 
     # ---- checkpoints
@@ -440,7 +402,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
-            "rng": _rng_state(),
+            "rng": _checkpoint_rng(),
             "data": {"generator": self.gen.get_state(), "pool": self.pool.clone(), "pool_pos": self.pool_pos},
             "acc": self._acc.clone(),
             "epoch_seconds": self._epoch_seconds,
@@ -462,7 +424,7 @@ class Trainer:
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
         self.epoch, self.step = int(ck["epoch"]), int(ck["step"])
-        _set_rng_state(ck["rng"])
+        _restore_rng(ck["rng"])
         self.gen.set_state(ck["data"]["generator"])
         self.pool, self.pool_pos = ck["data"]["pool"].clone(), int(ck["data"]["pool_pos"])
         self._acc = ck["acc"].clone()
@@ -522,13 +484,8 @@ class Trainer:
     def run(self) -> list[dict[str, Any]]:
         """Train until ``spec.epochs`` epochs or ``spec.max_steps`` steps; returns the history."""
         spec = self.spec
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{spec.setting}", unit="step",
-                       dynamic_ncols=True)
-        try:
+        desc = spec.setting if self.step == 0 else f"{spec.setting} (from step {self.step})"
+        with Progress(desc, self.total_steps - self.step, enabled=self.progress, unit="step") as bar:
             while self.step < self.total_steps:
                 t0 = time.perf_counter()
                 logs = self.train_step()
@@ -537,21 +494,18 @@ class Trainer:
                     raise FloatingPointError(
                         f"training loss became {logs['loss']} at step {self.step} ({spec.setting}); "
                         f"lower lr or keep clip_norm (default 1.0).")
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(epoch=self.epoch + 1, loss=f"{logs['loss']:.4g}",
-                                    psnr=f"{self.history[-1]['psnr']:.2f}" if self.history and "psnr" in self.history[-1] else "-")
+                last = self.history[-1] if self.history else {}
+                bar.set(epoch=self.epoch + 1, loss=f"{logs['loss']:.4g}",
+                        psnr=f"{last['psnr']:.2f}" if "psnr" in last else "-")
+                bar.update()
                 if self.callback is not None:
                     self.callback(self)
                 if self.step == self.epoch_end_step(self.epoch + 1):
                     rec = self.end_epoch()
-                    if bar is not None and "psnr" in rec:
-                        bar.set_postfix(epoch=self.epoch, psnr=f"{rec['psnr']:.2f}")
+                    if "psnr" in rec:
+                        bar.set(epoch=self.epoch, psnr=f"{rec['psnr']:.2f}")
                 elif spec.checkpoint_every and self.step % spec.checkpoint_every == 0:
                     self.save_checkpoint()
-        finally:
-            if bar is not None:
-                bar.close()
         if self.step != self.epoch_end_step(self.epoch):  # stopped inside an epoch (max_steps)
             self.save_checkpoint()
         return self.history
