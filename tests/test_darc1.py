@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import landprobe as lp
-from landprobe.darc1 import DARC1Penalty
+from landprobe.penalties.darc1 import DARC1Penalty
 
 
 def hand(h: np.ndarray, lam: float) -> float:

@@ -16,7 +16,7 @@ from landprobe.engine import BatchLoss
 
 # capacity control and measures
 from landprobe.penalties import SubnetNormPenalty
-from landprobe.darc1 import DARC1Penalty
+from landprobe.penalties import DARC1Penalty
 from landprobe import capacity
 from landprobe.capacity import CapacityReport
 

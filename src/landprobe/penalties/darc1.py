@@ -41,7 +41,7 @@ class DARC1Penalty:
 
     Example:
         >>> import torch
-        >>> from landprobe.darc1 import DARC1Penalty                           # also lp.DARC1Penalty
+        >>> from landprobe.penalties.darc1 import DARC1Penalty                           # also lp.DARC1Penalty
         >>> darc1 = DARC1Penalty(0.5)
         >>> h = torch.tensor([[1.0, -2.0], [3.0, 1.0]], requires_grad=True)  # column sums of |h|: 4, 3
         >>> value = darc1(h)                                                  # 0.5 / 2 * 4
@@ -107,7 +107,7 @@ class DARC1Penalty:
 
         Example:
             >>> import torch
-            >>> from landprobe.darc1 import DARC1Penalty
+            >>> from landprobe.penalties.darc1 import DARC1Penalty
             >>> pen = DARC1Penalty(0.1)
             >>> _ = pen(torch.tensor([[2.0], [-4.0]]))              # 0.1 / 2 * (2 + 4)
             >>> round(pen.breakdown()["darc1"], 12), pen.breakdown(weighted=False)
