@@ -457,7 +457,7 @@ class Deep(nn.Module):
 @pytest.mark.parametrize("kinds", [("l2", "l1"), ("l1", "l2norm"), ("l2norm", "l2")], ids=lambda k: "+".join(k))
 def test_stacked_buckets_match_naive(monkeypatch, limits, kinds):
     # tiny limits: tensors above 10 elements are not stacked, buckets split every 60 elements
-    import landprobe.penalties as pmod
+    import landprobe.penalties.subnet as pmod
     if limits is not None:
         monkeypatch.setattr(pmod, "_STACK_MAX_NUMEL", limits[0])
         monkeypatch.setattr(pmod, "_STACK_MAX_BUCKET", limits[1])
