@@ -148,13 +148,16 @@ def data_pass(model: nn.Module) -> Iterator[None]:
             hold.passes -= 1
 
 
-def parameter_versions(model: nn.Module) -> list[int]:
-    """Version counters of the parameters (bumped by every in-place write)."""
-    return [p._version for p in model.parameters()]
+def parameter_versions(model: nn.Module) -> list[tuple[int, int]]:
+    """Identity and version counter of each parameter (bumped by every in-place write); a
+    parameter replaced by another object (e.g. one made under ``inference_mode``, which has no
+    version counter) counts as a change too."""
+    return [(id(p), -1 if p.is_inference() else p._version) for p in model.parameters()]
 
 
-def check_unchanged(model: nn.Module, versions: list[int]) -> None:
-    """Raise :class:`ModelChangedError` if a parameter was written since ``versions`` were read."""
+def check_unchanged(model: nn.Module, versions: list[tuple[int, int]]) -> None:
+    """Raise :class:`ModelChangedError` if a parameter was written or replaced since ``versions``
+    were read."""
     if parameter_versions(model) != versions:
         raise ModelChangedError(
             f"the parameters of {type(model).__name__} changed during a pass over the data: is the model trained "
@@ -207,6 +210,8 @@ class ModelGuard(contextlib.AbstractContextManager):
         _acquire(m, self._owner, self._label)
         try:
             self._params = [(p, p.detach().clone(), p.requires_grad, p.grad) for p in m.parameters()]
+            self._slots = [(mod, name, p) for mod in m.modules() for name, p in mod._parameters.items()
+                           if p is not None]
             self._buffers = [(mod, name, b, b.detach().clone()) for mod in m.modules()
                              for name, b in mod._buffers.items() if b is not None]
             self._modes = [(mod, mod.training) for mod in m.modules()]
@@ -226,6 +231,9 @@ class ModelGuard(contextlib.AbstractContextManager):
         return None
 
     def _restore(self) -> None:
+        for mod, name, p in self._slots:
+            if mod._parameters.get(name) is not p:        # a parameter replaced by another: put ours back
+                mod._parameters[name] = p
         with torch.no_grad():
             for p, saved, flag, grad in self._params:
                 p.copy_(saved)
