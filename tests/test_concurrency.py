@@ -265,3 +265,24 @@ def test_two_different_models_are_probed_concurrently():
     np.testing.assert_array_equal(curve_b.losses, want_b.losses)
     assert_restored(model_a, snap_a, rng=False)
     assert_restored(model_b, snap_b, rng=False)
+
+
+def test_a_parameter_written_between_two_points_of_a_sweep_is_refused():
+    # stands in for a training thread whose optimizer.step() lands between two points
+    model = torch.nn.Linear(2, 1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = [(torch.randn(4, 2), torch.randn(4, 1))]
+    probe = lp.LandscapeProbe(model, torch.nn.MSELoss(), data)
+    real = probe.engine.evaluate
+
+    def evaluate_then_step():
+        out = real()
+        with torch.no_grad():
+            model.bias.add_(1.0)
+        return out
+
+    probe.engine.evaluate = evaluate_then_step
+    a = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(lp.engine.ModelChangedError, match="must not be trained while it is probed"):
+        probe.interpolate(a, a, steps=3)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -335,9 +335,13 @@ class Engine:
             self.set_eval_modes()
             targets = self.targets(names)
             with torch.no_grad():
+                left: list[tuple[int, int]] | None = None
                 for i in progress(mine, desc, enabled=self.progress, unit="point"):
+                    if left is not None:             # nothing but the sweep writes between points
+                        check_unchanged(self.model, left)
                     points[i](targets)
                     results[i] = self.evaluate()
+                    left = parameter_versions(self.model)
         results = merge_across_ranks(results)
         return [results[i] for i in range(len(points))]
 
