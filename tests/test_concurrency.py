@@ -267,22 +267,24 @@ def test_two_different_models_are_probed_concurrently():
     assert_restored(model_b, snap_b, rng=False)
 
 
-def test_a_parameter_written_between_two_points_of_a_sweep_is_refused():
+def test_a_parameter_written_between_two_points_of_a_sweep_is_refused(monkeypatch):
     # stands in for a training thread whose optimizer.step() lands between two points
+    import landprobe.engine.core as core
+
     model = torch.nn.Linear(2, 1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    data = [(torch.randn(4, 2), torch.randn(4, 1))]
-    probe = lp.LandscapeProbe(model, torch.nn.MSELoss(), data)
-    real = probe.engine.evaluate
+    real_progress = core.progress
 
-    def evaluate_then_step():
-        out = real()
-        with torch.no_grad():
-            model.bias.add_(1.0)
-        return out
+    def stepping_progress(items, *args, **kwargs):
+        for k, item in enumerate(real_progress(items, *args, **kwargs)):
+            if k == 1:
+                with torch.no_grad():
+                    model.bias.add_(1.0)
+            yield item
 
-    probe.engine.evaluate = evaluate_then_step
+    monkeypatch.setattr(core, "progress", stepping_progress)
+    probe = lp.LandscapeProbe(model, torch.nn.MSELoss(), [(torch.randn(4, 2), torch.randn(4, 1))])
     a = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(lp.engine.ModelChangedError, match="must not be trained while it is probed"):
+    with pytest.raises(ModelChangedError, match="must not be trained while it is probed"):
         probe.interpolate(a, a, steps=3)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
