@@ -375,9 +375,6 @@ def tiny():
     return state, data, H
 
 
-@pytest.mark.xfail(raises=(RuntimeError, NotImplementedError), strict=True,
-                   reason="torch's CPU flash attention has no second derivative; landprobe's Hessian does not "
-                          "select the math SDPA backend for its products (curvature/hessian.py)")
 @pytest.mark.parametrize("hvp", ["double-backward", "forward-over-reverse"])
 def test_hessian_through_the_default_attention_kernel(tiny, hvp):
     state, data, H = tiny
@@ -458,22 +455,36 @@ def test_monitor_records_with_a_batch_loss(tiny, math_attention):
 
 
 # ---------------------------------------------------------------------------- capacity with a BatchLoss
-def test_capacity_measures_that_need_pairs_raise_a_clear_error(setup):
-    # fisher_rao takes per-sample losses loss_fn(output_i, y_i); activation sparsity runs model(x)
+def test_capacity_measures_that_need_pairs_are_refused_or_skipped(setup):
+    # fisher_rao takes per-sample losses loss_fn(output_i, y_i): refused by the function,
+    # skipped with its reason by the report (and so by the monitor's default groups)
     model, data, probe, a, b = setup
     before = snapshot(model)
     with pytest.raises(ValueError, match="cannot be used with a BatchLoss"):
         lp.capacity.fisher_rao_norm(model, BATCH_LOSS, data)
-    with pytest.raises(ValueError, match="cannot be used with a BatchLoss"):
-        lp.capacity.report(model, data, loss_fn=BATCH_LOSS, measures=["fisher_rao"])
+    rep = lp.capacity.report(model, data, loss_fn=BATCH_LOSS, measures=["fisher_rao", "norms"])
+    assert "BatchLoss" in rep.skipped["fisher_rao"] and "fisher_rao" not in rep["model"]
+    rec = lp.LandscapeMonitor(probe, hessian=False)(1)
+    assert "BatchLoss" in rec["capacity_skipped"]["fisher_rao"] and "l2" in rec["capacity"]["model"]
+    # without a BatchLoss, dict batches are not pairs: the error says what to pass
     with pytest.raises(ValueError, match="pair"):
         lp.capacity.activation_sparseness(model, data, {"encoder": "encoder"})
-    with pytest.raises(ValueError, match="pair"):
-        lp.capacity.report(model, data, {"encoder": "encoder"}, loss_fn=BATCH_LOSS, measures=["activation_sparsity"])
-    # the monitor's default capacity groups hold fisher_rao: a BatchLoss probe needs capacity= without it
-    with pytest.raises(ValueError, match="BatchLoss"):
-        lp.LandscapeMonitor(probe, hessian=False)(1)
+    with pytest.raises(TypeError, match="BatchLoss"):
+        lp.capacity.activation_sparseness(model, data, {"encoder": "encoder"}, loss_fn=torch.nn.MSELoss())
     assert_same_snapshot(before, snapshot(model))
+
+
+def test_activation_sparsity_reads_dict_batches_through_a_batch_loss(setup):
+    # the same activations as the pair form fed the keyword inputs (the labels change no activation)
+    model, data, probe, a, b = setup
+    pairs = [({k: v for k, v in batch.items() if k != "labels"}, None) for batch in data]
+    subnets = {"encoder": "encoder"}
+    ref = lp.capacity.activation_sparseness(model, pairs, subnets)
+    got = lp.capacity.activation_sparseness(model, data, subnets, loss_fn=BATCH_LOSS)
+    assert got["encoder"] == ref["encoder"] and 0 < ref["encoder"]["population_sparseness"] < 1
+    assert got.keys() == ref.keys()
+    rep = lp.capacity.report(model, data, subnets, loss_fn=BATCH_LOSS, measures=["activation_sparsity"])
+    assert rep["encoder"]["population_sparseness"] == ref["encoder"]["population_sparseness"]
 
 
 def test_capacity_measures_that_only_evaluate_agree_with_the_pair_form(setup):

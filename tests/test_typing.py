@@ -59,17 +59,8 @@ EXPECTED = {
     "lp.Path.from_dict({})": "Path",
     "lp.BatchLoss(lambda m, b: m(b).sum())(probe.model, torch.ones(1, 2))": "Tensor",
 }
-UNANNOTATED = pytest.mark.xfail(strict=True, reason=(
-    "HessianOperator.top_eigenvalues/trace/density (curvature/hessian.py) have no return annotation, so "
-    "mypy types their results as Any"))
-UNION = pytest.mark.xfail(strict=True, reason=(
-    "HessianOperator.matvec (curvature/hessian.py) is annotated (v: ParamVector | Tensor) -> ParamVector | "
-    "Tensor without @overload: a Tensor in gives a union out, and op.matvec(t).shape is a mypy error"))
-UNTYPED_LOAD = pytest.mark.xfail(strict=True, reason=(
-    "Result.load/from_dict (common/results.py) have no return annotation (Self), so Curve.load(...) is Any"))
-KNOWN = {"lp.Curve.load('curve.json')": UNTYPED_LOAD, "lp.Path.from_dict({})": UNTYPED_LOAD,
-         "op.top_eigenvalues()": UNANNOTATED, "op.trace()": UNANNOTATED, "op.density()": UNANNOTATED,
-         "op.matvec(torch.ones(op.n))": UNION, "op.matvec(lp.ParamVector.from_module(probe.model))": UNION}
+# expressions whose precise type is a known gap, each with an xfail(strict=True) marker
+KNOWN: dict[str, pytest.MarkDecorator] = {}
 
 
 def run_mypy(*files: Path) -> tuple[str, str, int]:

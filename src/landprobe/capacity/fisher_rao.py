@@ -49,6 +49,24 @@ def _quiet():
         yield
 
 
+@contextlib.contextmanager
+def _no_fastpath():
+    """Off: the fused eval-mode transformer kernels (no forward-mode derivative) and the fused
+    attention kernels; the math paths give the same values and have jvps."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    mha = getattr(torch.backends, "mha", None)
+    flag = mha.get_fastpath_enabled() if mha is not None else None
+    try:
+        if mha is not None:
+            mha.set_fastpath_enabled(False)
+        with sdpa_kernel([SDPBackend.MATH]):
+            yield
+    finally:
+        if mha is not None:
+            mha.set_fastpath_enabled(flag)
+
+
 def _ray_function(model: nn.Module, names: list[str]):
     from torch.func import functional_call
 
@@ -94,7 +112,7 @@ def radial_derivative(model: nn.Module, x: Any, *, subnet: Selector | None = Non
     with ModelGuard(model, label="radial_derivative"):
         model.eval()
         run, primal = _ray_function(model, names)
-        with _quiet():
+        with _quiet(), _no_fastpath():
             out, tangent = jvp(lambda p: run(p, x), (primal,), (primal,))
     return tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, out), \
         tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, tangent)
@@ -142,7 +160,7 @@ def fisher_rao_norm(model: nn.Module, loss_fn: Callable, data: Iterable, *, subn
         for batch, n in engine.each_batch():
             def losses(p: dict[str, Tensor], batch: Any = batch) -> Tensor:
                 return engine.per_sample_losses({**state, **p}, batch)
-            with _quiet():
+            with _quiet(), _no_fastpath():
                 _, d = jvp(losses, (primal,), (primal,))
             s = d.detach().to(torch.float64).pow(2).sum()
             sq_sum = s if sq_sum is None else sq_sum + s

@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from landprobe.engine import BatchLoss
 from landprobe.capacity._common import MODEL
 from landprobe.capacity.fisher_rao import fisher_rao_norm
 from landprobe.capacity.norms import subnet_norms
@@ -212,6 +213,9 @@ def _weight_sparsity(ctx: MeasureContext) -> Values:
 
 
 def _fisher_rao(ctx: MeasureContext) -> Values:
+    if isinstance(ctx.loss_fn, BatchLoss):
+        ctx.skip("needs (inputs, targets) pairs and a per-sample loss_fn(output, target); the loss is a BatchLoss")
+        return {}
     return {scope: {"fisher_rao": fisher_rao_norm(ctx.model, ctx.loss_fn, ctx.data, subnet=sel)}
             for scope, sel in ctx.scopes.items()}
 
@@ -223,7 +227,8 @@ def _activation_sparsity(ctx: MeasureContext) -> Values:
             modules[key] = sel
         else:
             ctx.skip(f"selector {sel!r} is not a submodule (its output is the activation)", key)
-    return activation_sparseness(ctx.model, ctx.data, modules, max_batches=ctx.options["max_batches"])
+    return activation_sparseness(ctx.model, ctx.data, modules, max_batches=ctx.options["max_batches"],
+                                 loss_fn=ctx.loss_fn if isinstance(ctx.loss_fn, BatchLoss) else None)
 
 
 def _sharpness(ctx: MeasureContext) -> Values:

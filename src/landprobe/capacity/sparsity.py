@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from landprobe.capacity._common import MODEL, check_model, check_positive_float
 from landprobe.params import ParamVector, Selector
-from landprobe.engine import Engine
+from landprobe.engine import BatchLoss, Engine
 
 __all__ = ["fraction_near_zero", "hoyer", "treves_rolls", "activation_sparseness", "SparsenessAccumulator"]
 
@@ -260,7 +260,8 @@ def _module_of(model: nn.Module, key: Any, sel: Selector) -> nn.Module:
 
 
 def activation_sparseness(model: nn.Module, data: Iterable, subnets: Mapping[Any, Selector] | None = None, *,
-                          max_batches: int | None = None) -> dict[str, dict[str, float]]:
+                          max_batches: int | None = None, loss_fn: BatchLoss | None = None
+                          ) -> dict[str, dict[str, float]]:
     """Population and lifetime Treves–Rolls sparseness of the outputs of the model and of subnets.
 
     See the module's Convention for units and stimuli. The sums are streamed over batches, so
@@ -272,6 +273,9 @@ def activation_sparseness(model: nn.Module, data: Iterable, subnets: Mapping[Any
         subnets: Mapping name → submodule (a dotted path or the module). ``"model"`` (the
             model's own output) is always included.
         max_batches: Use only the first batches of ``data``.
+        loss_fn: For batches that are not ``(inputs, targets)`` pairs: a
+            :class:`~landprobe.BatchLoss` whose function runs the model on the batch (its
+            value is ignored; the hooks read the activations).
 
     Returns:
         ``{"model": {"population_sparseness": s, "lifetime_sparseness": s}, <subnet>: {...}}``.
@@ -298,7 +302,11 @@ def activation_sparseness(model: nn.Module, data: Iterable, subnets: Mapping[Any
         if str(key) == MODEL:
             raise ValueError(f"subnets has a key {key!r}, which is reserved for the whole model; rename it")
         modules[str(key)] = _module_of(model, key, sel)
-    engine = Engine(model, lambda o, y: o, data)
+    if loss_fn is not None and not isinstance(loss_fn, BatchLoss):
+        raise TypeError(f"loss_fn={loss_fn!r}; activation_sparseness only needs a loss to read batches that are not "
+                        f"(inputs, targets) pairs: pass a landprobe.BatchLoss whose fn runs the model, or None")
+    # the forward of each batch is what the hooks read: model(inputs), or the BatchLoss's fn
+    engine = Engine(model, loss_fn if loss_fn is not None else (lambda o, y: o), data)
     accs = {k: SparsenessAccumulator() for k in modules}
     handles = []
     seen = 0

@@ -14,6 +14,8 @@ from landprobe.common.io import load_json, save_json, to_jsonable
 
 __all__ = ["Result", "require_matplotlib"]
 
+R = typing.TypeVar("R", bound="Result")
+
 
 def _as_float_array(value: Any) -> np.ndarray:
     def conv(v):
@@ -61,7 +63,7 @@ class Result:
         return save_json(path, self.to_dict())
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]):
+    def from_dict(cls: type[R], data: dict[str, Any]) -> R:
         data = dict(data)
         kind = data.pop("kind", cls.__name__)
         if kind != cls.__name__:
@@ -79,6 +81,6 @@ class Result:
         return cls(**kwargs)
 
     @classmethod
-    def load(cls, path: str | os.PathLike):
+    def load(cls: type[R], path: str | os.PathLike) -> R:
         """Read a result written by :meth:`save`."""
         return cls.from_dict(load_json(path))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp
 
 from landprobe.params import ParamVector, Selector, as_param_vector, select, select_subnets
+from landprobe.curvature.results import Eigenpairs, Spectrum, TraceEstimate
 from landprobe.engine import Engine, HasEngine, as_engine, is_batchnorm
 
 __all__ = ["HessianOperator", "hessian", "HVP_METHODS", "GRAPH_MODES", "DEFAULT_GRAPH_BYTES"]
@@ -164,7 +165,10 @@ class _Problem:
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
         """Model in the probe's modes for one product; everything restored afterwards."""
-        with self.engine.guard("hessian"):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        # The math attention kernel: the fused CPU/GPU kernels have no second derivative.
+        with self.engine.guard("hessian"), sdpa_kernel([SDPBackend.MATH]):
             self.engine.set_eval_modes()
             saved = [(m, m.track_running_stats) for m in self.bns]
             try:
@@ -477,6 +481,12 @@ class HessianOperator:
         flat = flat.to(device=self.device, dtype=self.dtype)
         return [c.view(s) for c, s in zip(torch.split(flat, self._sizes), self._shapes)]
 
+    @overload
+    def matvec(self, v: ParamVector) -> ParamVector: ...
+
+    @overload
+    def matvec(self, v: Tensor) -> Tensor: ...
+
     def matvec(self, v: ParamVector | Tensor) -> ParamVector | Tensor:
         """H @ v for a ParamVector over :attr:`names` or a flat tensor of :attr:`n` elements.
 
@@ -619,21 +629,21 @@ class HessianOperator:
     # ---- spectra (see lanczos.py, trace.py, density.py)
     def top_eigenvalues(self, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max_iter: int | None = None,
                         seed: int = 0, method: str = "lanczos", atol: float | None = None,
-                        warm_start: float | None = None):
+                        warm_start: float | None = None) -> Eigenpairs:
         """Extreme eigenvalues by Lanczos; see :func:`landprobe.curvature.lanczos.top_eigenvalues`."""
         from landprobe.curvature.lanczos import top_eigenvalues
 
         return top_eigenvalues(self, k, which, tol=tol, max_iter=max_iter, seed=seed, method=method, atol=atol,
                                warm_start=warm_start)
 
-    def trace(self, method: str = "hutch++", matvecs: int = 99, *, seed: int = 0):
+    def trace(self, method: str = "hutch++", matvecs: int = 99, *, seed: int = 0) -> TraceEstimate:
         """Stochastic trace estimate; see :func:`landprobe.curvature.trace.trace`."""
         from landprobe.curvature.trace import trace
 
         return trace(self, method, matvecs, seed=seed)
 
     def density(self, steps: int = 90, probes: int = 1, *, sigma: float | None = None, grid: Any = 1000,
-                seed: int = 0):
+                seed: int = 0) -> Spectrum:
         """Spectral density by stochastic Lanczos quadrature; see :func:`landprobe.curvature.density.density`."""
         from landprobe.curvature.density import density
 

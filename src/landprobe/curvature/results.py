@@ -58,7 +58,7 @@ class Eigenpairs(Result):
                 "matvecs": int(self.matvecs), "settings": to_jsonable(self.settings)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]):
+    def from_dict(cls, data: dict[str, Any]) -> Eigenpairs:
         data = dict(data)
         flags = np.asarray(data.pop("converged", []), dtype=bool)
         out = super().from_dict(dict(data, converged=[]))
