@@ -11,7 +11,7 @@ import landprobe as lp
 from helpers import CASES, assert_same_snapshot, perturbed, snapshot
 from landprobe.probes import toys
 from landprobe.probes.curves.connect import connect
-from landprobe.probes.curves.neb import auto_neb, paper_schedule
+from landprobe.probes.curves.neb import NebCycle, auto_neb, paper_schedule
 
 # A short version of the paper's schedule: insertion cycles, then climbing cycles at a lower rate.
 QUICK = ([dict(steps=10, lr=0.02, insert=3)] + [dict(steps=10, lr=0.02, insert=4)] * 3
@@ -132,6 +132,7 @@ def test_interrupted_neb_restores_the_model(exc, after):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(schedule=[]), "schedule=\\[\\]"),
     (dict(schedule=[dict(steps=3)]), "needs 'steps' and 'lr'"),
+    (dict(schedule=[dict(steps=3, lr=0.1, climb=True)]), r"unknown keys \['climb'\]"),
     (dict(schedule=[dict(steps=-1, lr=0.1)]), "steps'\\]=-1"),
     (dict(schedule=[dict(steps=1, lr=-0.1)]), "lr'\\]=-0.1"),
     (dict(schedule=[dict(steps=1, lr=0.1, insert=-2)]), "insert'\\]=-2"),
@@ -144,3 +145,18 @@ def test_bad_arguments_raise(valley, kwargs, match):
     probe, a, b = valley
     with pytest.raises(ValueError, match=match):
         auto_neb(probe, a, b, **kwargs)
+
+
+def test_a_cycle_of_another_type_is_a_type_error(valley):
+    probe, a, b = valley
+    with pytest.raises(TypeError, match=r"schedule\[0\] is a tuple; expected a NebCycle or a dict"):
+        auto_neb(probe, a, b, schedule=[(3, 0.1)])
+
+
+def test_nebcycles_and_dicts_give_the_same_path(valley):
+    probe, a, b = valley
+    cycles = [NebCycle(**c) for c in QUICK[:3]]
+    p1 = auto_neb(probe, a, b, schedule=cycles)
+    p2 = auto_neb(probe, a, b, schedule=QUICK[:3])
+    np.testing.assert_array_equal(p1.losses, p2.losses)
+    assert p1.settings["schedule"] == p2.settings["schedule"]

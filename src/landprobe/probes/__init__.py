@@ -5,7 +5,7 @@ family (``interpolate``, ``plane``, ``perturb``, ``curves``), each taking the en
 """
 
 from landprobe.probes import toys
-from landprobe.probes.curves import LevelSet, Path, auto_neb, connect, level_set, paper_schedule
+from landprobe.probes.curves import LevelSet, NebCycle, Path, auto_neb, connect, level_set, paper_schedule
 from landprobe.probes.interpolate import interpolate
 from landprobe.probes.landscape import LandscapeProbe
 from landprobe.probes.perturb import PerturbationResult, perturb
@@ -35,5 +35,6 @@ __all__ = [
     "classical_mds",
     # AutoNEB's cycle schedule and the analytic toys
     "paper_schedule",
+    "NebCycle",
     "toys",
 ]

@@ -7,7 +7,7 @@ the data goes through the engine.
 
 from landprobe.probes.curves.connect import connect
 from landprobe.probes.curves.levelset import LevelSet, level_set
-from landprobe.probes.curves.neb import auto_neb, paper_schedule
+from landprobe.probes.curves.neb import NebCycle, auto_neb, paper_schedule
 from landprobe.probes.curves.path import Path
 
-__all__ = ["Path", "LevelSet", "connect", "auto_neb", "paper_schedule", "level_set"]
+__all__ = ["Path", "LevelSet", "NebCycle", "connect", "auto_neb", "paper_schedule", "level_set"]

@@ -16,6 +16,7 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path as _FilePath
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,48 @@ from landprobe.params import ParamVector
 from landprobe.probes.curves.common import check_fingerprint, endpoints, evaluate_path, polychain_coeffs
 from landprobe.probes.curves.path import Path
 
-__all__ = ["auto_neb", "paper_schedule"]
+__all__ = ["auto_neb", "paper_schedule", "NebCycle"]
+
+
+@dataclass(frozen=True)
+class NebCycle:
+    """One cycle of an AutoNEB schedule: insert images, then relax the band.
+
+    Attributes:
+        steps: SGD steps on the interior images, >= 0.
+        lr: Their learning rate, > 0.
+        insert: Images to insert before the steps (evenly in a bare band's first cycle, else
+            where the loss rises most above the line between two neighbours), >= 0.
+        climbing: Let the highest image climb (Henkelman et al. 2000) in this cycle.
+
+    A schedule is a list of cycles; a cycle may also be given as a dict with these keys.
+
+    Example:
+        >>> from landprobe.probes.curves import NebCycle
+        >>> NebCycle.coerce({"steps": 10, "lr": 0.01, "insert": 3})
+        NebCycle(steps=10, lr=0.01, insert=3, climbing=False)
+    """
+
+    steps: int
+    lr: float
+    insert: int = 0
+    climbing: bool = False
+
+    @classmethod
+    def coerce(cls, cycle: NebCycle | dict[str, Any], where: str = "schedule[0]") -> NebCycle:
+        """A cycle from a NebCycle or a dict, checked; errors name ``where``."""
+        if isinstance(cycle, dict):
+            unknown = sorted(set(cycle) - {f.name for f in fields(cls)})
+            if unknown or "steps" not in cycle or "lr" not in cycle:
+                raise ValueError(f"{where} is {cycle!r}; every cycle needs 'steps' and 'lr' (and may give 'insert', "
+                                 f"'climbing')" + (f"; unknown keys {unknown}" if unknown else ""))
+            cycle = cls(**cycle)
+        elif not isinstance(cycle, cls):
+            raise TypeError(f"{where} is a {type(cycle).__name__}; expected a NebCycle or a dict with 'steps' and 'lr'")
+        check_int(f"{where}['steps']", cycle.steps, 0, "SGD steps of the cycle")
+        check_positive(f"{where}['lr']", cycle.lr, "the cycle's learning rate")
+        check_int(f"{where}['insert']", cycle.insert, 0, "images to insert")
+        return cycle
 
 
 def paper_schedule(steps: int = 1000, lr: float = 0.1) -> list[dict[str, Any]]:
@@ -110,7 +152,8 @@ def _tangent(images, i: int, e: Sequence[float]) -> ParamVector:
     return tau / nrm if nrm > 0 else tau
 
 
-def auto_neb(engine: Engine | HasEngine, a: Any, b: Any, *, images: int | None = None, schedule: Sequence[dict[str, Any]] | None = None,
+def auto_neb(engine: Engine | HasEngine, a: Any, b: Any, *, images: int | None = None,
+             schedule: Sequence[NebCycle | dict[str, Any]] | None = None,
              steps: int = 1000, lr: float = 0.1, momentum: float = 0.9, spring: float = math.inf,
              climbing: bool = True, insert_tol: float = 0.0, sub_points: int = 9, eval_points: int = 61,
              seed: int = 0, checkpoint: str | os.PathLike | None = None) -> Path:
@@ -137,8 +180,9 @@ def auto_neb(engine: Engine | HasEngine, a: Any, b: Any, *, images: int | None =
         a, b: Endpoints: state_dicts, modules or ParamVectors of the probed model.
         images: Interior images of the first cycle, inserted evenly; overrides the first
             cycle's ``insert`` (default: the schedule's, 3).
-        schedule: A list of cycles, dicts with ``steps``, ``lr``, ``insert`` (how many images
-            to add, evenly in the band's first cycle, by residuum later) and ``climbing``.
+        schedule: A list of cycles: :class:`NebCycle` (``steps``, ``lr``, ``insert``: how many
+            images to add, evenly in the band's first cycle, by residuum later, ``climbing``),
+            or dicts with those keys.
             Default :func:`paper_schedule` ``(steps, lr)``: 14 cycles as Draxler et al.
         steps, lr: Scale of the default schedule (steps per cycle, first learning rate).
         momentum: SGD momentum.
@@ -190,7 +234,7 @@ def auto_neb(engine: Engine | HasEngine, a: Any, b: Any, *, images: int | None =
 
     names, va, vb, pnames, _ = endpoints(engine, a, b)
     band = _Band(engine, names, va, vb, pnames, sub_points)
-    fingerprint = {"schedule": [dict(c) for c in cycles], "momentum": float(momentum),
+    fingerprint = {"schedule": [asdict(c) for c in cycles], "momentum": float(momentum),
                    "spring": spring if math.isfinite(spring) else "inf", "climbing": bool(climbing),
                    "insert_tol": float(insert_tol), "sub_points": int(sub_points),
                    "n": int(sum(t.numel() for t in band.pa.tensors)), "norm_a": float(band.pa.norm()),
@@ -203,16 +247,16 @@ def auto_neb(engine: Engine | HasEngine, a: Any, b: Any, *, images: int | None =
             first, consumed, history = band.resume(checkpoint, fingerprint)
             for _ in range(consumed):               # the batch the interrupted run would take next
                 next(batches)
-        total_steps = sum(c["steps"] for c in cycles[first:])
+        total_steps = sum(c.steps for c in cycles[first:])
         with Progress("AutoNEB", total_steps, enabled=engine.progress, unit="step") as bar:
             for k in range(first, len(cycles)):
                 cyc = cycles[k]
-                band.insert(cyc["insert"], first_cycle=k == 0, tol=insert_tol)
+                band.insert(cyc.insert, first_cycle=k == 0, tol=insert_tol)
                 climb_at = _relax(engine, band, cyc, batches, bar, momentum=momentum, spring=spring,
-                                  climbing=climbing and cyc["climbing"])
-                consumed += cyc["steps"] if len(band.images) > 2 else 0
-                history.append({**cyc, "images": len(band.images)} if climb_at == "skipped"
-                               else {**cyc, "images": len(band.images), "climbing_image": climb_at})
+                                  climbing=climbing and cyc.climbing)
+                consumed += cyc.steps if len(band.images) > 2 else 0
+                history.append({**asdict(cyc), "images": len(band.images)} if climb_at == "skipped"
+                               else {**asdict(cyc), "images": len(band.images), "climbing_image": climb_at})
                 _save_neb(checkpoint, fingerprint, k + 1, band.images, history, consumed)
         extra = {"resumed_at_cycle": first} if first else {}
         settings = engine.settings(probe="connect", method="neb", schedule=history, **extra, momentum=momentum,
@@ -222,23 +266,14 @@ def auto_neb(engine: Engine | HasEngine, a: Any, b: Any, *, images: int | None =
         return band.result(eval_points, settings)
 
 
-def _check_schedule(schedule: Sequence[dict[str, Any]], images: int | None) -> list[dict[str, Any]]:
-    """The cycles as dicts with every key, checked; ``images`` overrides the first insertion."""
-    cycles = [dict(c) for c in schedule]
+def _check_schedule(schedule: Sequence[NebCycle | dict[str, Any]], images: int | None) -> list[NebCycle]:
+    """The cycles, checked; ``images`` overrides the first insertion."""
+    cycles = [NebCycle.coerce(c, f"schedule[{k}]") for k, c in enumerate(schedule)]
     if not cycles:
         raise ValueError("schedule=[]; pass at least one cycle, e.g. paper_schedule(steps=100)")
-    for k, c in enumerate(cycles):
-        c.setdefault("insert", 0)
-        c.setdefault("climbing", False)
-        if "steps" not in c or "lr" not in c:
-            raise ValueError(f"schedule cycle {k} is {c!r}; every cycle needs 'steps' and 'lr' "
-                             f"(and may give 'insert', 'climbing')")
-        check_int(f"schedule[{k}]['steps']", c["steps"], 0, "SGD steps of the cycle")
-        check_positive(f"schedule[{k}]['lr']", c["lr"], "the cycle's learning rate")
-        check_int(f"schedule[{k}]['insert']", c["insert"], 0, "images to insert")
     if images is not None:
         check_int("images", images, 1, "interior images of the first cycle")
-        cycles[0]["insert"] = images
+        cycles[0] = replace(cycles[0], insert=images)
     return cycles
 
 
@@ -306,21 +341,21 @@ class _Band:
                              method="neb", settings=settings)
 
 
-def _relax(engine: Engine, band: _Band, cyc: dict[str, Any], batches: Iterator, bar: Progress, *,
+def _relax(engine: Engine, band: _Band, cyc: NebCycle, batches: Iterator, bar: Progress, *,
            momentum: float, spring: float, climbing: bool) -> int | None | str:
     """One cycle's SGD steps on the interior images (nudged gradients, climbing image, springs
     or re-spacing). Returns the climbing image's index (None: none), or ``"skipped"`` when the
     band has no interior image or the cycle no steps."""
     images = band.images
     interior = images[1:-1]
-    if not interior or cyc["steps"] == 0:
-        bar.update(cyc["steps"])
+    if not interior or cyc.steps == 0:
+        bar.update(cyc.steps)
         return "skipped"
     leaves = [t for im in interior for t in im.tensors]
-    opt = torch.optim.SGD(leaves, lr=cyc["lr"], momentum=momentum)
+    opt = torch.optim.SGD(leaves, lr=cyc.lr, momentum=momentum)
     climb_at: int | None = None
     engine.set_fit_modes()
-    for _ in range(cyc["steps"]):
+    for _ in range(cyc.steps):
         bar.update()
         batch, _ = next(batches)
         energies, grads = [], []
