@@ -219,3 +219,13 @@ def test_a_parameter_replaced_during_a_fit_is_put_back():
         point(model, 1), point(model, 2), steps=2, eval_points=3)
     assert path.losses.shape == (3,)
     assert_restored(model, snap)
+
+
+def test_a_single_evaluation_shows_a_bar_over_the_batches(capsys):
+    model = torch.nn.Linear(2, 1)
+    data = [(torch.randn(3, 2), torch.randn(3, 1)) for _ in range(5)]
+    lp.LandscapeProbe(model, torch.nn.MSELoss(), data, progress=True).loss()
+    err = capsys.readouterr().err
+    assert "LandscapeProbe.loss" in err and "/5 " in err          # a bar over the 5 batches
+    lp.LandscapeProbe(model, torch.nn.MSELoss(), data, progress=False).loss()
+    assert capsys.readouterr().err == ""

@@ -251,8 +251,10 @@ class Engine:
         for m in self._bns:
             m.eval()
 
-    def evaluate(self) -> Evaluation:
-        """One pass over the data at the model's current parameters (modes already set).
+    def evaluate(self, desc: str | None = None) -> Evaluation:
+        """One pass over the data at the model's current parameters (modes already set);
+        ``desc``: show a progress bar over the batches (single evaluations; a sweep shows one
+        over its points instead).
 
         Raises :class:`~landprobe.engine.ModelChangedError` if the parameters change during the
         pass (the model is trained while probed).
@@ -264,15 +266,19 @@ class Engine:
         if self._sampler is not None:
             ev = self._evaluate_to_precision()
         else:
-            ev = self._evaluate_all()
+            ev = self._evaluate_all(desc)
         check_unchanged(self.model, versions)
         return ev
 
-    def _evaluate_all(self) -> Evaluation:
+    def _evaluate_all(self, desc: str | None = None) -> Evaluation:
         losses: list[Tensor] = []
         sizes: list[int] = []
+        batches: Iterable[tuple[Any, int]] = self.batches()
+        if desc is not None:
+            total = len(self.data) if hasattr(self.data, "__len__") else None  # type: ignore[arg-type]
+            batches = progress(batches, desc, total=total, enabled=self.progress, unit="batch")
         with torch.inference_mode(), self.autocast(), data_pass(self.model):
-            for batch, n in self.batches():
+            for batch, n in batches:
                 losses.append(self.contract.loss(self.model, batch))
                 sizes.append(n)
         if not losses:
@@ -320,7 +326,7 @@ class Engine:
                 with torch.no_grad():
                     torch._foreach_copy_(self.targets(names), vec.tensors)
             self.set_eval_modes()
-            return self.evaluate()
+            return self.evaluate(desc=label)
 
     def sweep(self, names: Sequence[str], points: Sequence[Writer], desc: str) -> list[Evaluation]:
         """Evaluate points given as in-place writers of the target tensors of ``names``.
