@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, overload
 
 import numpy as np
 import torch
-from torch import Tensor, nn
-from torch.func import functional_call, grad, jvp
+from torch import Tensor
+from torch.func import grad, jvp
 
-from landprobe.params import ParamVector, Selector, as_param_vector, select, select_subnets
+from landprobe.params import ParamVector, Selector, select, select_subnets
 from landprobe.curvature.results import Eigenpairs, Spectrum, TraceEstimate
 from landprobe.engine import Engine, HasEngine, as_engine, is_batchnorm
 

@@ -16,7 +16,7 @@ itself. The engine owns:
 """
 
 from landprobe.engine.contract import BatchLoss, FunctionalModel, batch_size, call_model, is_batchnorm, to_device
-from landprobe.engine.core import BN_MODES, Engine, HasEngine, Writer, as_array, as_engine
+from landprobe.engine.core import BN_MODES, Engine, HasEngine, as_array, as_engine
 from landprobe.engine.guard import (ModelChangedError, ModelGuard, ProbeInProgressError, rng_state,
                                     set_rng_state)
 from landprobe.engine.progress import Progress, progress, wants_progress

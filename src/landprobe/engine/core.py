@@ -13,7 +13,6 @@ the draws a shuffling loader makes are undone with everything else.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 

@@ -65,8 +65,6 @@ def demo(out: str | os.PathLike = "landprobe-demo", *, settings: Sequence[str] =
         >>> sorted(p.name for p in __import__("pathlib").Path(d).iterdir())
         ['demo.json', 'demo.png']
     """
-    from landprobe.data import SREvalSet, T91Patches, sample_dir
-    from landprobe.probes import LandscapeProbe
     from landprobe.recipes.reproduce import SETTINGS
 
     settings = tuple(settings) if not isinstance(settings, str) else (settings,)
