@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from landprobe.common.results import Result, require_matplotlib
-from landprobe.engine import Engine, HasEngine, Writer, as_engine
+from landprobe.engine import Engine, HasEngine, as_engine
+from landprobe.engine.core import Writer
 from landprobe.params import ParamVector, Selector, select
 
 __all__ = ["Surface", "plane", "grid_axis"]
