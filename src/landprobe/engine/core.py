@@ -25,7 +25,7 @@ from landprobe.common.distributed import merge_across_ranks, rank_and_world
 from landprobe.common.version import __version__
 from landprobe.engine.contract import (Contract, FunctionalModel, batch_size, call_model, check_loss, cycle,
                                        is_batchnorm, no_batch_error)
-from landprobe.engine.guard import ModelGuard, check_unchanged, data_pass, parameter_versions
+from landprobe.engine.guard import ModelGuard, ParameterWatch, data_pass
 from landprobe.engine.progress import progress
 from landprobe.engine.sampler import PrecisionSampler
 from landprobe.engine.statistics import Evaluation
@@ -78,6 +78,7 @@ class Engine:
             )
         self.control = control
         self.progress = progress
+        self._watch: ParameterWatch | None = None
         self._sampler = (None if precision is None else
                          PrecisionSampler(data, precision, min_batches, batch_size, seed, control, self.contract))
 
@@ -107,9 +108,23 @@ class Engine:
         return dev, dtype
 
     # ------------------------------------------------------------------ contexts
-    def guard(self, label: str = "a probe") -> ModelGuard:
-        """The model guard of one probe call: everything restored on exit; one probe per model."""
-        return ModelGuard(self.model, owner=self, label=label)
+    @contextlib.contextmanager
+    def guard(self, label: str = "a probe") -> Iterator[ModelGuard]:
+        """The model guard of one probe call: everything restored on exit; one probe per model.
+        The outermost guard's :class:`~landprobe.engine.guard.ParameterWatch` serves every pass
+        inside it (listing the parameter slots once per call, not once per pass)."""
+        with ModelGuard(self.model, owner=self, label=label) as g:
+            outer = self._watch is None
+            if outer:
+                self._watch = g.watch
+            try:
+                yield g
+            finally:
+                if outer:
+                    self._watch = None
+
+    def _parameter_watch(self) -> ParameterWatch:
+        return self._watch if self._watch is not None else ParameterWatch.of(self.model)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype in (torch.bfloat16, torch.float16):
@@ -261,12 +276,13 @@ class Engine:
         if self.bn == "recompute":
             self.recompute_bn()
             self.set_eval_modes()
-        versions = parameter_versions(self.model)
+        watch = self._parameter_watch()
+        versions = watch.versions()
         if self._sampler is not None:
             ev = self._evaluate_to_precision()
         else:
             ev = self._evaluate_all(desc)
-        check_unchanged(self.model, versions)
+        watch.check(versions)
         return ev
 
     def _evaluate_all(self, desc: str | None = None) -> Evaluation:
@@ -340,13 +356,14 @@ class Engine:
             self.set_eval_modes()
             targets = self.targets(names)
             with torch.no_grad():
-                left: list[tuple[int, int]] | None = None
+                watch = self._parameter_watch()
+                left: list[int] | None = None
                 for i in progress(mine, desc, enabled=self.progress, unit="point"):
                     if left is not None:             # nothing but the sweep writes between points
-                        check_unchanged(self.model, left)
+                        watch.check(left)
                     points[i](targets)
                     results[i] = self.evaluate()
-                    left = parameter_versions(self.model)
+                    left = watch.versions()
         results = merge_across_ranks(results)
         return [results[i] for i in range(len(points))]
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from landprobe.engine.contract import is_batchnorm
 
-__all__ = ["ModelGuard", "rng_state", "set_rng_state", "ProbeInProgressError", "ModelChangedError"]
+__all__ = ["ModelGuard", "ParameterWatch", "rng_state", "set_rng_state", "ProbeInProgressError", "ModelChangedError"]
 
 
 class ProbeInProgressError(RuntimeError):
@@ -148,22 +148,49 @@ def data_pass(model: nn.Module) -> Iterator[None]:
             hold.passes -= 1
 
 
-def parameter_versions(model: nn.Module) -> list[tuple[int, int]]:
-    """Identity and version counter of each parameter (bumped by every in-place write); a
-    parameter replaced by another object (e.g. one made under ``inference_mode``, which has no
-    version counter) counts as a change too."""
-    return [(id(p), -1 if p.is_inference() else p._version) for p in model.parameters()]
+class ParameterWatch:
+    """Detects a parameter written in place (its version counter moves) or replaced by another
+    object in its module, cheaply enough to check around every pass: the slots are listed once.
 
+    Example:
+        >>> import torch
+        >>> from landprobe.engine.guard import ParameterWatch
+        >>> model = torch.nn.Linear(2, 1)
+        >>> watch = ParameterWatch.of(model); seen = watch.versions()
+        >>> watch.changed(seen)
+        False
+        >>> with torch.no_grad():
+        ...     _ = model.bias.add_(1.0)
+        >>> watch.changed(seen)
+        True
+    """
 
-def check_unchanged(model: nn.Module, versions: list[tuple[int, int]]) -> None:
-    """Raise :class:`ModelChangedError` if a parameter was written or replaced since ``versions``
-    were read."""
-    if parameter_versions(model) != versions:
-        raise ModelChangedError(
-            f"the parameters of {type(model).__name__} changed during a pass over the data: is the model trained "
-            f"(or modified by its own forward) while it is probed? A model must not be trained while it is "
-            f"probed; probe a copy (copy.deepcopy(model)) or probe between training steps."
-        )
+    def __init__(self, slots: list[tuple[nn.Module, str, nn.Parameter]], model_name: str):
+        self._slots = [(mod._parameters, name, p) for mod, name, p in slots]
+        # an inference tensor has no version counter (only a parameter made under inference_mode)
+        self._plain = [(p, not p.is_inference()) for _, _, p in self._slots]
+        self._model_name = model_name
+
+    @classmethod
+    def of(cls, model: nn.Module) -> ParameterWatch:
+        return cls([(mod, name, p) for mod in model.modules() for name, p in mod._parameters.items()
+                    if p is not None], type(model).__name__)
+
+    def versions(self) -> list[int]:
+        return [p._version if plain else -1 for p, plain in self._plain]
+
+    def changed(self, versions: list[int]) -> bool:
+        """True if a parameter was written since ``versions`` were read, or replaced."""
+        return self.versions() != versions or any(d.get(name) is not p for d, name, p in self._slots)
+
+    def check(self, versions: list[int]) -> None:
+        """Raise :class:`ModelChangedError` if :meth:`changed`."""
+        if self.changed(versions):
+            raise ModelChangedError(
+                f"the parameters of {self._model_name} changed during a pass over the data: is the model trained "
+                f"(or modified by its own forward) while it is probed? A model must not be trained while it is "
+                f"probed; probe a copy (copy.deepcopy(model)) or probe between training steps."
+            )
 
 
 # --------------------------------------------------------------------------- the guard
@@ -212,6 +239,7 @@ class ModelGuard(contextlib.AbstractContextManager):
             self._params = [(p, p.detach().clone(), p.requires_grad, p.grad) for p in m.parameters()]
             self._slots = [(mod, name, p) for mod in m.modules() for name, p in mod._parameters.items()
                            if p is not None]
+            self.watch = ParameterWatch(self._slots, type(m).__name__)
             self._buffers = [(mod, name, b, b.detach().clone()) for mod in m.modules()
                              for name, b in mod._buffers.items() if b is not None]
             self._modes = [(mod, mod.training) for mod in m.modules()]
