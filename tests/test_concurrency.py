@@ -288,3 +288,24 @@ def test_a_parameter_written_between_two_points_of_a_sweep_is_refused(monkeypatc
     with pytest.raises(ModelChangedError, match="must not be trained while it is probed"):
         probe.interpolate(a, a, steps=3)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_a_submodule_or_a_model_sharing_a_parameter_is_refused_while_its_parent_is_probed():
+    parent = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
+    other = torch.nn.Linear(2, 3)
+    other.weight = parent[0].weight                            # tied across two models
+    x, y = torch.randn(4, 2), torch.randn(4, 1)
+    calls = []
+
+    def nested(out, target):                                   # runs inside the parent's probe
+        for model, data in ((parent[0], [(x, torch.randn(4, 3))]), (other, [(x, torch.randn(4, 3))])):
+            with pytest.raises(ProbeInProgressError, match="shares parameters with Sequential, which is being probed"):
+                lp.LandscapeProbe(model, torch.nn.MSELoss(), data).loss()
+            calls.append(model)
+        return torch.nn.functional.mse_loss(out, target)
+
+    lp.LandscapeProbe(parent, nested, [(x, y)]).loss()
+    assert calls == [parent[0], other]
+    # released: each can be probed now, and a model sharing nothing is never refused
+    lp.LandscapeProbe(parent[0], torch.nn.MSELoss(), [(x, torch.randn(4, 3))]).loss()
+    lp.LandscapeProbe(other, torch.nn.MSELoss(), [(x, torch.randn(4, 3))]).loss()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import random
 import threading
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -101,44 +100,59 @@ class _Hold:
     owner: int            # id of the engine (or guard) that holds the model
     label: str            # what runs, for the error message
     thread: int
+    model_id: int
+    model_name: str
+    keys: list[int]       # id of the model and of each of its parameters
     depth: int = 1
     passes: int = 0       # > 0 while a pass over the data runs user code
 
 
-_HOLDS: weakref.WeakKeyDictionary[nn.Module, _Hold] = weakref.WeakKeyDictionary()
+# id(model) and id(each parameter) -> the hold of the probe running on it. A second probe is
+# refused on the same model, and on any model that shares a parameter with it (a submodule,
+# tied weights across models). Ids, not weak references: a hold lives only while its guard is
+# open, and the guard keeps the model (and so its parameters) alive.
+_HOLDS: dict[int, _Hold] = {}
 _HOLDS_LOCK = threading.Lock()
 
 
 def _acquire(model: nn.Module, owner: int, label: str) -> None:
     me = threading.get_ident()
     with _HOLDS_LOCK:
-        hold = _HOLDS.get(model)
-        if hold is None:
-            _HOLDS[model] = _Hold(owner, label, me)
-            return
-        if hold.thread == me and hold.owner == owner and hold.passes == 0:
+        hold = _HOLDS.get(id(model))
+        if (hold is not None and hold.model_id == id(model) and hold.thread == me and hold.owner == owner
+                and hold.passes == 0):
             hold.depth += 1               # the same probe, one step inside another (e.g. a fit's check)
             return
-        where = "another thread" if hold.thread != me else "this thread (a probe started inside its loss or data)"
-        raise ProbeInProgressError(
-            f"{type(model).__name__} is being probed by {hold.label} in {where}; one probe at a time per model. "
-            f"Wait for it to finish, or probe a copy (copy.deepcopy(model)). Do not train a model while it is probed."
-        )
+        keys = [id(model)] + [id(p) for p in model.parameters()]
+        clash = hold if hold is not None else next((_HOLDS[k] for k in keys if k in _HOLDS), None)
+        if clash is not None:
+            where = ("another thread" if clash.thread != me
+                     else "this thread (a probe started inside its loss or data)")
+            what = (type(model).__name__ if clash.model_id == id(model)
+                    else f"{type(model).__name__} shares parameters with {clash.model_name}, which")
+            raise ProbeInProgressError(
+                f"{what} is being probed by {clash.label} in {where}; one probe at a time per model. Wait for it "
+                f"to finish, or probe a copy (copy.deepcopy(model)). Do not train a model while it is probed."
+            )
+        new = _Hold(owner, label, me, id(model), type(model).__name__, keys)
+        for k in keys:
+            _HOLDS[k] = new
 
 
 def _release(model: nn.Module) -> None:
     with _HOLDS_LOCK:
-        hold = _HOLDS.get(model)
-        if hold is not None:
+        hold = _HOLDS.get(id(model))
+        if hold is not None and hold.model_id == id(model):
             hold.depth -= 1
             if hold.depth == 0:
-                del _HOLDS[model]
+                for k in hold.keys:
+                    _HOLDS.pop(k, None)
 
 
 @contextlib.contextmanager
 def data_pass(model: nn.Module) -> Iterator[None]:
     """Mark a pass over the data (user code runs): a guard opened inside it is a second probe."""
-    hold = _HOLDS.get(model)
+    hold = _HOLDS.get(id(model))
     if hold is not None:
         hold.passes += 1
     try:
