@@ -1,6 +1,6 @@
 """The Hessian of the empirical error as a matrix-free operator.
 
-:func:`hessian` (bound as ``LandscapeProbe.hessian``) returns a :class:`HessianOperator`: the
+:func:`hessian` (also ``LandscapeProbe.hessian``, which hands it the probe's engine) returns a :class:`HessianOperator`: the
 exact Hessian, with respect to the model's parameters (or one subnet of them), of the
 sample-weighted empirical error
 
