@@ -1,7 +1,7 @@
 """The Hessian of the empirical error as a matrix-free operator.
 
-:func:`hessian` (also ``LandscapeProbe.hessian``, which hands it the probe's engine) returns a :class:`HessianOperator`: the
-exact Hessian, with respect to the model's parameters (or one subnet of them), of the
+:func:`hessian` (also ``LandscapeProbe.hessian``, which hands it the probe's engine) returns a
+:class:`HessianOperator`: the exact Hessian, with respect to the model's parameters (or one subnet of them), of the
 sample-weighted empirical error
 
     L(θ) = Σ_b (n_b / N) · loss_fn(model(x_b; θ), y_b),
