@@ -631,3 +631,11 @@ def test_precision_with_a_batch_loss_on_a_dataloader_of_dicts():
     assert ev.batch_sizes.tolist() == sizes == [2, 2, 2, 2, 2, 1]
     np.testing.assert_allclose(ev.batch_losses, losses, rtol=1e-12, atol=0)
     assert rel(ev.loss, ref) <= 1e-12 and ev.stderr == 0.0
+
+
+def test_a_one_shot_iterator_is_refused_with_the_fix():
+    gen = ((torch.ones(2, 1), torch.zeros(2, 1)) for _ in range(3))
+    with pytest.raises(TypeError, match=r"one-shot iterator \(generator\).*list\(data\)"):
+        lp.LandscapeProbe(torch.nn.Linear(1, 1), torch.nn.MSELoss(), gen)
+    with pytest.raises(TypeError, match="data must be an iterable of batches"):
+        lp.LandscapeProbe(torch.nn.Linear(1, 1), torch.nn.MSELoss(), 3)

@@ -62,9 +62,12 @@ class Engine:
         self.loss_fn = check_loss_fn(loss_fn)
         if bn not in BN_MODES:
             raise ValueError(f"bn={bn!r}; expected one of {BN_MODES} (see LandscapeProbe's docstring)")
-        if data is None or isinstance(data, (Tensor, str, bytes)):
+        if data is None or isinstance(data, (Tensor, str, bytes, int, float)):
             raise TypeError(f"data must be an iterable of batches (a DataLoader, or a list of (x, y) pairs); "
                             f"got {type(data).__name__}")
+        if isinstance(data, Iterator):
+            raise TypeError(f"data is a one-shot iterator ({type(data).__name__}), but a probe passes over the data "
+                            f"once per point: pass a list of batches (list(data)) or a DataLoader")
         self.data = data
         self.bn = bn
         self.contract = Contract(loss_fn)
