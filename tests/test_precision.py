@@ -79,8 +79,15 @@ def test_precision_errors():
 
     with pytest.raises(ValueError, match="got an IterableDataset"):
         lp.LandscapeProbe(model, CASES[0].loss_fn, DataLoader(Stream(), batch_size=None), precision=0.1)
-    with pytest.raises(ValueError, match="needs random access"):
+    with pytest.raises(TypeError, match="one-shot iterator"):       # refused whatever the precision
         lp.LandscapeProbe(model, CASES[0].loss_fn, (b for b in data), precision=0.1)
+
+    class Batches:                                                   # re-iterable, no random access
+        def __iter__(self):
+            return iter(data)
+
+    with pytest.raises(ValueError, match="needs random access"):
+        lp.LandscapeProbe(model, CASES[0].loss_fn, Batches(), precision=0.1)
     probe = lp.LandscapeProbe(model, CASES[0].loss_fn, data, precision=0.1)
     with pytest.raises(ValueError, match="cannot be combined with precision="):
         probe.interpolate(model, perturbed(model, 1), batch_points=2)
