@@ -309,3 +309,45 @@ def test_a_submodule_or_a_model_sharing_a_parameter_is_refused_while_its_parent_
     # released: each can be probed now, and a model sharing nothing is never refused
     lp.LandscapeProbe(parent[0], torch.nn.MSELoss(), [(x, torch.randn(4, 3))]).loss()
     lp.LandscapeProbe(other, torch.nn.MSELoss(), [(x, torch.randn(4, 3))]).loss()
+
+
+@pytest.mark.parametrize("family", ["connect", "auto_neb", "level_set"])
+def test_a_parameter_written_during_a_fit_is_refused(family):
+    # stands in for a training thread stepping while a curve, a band or a descent is fitted
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
+    x, y = torch.randn(8, 2), torch.randn(8, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(300):                                      # near a minimum, so the midpoint rises
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    for p in model.parameters():
+        p.grad = None
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    a = {k: v.clone() for k, v in model.state_dict().items()}
+    perm = torch.tensor([2, 0, 1])                           # the same function, hidden units permuted
+    b = {"0.weight": a["0.weight"][perm], "0.bias": a["0.bias"][perm], "2.weight": a["2.weight"][:, perm],
+         "2.bias": a["2.bias"].clone()}
+    fitting = []
+
+    def meddling(out, target):
+        if torch.is_grad_enabled():                           # a fit step, not a measurement
+            fitting.append(1)
+            if len(fitting) > 2:
+                with torch.no_grad():
+                    model[0].bias.add_(1.0)
+        return torch.nn.functional.mse_loss(out, target)
+
+    probe = lp.LandscapeProbe(model, meddling, [(x, y)])
+    with pytest.raises(ModelChangedError, match="must not be trained while it is probed"):
+        if family == "connect":
+            probe.connect(a, b, method="polychain", steps=5, eval_points=3)
+        elif family == "auto_neb":
+            probe.auto_neb(a, b, schedule=[dict(steps=5, lr=0.01, insert=1)], eval_points=3)
+        else:
+            ends, mid = probe.loss(a), probe.interpolate(a, b, steps=3).losses[1]
+            assert mid > ends                                 # the segment rises: a descent is needed
+            probe.level_set(a, b, threshold=ends + 0.5 * (mid - ends), steps=20, check_every=5)
+    assert fitting, "the probe ran no fit step"
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -126,6 +126,15 @@ class Engine:
                 if outer:
                     self._watch = None
 
+    def unchanged_check(self) -> Callable[[], None]:
+        """A check for long steps that do not write the model themselves (a fit's optimizer steps
+        on its own tensors): calling it raises :class:`~landprobe.engine.ModelChangedError` if a
+        parameter of the model was written or replaced since this call. Call inside :meth:`guard`
+        and take a new one after anything that restores the model (a nested probe)."""
+        watch = self._parameter_watch()
+        versions = watch.versions()
+        return lambda: watch.check(versions)
+
     def _parameter_watch(self) -> ParameterWatch:
         return self._watch if self._watch is not None else ParameterWatch.of(self.model)
 

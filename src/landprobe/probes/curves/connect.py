@@ -207,9 +207,11 @@ def _train(engine: Engine, curve: _Curve, fit: _FitOptions, settings: dict[str, 
             next(batches)
         settings["resumed_at_step"] = first
     engine.set_fit_modes()
+    unchanged = engine.unchanged_check()          # the fit writes only its bends, never the model
     try:
         for step in progress(range(first, fit.steps), f"connect ({curve.method})", enabled=engine.progress,
                              unit="step"):
+            unchanged()
             batch, _ = next(batches)
             opt.zero_grad(set_to_none=True)
             total = 0.0
@@ -220,6 +222,7 @@ def _train(engine: Engine, curve: _Curve, fit: _FitOptions, settings: dict[str, 
                         loss.backward()
                 total += float(loss.detach())
             opt.step()
+            unchanged()
             train_losses.append(total)
             if fit.checkpoint is not None and ((step + 1) % fit.checkpoint_every == 0 or step + 1 == fit.steps):
                 atomic_torch_save({"fingerprint": fingerprint, "step": step + 1,

@@ -306,6 +306,7 @@ class _Search:
         done = 0
         while loss > d.target and done < d.steps:
             engine.set_fit_modes()
+            unchanged = engine.unchanged_check()  # new after each full-data check (it restores the model)
             for _ in range(min(d.check_every, d.steps - done)):
                 _, grads = engine.fit_loss_and_grad(leaves, next(self.batches)[0])
                 self.consumed += 1
@@ -315,6 +316,7 @@ class _Search:
                     p.grad = g
                 opt.step()
                 done += 1
+            unchanged()
             loss = engine.evaluate_at(theta).loss
             if not math.isfinite(loss):
                 break

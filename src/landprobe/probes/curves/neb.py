@@ -355,8 +355,10 @@ def _relax(engine: Engine, band: _Band, cyc: NebCycle, batches: Iterator, bar: P
     opt = torch.optim.SGD(leaves, lr=cyc.lr, momentum=momentum)
     climb_at: int | None = None
     engine.set_fit_modes()
+    unchanged = engine.unchanged_check()          # the band's images are ours; the model is never written
     for _ in range(cyc.steps):
         bar.update()
+        unchanged()
         batch, _ = next(batches)
         energies, grads = [], []
         with torch.no_grad():
@@ -374,6 +376,7 @@ def _relax(engine: Engine, band: _Band, cyc: NebCycle, batches: Iterator, bar: P
         opt.step()
         if math.isinf(spring):
             _respace(images, {climb_at} if climb_at is not None else set())
+    unchanged()
     for t in leaves:
         t.grad = None
     return climb_at
