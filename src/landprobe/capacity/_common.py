@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from torch import Tensor, nn
 
+from landprobe.common.checks import check_module
 from landprobe.params import Selector, select
 
 MODEL = "model"
 
 
 def check_model(model: Any, who: str) -> None:
-    if isinstance(model, type) and issubclass(model, nn.Module):
-        raise TypeError(f"{who}: model is the class {model.__name__}; instantiate it: {model.__name__}(...)")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{who}: model has type {type(model).__name__}; expected a torch.nn.Module instance")
+    """``model`` must be an nn.Module instance; the error names the measure ``who``."""
+    check_module(model, f"{who}: model")
 
 
 def scopes(model: nn.Module, subnets: Mapping[Any, Selector] | Sequence[Selector] | None) -> dict[str, list[str]]:
@@ -48,16 +46,3 @@ def weight_names(model: nn.Module, names: Iterable[str]) -> list[str]:
 def as_matrix(w: Tensor) -> Tensor:
     """A weight as the matrix ``(shape[0], -1)``: a Conv weight ``(out, in, k, k)`` becomes ``(out, in*k*k)``."""
     return w.reshape(w.shape[0], -1)
-
-
-def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r}; expected an integer of at least {minimum}")
-    return value
-
-
-def check_positive_float(value: Any, name: str, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name}={value!r}; expected a finite float {'>=' if allow_zero else '>'} 0")
-    return float(value)

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from landprobe.capacity._common import as_matrix, check_model, check_positive_int, scopes, weight_names
+from landprobe.capacity._common import as_matrix, check_model, scopes, weight_names
+from landprobe.common.checks import check_int
 from landprobe.params import Selector
 
 __all__ = ["NORM_MEASURES", "subnet_norms", "spectral_norm", "conv_operator_norm"]
@@ -154,7 +155,7 @@ def conv_operator_norm(conv: nn.Module, input_size: Sequence[int], *, iterations
         if padding != "valid":
             raise ValueError(f"conv padding={padding!r}; pass a conv with numeric padding (or 'valid')")
         padding = (0,) * d
-    iterations = check_positive_int(iterations, "iterations")
+    iterations = check_int("iterations", iterations, 1)
     w = conv.weight.detach().to(torch.float64)
     kw = dict(stride=conv.stride, padding=padding, dilation=conv.dilation, groups=conv.groups)
     gen = torch.Generator().manual_seed(int(seed))

@@ -15,9 +15,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from landprobe.capacity._common import (
-    check_model, check_positive_float, check_positive_int,
-)
+from landprobe.capacity._common import check_model
+from landprobe.common.checks import check_int, check_nonnegative, check_positive
 from landprobe.params import ParamVector, Selector, select
 from landprobe.engine import Engine
 
@@ -59,9 +58,9 @@ def epsilon_sharpness(model: nn.Module, loss_fn: Callable, data: Iterable, epsil
         150.0
     """
     check_model(model, "epsilon_sharpness")
-    epsilon = check_positive_float(epsilon, "epsilon")
-    step_size = check_positive_float(step_size, "step_size")
-    steps = check_positive_int(steps, "steps")
+    epsilon = check_positive("epsilon", epsilon)
+    step_size = check_positive("step_size", step_size)
+    steps = check_int("steps", steps, 1)
     engine = Engine(model, loss_fn, data)
     names = select(model, subnet)
     params = dict(model.named_parameters())
@@ -113,7 +112,7 @@ def gaussian_noise(theta: ParamVector, sigma: float, seed: int) -> ParamVector:
         >>> abs(float(u["w"].std()) - 0.1) < 1e-3                    # std sigma, not sigma**2 = 0.01
         True
     """
-    sigma = check_positive_float(sigma, "sigma", allow_zero=True)
+    sigma = check_nonnegative("sigma", sigma)
     return theta.randn_like(seed) * sigma
 
 
@@ -160,11 +159,11 @@ def pac_bayes_sigma(model: nn.Module, loss_fn: Callable, data: Iterable, target:
         True
     """
     check_model(model, "pac_bayes_sigma")
-    target = check_positive_float(target, "target")
-    sigma_max = check_positive_float(sigma_max, "sigma_max")
-    rtol = check_positive_float(rtol, "rtol")
-    samples = check_positive_int(samples, "samples")
-    iterations = check_positive_int(iterations, "iterations")
+    target = check_positive("target", target)
+    sigma_max = check_positive("sigma_max", sigma_max)
+    rtol = check_positive("rtol", rtol)
+    samples = check_int("samples", samples, 1)
+    iterations = check_int("iterations", iterations, 1)
     engine = Engine(model, loss_fn, data)
     names = select(model, subnet)
     params = dict(model.named_parameters())

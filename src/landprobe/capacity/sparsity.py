@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landprobe.capacity._common import MODEL, check_model, check_positive_float
+from landprobe.capacity._common import MODEL, check_model
+from landprobe.common.checks import check_positive
 from landprobe.params import ParamVector, Selector
 from landprobe.engine import BatchLoss, Engine
 
@@ -70,7 +71,7 @@ def fraction_near_zero(x: Any, threshold: float = 1e-3) -> float:
         >>> fraction_near_zero(torch.tensor([0.0, 1e-4, -0.5, 2.0]))    # 2 of 4 below 1e-3
         0.5
     """
-    threshold = check_positive_float(threshold, "threshold")
+    threshold = check_positive("threshold", threshold)
     v = _flat(x)
     if v.numel() == 0:
         raise ValueError("fraction_near_zero: the input holds no entries")

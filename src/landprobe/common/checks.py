@@ -21,24 +21,28 @@ from torch import nn
 __all__ = ["check_int", "check_positive", "check_nonnegative", "check_module", "check_loss_fn"]
 
 
-def check_int(name: str, value: Any, low: int, what: str) -> int:
+def _what(what: str) -> str:
+    return f" ({what})" if what else ""
+
+
+def check_int(name: str, value: Any, low: int, what: str = "") -> int:
     """``value`` as an int >= ``low`` (bools refused); ``ValueError`` naming ``name`` otherwise."""
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name}={value!r}; expected an integer >= {low} ({what})")
+        raise ValueError(f"{name}={value!r}; expected an integer >= {low}{_what(what)}")
     return value
 
 
-def check_positive(name: str, value: Any, what: str) -> float:
+def check_positive(name: str, value: Any, what: str = "") -> float:
     """``value`` as a finite float > 0; ``ValueError`` naming ``name`` otherwise."""
     if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name}={value!r}; expected a finite number > 0 ({what})")
+        raise ValueError(f"{name}={value!r}; expected a finite number > 0{_what(what)}")
     return float(value)
 
 
-def check_nonnegative(name: str, value: Any, what: str) -> float:
+def check_nonnegative(name: str, value: Any, what: str = "") -> float:
     """``value`` as a finite float >= 0; ``ValueError`` naming ``name`` otherwise."""
     if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name}={value!r}; expected a finite number >= 0 ({what})")
+        raise ValueError(f"{name}={value!r}; expected a finite number >= 0{_what(what)}")
     return float(value)
 
 
