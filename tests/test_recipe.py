@@ -1,5 +1,5 @@
 """The reproduction recipe: training lowers the loss on T91, history records, bitwise resume after
-SIGKILL, checkpoint contents, summary and figures, and every error path (issue 5)."""
+SIGKILL, checkpoint contents, summary and figures, and every error path."""
 
 import json
 import math
