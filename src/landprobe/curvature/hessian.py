@@ -163,7 +163,7 @@ class _Problem:
         return _storages([list(self.state.values()), [b for b, _ in self.batches]], set())
 
     @contextlib.contextmanager
-    def session(self) -> Iterator[None]:
+    def product_context(self) -> Iterator[None]:
         """Model in the probe's modes for one product; everything restored afterwards."""
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -333,7 +333,7 @@ class HessianOperator:
             kinds = tuple(k for k in kinds if k != "merged") or ("per-batch",)
         grads: list[Tensor] | None = None
         kind = None
-        with p.session(), torch.enable_grad():
+        with p.product_context(), torch.enable_grad():
             try:
                 with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
                     if "merged" in kinds:
@@ -385,7 +385,7 @@ class HessianOperator:
         graph is built once per batch for all the vectors of a ``matmat``)."""
         p = self._p
         accs = [[torch.zeros_like(t) for t in self._theta] for _ in vss]
-        with p.session():
+        with p.product_context():
             leaves = [t.detach().requires_grad_(True) for t in self._theta]
             with torch.enable_grad():
                 for batch, w in p.batches:
@@ -399,7 +399,7 @@ class HessianOperator:
     def _streamed_forward_over_reverse(self, vs: list[Tensor]) -> list[Tensor]:
         p = self._p
         acc = [torch.zeros_like(t) for t in self._theta]
-        with p.session():
+        with p.product_context():
             for batch, w in p.batches:
                 hv = self._forward_over_reverse_batch(vs, batch)
                 torch._foreach_add_(acc, list(hv), alpha=w)

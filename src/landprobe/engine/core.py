@@ -82,6 +82,7 @@ class Engine:
         self.control = control
         self.progress = progress
         self._watch: ParameterWatch | None = None
+        self._names: list[str] | None = None
         self._sampler = (None if precision is None else
                          PrecisionSampler(data, precision, min_batches, batch_size, seed, control, self.contract))
 
@@ -120,11 +121,12 @@ class Engine:
             outer = self._watch is None
             if outer:
                 self._watch = g.watch
+                self._names = [n for n, _ in self.model.named_parameters()]
             try:
                 yield g
             finally:
                 if outer:
-                    self._watch = None
+                    self._watch = self._names = None
 
     def unchanged_check(self) -> Callable[[], None]:
         """A check for long steps that do not write the model themselves (a fit's optimizer steps
@@ -177,6 +179,10 @@ class Engine:
         return names
 
     def parameter_names(self) -> list[str]:
+        """The model's parameter names in order (listed once per probe call inside :meth:`guard`:
+        fits ask for them at every step)."""
+        if self._names is not None:
+            return self._names
         return [n for n, _ in self.model.named_parameters()]
 
     def targets(self, names: Sequence[str]) -> list[Tensor]:
