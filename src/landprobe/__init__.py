@@ -12,7 +12,7 @@ from landprobe.params import ParamVector, select, select_subnets
 
 # the engine under every probe, and the loss/data contract
 from landprobe import engine
-from landprobe.engine import BatchLoss
+from landprobe.engine import BatchLoss, RankFailedError, Sharding
 
 # capacity control and measures
 from landprobe.penalties import SubnetNormPenalty
@@ -48,6 +48,8 @@ __all__ = [
     # the engine and the data contract
     "engine",
     "BatchLoss",
+    "Sharding",
+    "RankFailedError",
     # capacity control
     "SubnetNormPenalty",
     "DARC1Penalty",

@@ -11,8 +11,10 @@ itself. The engine owns:
 - the loss/data contract (:class:`BatchLoss`, :func:`batch_size`): ``(inputs, targets)``
   pairs with ``loss_fn(model(inputs), targets)``, or any batch with ``fn(model, batch)``;
 - the BatchNorm policy, device and dtype, sample weighting and per-batch statistics
-  (:class:`Evaluation`), the precision sampler, progress (:class:`Progress`) and the
-  reduction across ranks.
+  (:class:`Evaluation`), the precision sampler, progress (:class:`Progress`);
+- the ranks of ``torch.distributed`` (:class:`Sharding`, :class:`Ranks`): points split across
+  ranks, passes over the data shared by them, every collective with a status exchange and a
+  timeout (:class:`RankFailedError`).
 """
 
 from landprobe.engine.contract import BatchLoss, FunctionalModel, batch_size, call_model, is_batchnorm, to_device
@@ -20,6 +22,7 @@ from landprobe.engine.core import BN_MODES, Engine, HasEngine, as_array, as_engi
 from landprobe.engine.guard import (ModelChangedError, ModelGuard, ProbeInProgressError, rng_state,
                                     set_rng_state)
 from landprobe.engine.progress import Progress, progress, wants_progress
+from landprobe.engine.shards import Part, RankFailedError, Ranks, Sharding
 from landprobe.engine.statistics import Evaluation
 
 __all__ = [
@@ -42,6 +45,11 @@ __all__ = [
     "ModelChangedError",
     "rng_state",
     "set_rng_state",
+    # ranks
+    "Sharding",
+    "Ranks",
+    "Part",
+    "RankFailedError",
     # progress
     "Progress",
     "progress",

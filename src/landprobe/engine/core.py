@@ -21,13 +21,14 @@ import torch
 from torch import Tensor, nn
 
 from landprobe.common.checks import check_loss_fn, check_module
-from landprobe.common.distributed import merge_across_ranks, rank_and_world
+from landprobe.common.distributed import rank_and_world
 from landprobe.common.version import __version__
 from landprobe.engine.contract import (Contract, FunctionalModel, batch_size, call_model, check_loss, cycle,
                                        is_batchnorm, no_batch_error)
 from landprobe.engine.guard import ModelGuard, ParameterWatch, data_pass
 from landprobe.engine.progress import progress
 from landprobe.engine.sampler import PrecisionSampler
+from landprobe.engine.shards import Part, Ranks, Sharding, owned_rounds, sliceable
 from landprobe.engine.statistics import Evaluation
 from landprobe.params import ParamVector, Selector, as_param_vector, select
 
@@ -57,8 +58,12 @@ class Engine:
     def __init__(self, model: nn.Module, loss_fn: Callable, data: Iterable, *, bn: str = "eval",
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                  precision: float | None = None, min_batches: int = 4, batch_size: int | None = None,
-                 seed: int = 0, control: Callable | None = None, progress: bool | None = None):
+                 seed: int = 0, control: Callable | None = None, progress: bool | None = None,
+                 sharding: Sharding | None = None):
         self.model = check_module(model)
+        if sharding is not None and not isinstance(sharding, Sharding):
+            raise TypeError(f"sharding={sharding!r}; expected None or a landprobe.Sharding")
+        self.sharding = sharding if sharding is not None else Sharding()
         self.loss_fn = check_loss_fn(loss_fn)
         if bn not in BN_MODES:
             raise ValueError(f"bn={bn!r}; expected one of {BN_MODES} (see LandscapeProbe's docstring)")
@@ -85,6 +90,7 @@ class Engine:
         self._names: list[str] | None = None
         self._sampler = (None if precision is None else
                          PrecisionSampler(data, precision, min_batches, batch_size, seed, control, self.contract))
+        self._population: int | None = None
 
     def _placement(self, device: Any, dtype: torch.dtype | None) -> tuple[torch.device, torch.dtype | None]:
         model = self.model
@@ -208,36 +214,104 @@ class Engine:
             kw["loss"] = repr(self.loss_fn)
         return kw
 
+    # ------------------------------------------------------------------ ranks
+    def ranks(self) -> Ranks:
+        """This call's layout over the ranks of ``torch.distributed`` (see :class:`Sharding`)."""
+        return self.sharding.resolve(self.data)
+
+    def all_sum(self, compute: Callable[[], Sequence[Tensor]], what: str = "a probe") -> list[Tensor]:
+        """``compute()``'s tensors (this rank's share of a sum over the data) summed over the
+        ranks that share the data; an exception in ``compute`` on any rank raises on every rank.
+        Without data sharding: ``compute()`` as it is."""
+        return self.ranks().all_sum(compute, what)
+
+    @property
+    def writes_files(self) -> bool:
+        """Whether this process writes a probe's files (checkpoints): rank 0, or the only process."""
+        return rank_and_world()[0] == 0
+
+    def sync(self, what: str) -> None:
+        """Wait until every rank gets here (e.g. all have read a checkpoint before rank 0 writes
+        the next); nothing without a process group."""
+        if rank_and_world()[1] > 1:
+            self.ranks().sync(what)
+
     # ------------------------------------------------------------------ batches
     def batches(self, dtype: torch.dtype | None = None) -> Iterator[tuple[Any, int]]:
-        """Prepared batches of one pass over the data, with their sample counts."""
+        """Prepared batches of one pass over this rank's data, with their sample counts."""
         for batch in self.data:
             yield self.contract.prepare(batch, self.device, dtype)
 
-    def batch_cycle(self) -> Iterator[tuple[Any, int]]:
-        """Prepared batches over and over (fits); ``ValueError`` if the data is empty."""
-        return cycle(self.batches)
+    def owned_batches(self, ranks: Ranks, dtype: torch.dtype | None = None) -> Iterator[tuple[int, Any, int]]:
+        """This rank's prepared batches of one pass with their slots (their places among all
+        the ranks' batches, see :meth:`Ranks.slot`) and sample counts; all of them alone."""
+        for i, raw in enumerate(self.data):
+            if ranks.owns(i):
+                batch, n = self.contract.prepare(raw, self.device, dtype)
+                yield ranks.slot(i), batch, n
+
+    def batch_cycle(self) -> Iterator[Part]:
+        """A fit's batches over and over, as this rank's :class:`Part` of each (the whole batch
+        alone); ``ValueError`` if the data is empty."""
+        ranks = self.ranks()
+        if not ranks.sharded:
+            return (Part(b, n, 1.0) for b, n in cycle(self.batches))
+        if ranks.given:
+            return self._given_cycle(ranks)
+        split = not self._bns and not self.contract.whole   # BatchNorm: batch statistics need the whole batch
+        return (ranks.part(b, n, step, split and sliceable(b, n))
+                for step, (b, n) in enumerate(cycle(self.batches)))
+
+    def _given_cycle(self, ranks: Ranks) -> Iterator[Part]:
+        """Each rank's own batches over and over; a step's batch is the union of the ranks'
+        batches of that step (an empty shard takes part with no samples)."""
+        step_batches = cycle(self.batches) if self._local_batches(ranks) else None
+        while True:
+            batch, n = next(step_batches) if step_batches is not None else (None, 0)
+            total = int(ranks.all_sum(lambda: [torch.tensor([float(n)], dtype=torch.float64)], "a fit step")[0])
+            if total == 0:
+                raise no_batch_error()
+            yield Part(batch if n else None, n, n / total)
+
+    def _local_batches(self, ranks: Ranks) -> bool:
+        """Whether this rank's shard has a batch; ``ValueError`` on every rank if no rank has one."""
+        def count() -> list[Tensor]:
+            return [torch.tensor([float(any(True for _ in self.data))], dtype=torch.float64)]
+        mine = bool(count()[0])
+        if not int(ranks.all_sum(count, "reading the shards")[0]):
+            raise no_batch_error()
+        return mine
 
     def cached_batches(self, dtype: torch.dtype | None = None) -> tuple[list[tuple[Any, float]], int]:
-        """Every batch on the device (floating tensors in ``dtype``) with its weight n_b / N,
-        and N. Read inside the model guard, so a shuffling loader's draws are undone."""
-        with self.guard("hessian (reading the data)"):
-            raw = list(self.batches(dtype))
-        if not raw:
+        """This rank's batches on the device (floating tensors in ``dtype``) with their weights
+        n_b / N, and N (over all ranks). Read inside the model guard, so a shuffling loader's
+        draws are undone. A rank without batches gets none (its share of every sum is zero)."""
+        ranks = self.ranks()
+        raw: list[tuple[Any, int]] = []
+
+        def read() -> list[Tensor]:
+            with self.guard("hessian (reading the data)"):
+                raw.extend((b, n) for _, b, n in self.owned_batches(ranks, dtype))
+            return [torch.tensor([float(sum(n for _, n in raw)), float(len(raw))], dtype=torch.float64)]
+        total_t, count = ranks.all_sum(read, "reading the data")[0].tolist()
+        if not count:
             raise no_batch_error()
-        total = sum(n for _, n in raw)
+        total = int(total_t)
         return [(b, n / float(total)) for b, n in raw], total
 
     def each_batch(self) -> Iterator[tuple[Any, int]]:
-        """Prepared batches of one pass for a computation of the caller's (e.g. a per-sample
-        jvp), marked as a pass over the data; ``ValueError`` if the data is empty. Call inside
-        :meth:`guard`; compute losses with :meth:`functional_loss` or :meth:`per_sample_losses`."""
+        """This rank's prepared batches of one pass for a computation of the caller's (e.g. a
+        per-sample jvp), marked as a pass over the data. Call inside :meth:`guard`; compute
+        losses with :meth:`functional_loss` or :meth:`per_sample_losses`. Alone: ``ValueError``
+        if the data is empty; under data sharding, sum the results with :meth:`all_sum` (the
+        loop inside its ``compute``) and check the total there."""
+        ranks = self.ranks()
         empty = True
         with data_pass(self.model):
-            for batch, n in self.batches():
+            for _, batch, n in self.owned_batches(ranks):
                 empty = False
                 yield batch, n
-        if empty:
+        if empty and not ranks.sharded:
             raise no_batch_error()
 
     def per_sample_losses(self, state: Mapping[str, Tensor], batch: Any) -> Tensor:
@@ -256,20 +330,24 @@ class Engine:
                                                      tree_map(lambda t: one(t, i), y))) for i in range(n)])
 
     def forwards(self) -> Iterator[int]:
-        """Run the model's forward on every batch (no gradients), yielding each batch's sample
-        count after its forward: for statistics that hooks collect. Call inside :meth:`guard`."""
+        """Run the model's forward on this rank's batches (no gradients), yielding each batch's
+        sample count after its forward: for statistics that hooks collect. Call inside
+        :meth:`guard`; under data sharding sum the statistics with :meth:`all_sum` (see
+        :meth:`each_batch`)."""
+        ranks = self.ranks()
         empty = True
         with torch.no_grad(), self.autocast(), data_pass(self.model):
-            for batch, n in self.batches():
+            for _, batch, n in self.owned_batches(ranks):
                 self.contract.forward(self.model, batch)
                 empty = False
                 yield n
-        if empty:
+        if empty and not ranks.sharded:
             raise no_batch_error()
 
     # ------------------------------------------------------------------ evaluation
     def recompute_bn(self) -> None:
-        """Reset BatchNorm statistics and re-estimate them with a cumulative average over the data."""
+        """Reset BatchNorm statistics and re-estimate them with a cumulative average over the
+        data's batches (under data sharding: over every rank's batches)."""
         if not self._bns:
             return
         for m in self._bns:
@@ -277,16 +355,37 @@ class Engine:
                 m.reset_running_stats()
                 m.momentum = None
             m.train()
-        with torch.no_grad(), self.autocast(), data_pass(self.model):
-            for batch, _ in self.batches():
-                self.contract.forward(self.model, batch)
+        ranks = self.ranks()
+        tracked = [m for m in self._bns if m.track_running_stats]
+
+        def local() -> list[Tensor]:
+            count = 0
+            with torch.no_grad(), self.autocast(), data_pass(self.model):
+                for _, batch, _ in self.owned_batches(ranks):
+                    self.contract.forward(self.model, batch)
+                    count += 1
+            stats = [t * count for m in tracked for t in (m.running_mean, m.running_var) if t is not None]
+            return stats + [torch.tensor([float(count)], dtype=torch.float64)]
+        if not ranks.sharded:
+            local()
+        else:
+            *stats, count = ranks.all_sum(local, "recomputing BatchNorm statistics")
+            k = int(count)
+            it = iter(stats)
+            with torch.no_grad():
+                for m in tracked:
+                    for t in (m.running_mean, m.running_var):
+                        if t is not None:
+                            t.copy_(next(it) / max(k, 1))
+                    m.num_batches_tracked.fill_(k)
         for m in self._bns:
             m.eval()
 
     def evaluate(self, desc: str | None = None) -> Evaluation:
         """One pass over the data at the model's current parameters (modes already set);
         ``desc``: show a progress bar over the batches (single evaluations; a sweep shows one
-        over its points instead).
+        over its points instead). Under data sharding every rank returns the whole data's
+        evaluation.
 
         Raises :class:`~landprobe.engine.ModelChangedError` if the parameters change during the
         pass (the model is trained while probed).
@@ -304,51 +403,117 @@ class Engine:
         return ev
 
     def _evaluate_all(self, desc: str | None = None) -> Evaluation:
+        ranks = self.ranks()
         losses: list[Tensor] = []
         sizes: list[int] = []
-        batches: Iterable[tuple[Any, int]] = self.batches()
-        if desc is not None:
-            total = len(self.data) if hasattr(self.data, "__len__") else None  # type: ignore[arg-type]
-            batches = progress(batches, desc, total=total, enabled=self.progress, unit="batch")
-        with torch.inference_mode(), self.autocast(), data_pass(self.model):
-            for batch, n in batches:
-                losses.append(self.contract.loss(self.model, batch))
-                sizes.append(n)
-        if not losses:
+        slots: list[int] = []
+
+        def local() -> Tensor:
+            batches: Iterable[tuple[int, Any, int]] = self.owned_batches(ranks)
+            if desc is not None:
+                total = len(self.data) if hasattr(self.data, "__len__") else None  # type: ignore[arg-type]
+                if total is not None and not ranks.given:
+                    total = len(range(ranks.data_rank, total, ranks.data_world))
+                batches = progress(batches, desc, total=total, enabled=self.progress, unit="batch")
+            with torch.inference_mode(), self.autocast(), data_pass(self.model):
+                for slot, batch, n in batches:
+                    losses.append(self.contract.loss(self.model, batch))
+                    sizes.append(n)
+                    slots.append(slot)
+            if losses and any(l.dtype != losses[0].dtype for l in losses):
+                losses[:] = [l.double() for l in losses]
+            return torch.stack(losses).double().cpu() if losses else torch.zeros(0, dtype=torch.float64)
+        if not ranks.sharded:
+            vals = local()                                # one device sync per point
+            if not sizes:
+                raise no_batch_error()
+            return Evaluation.from_batches(vals.numpy(), sizes)
+
+        def table() -> Tensor:
+            vals = local()
+            rows = torch.zeros(max(slots) + 1 if slots else 0, 3, dtype=torch.float64)
+            idx = torch.tensor(slots, dtype=torch.long)
+            rows[idx, 0], rows[idx, 1], rows[idx, 2] = vals, torch.tensor(sizes, dtype=torch.float64), 1.0
+            return rows
+        full = ranks.all_sum_rows(table, "an evaluation")
+        present = full[:, 2] > 0
+        if not bool(present.any()):
             raise no_batch_error()
-        if any(l.dtype != losses[0].dtype for l in losses):
-            losses = [l.double() for l in losses]
-        vals = torch.stack(losses).double().cpu().numpy()   # one device sync per point
-        return Evaluation.from_batches(vals, sizes)
+        return Evaluation.from_batches(full[present, 0].numpy(), full[present, 1].long().tolist())
 
     def _evaluate_to_precision(self) -> Evaluation:
-        """Seeded random batches until 2·stderr <= precision·|loss| (or the data runs out)."""
+        """Seeded random batches until 2·stderr <= precision·|loss| (or the data runs out).
+        Under data sharding the ranks take the common sequence's batches in turns (given
+        shards: each its own sequence) and the stopping rule reads them in order."""
         sampler = self._sampler
         assert sampler is not None
+        ranks = self.ranks()
+        if ranks.given and ranks.sharded and sampler.control is not None:
+            raise ValueError("control= needs the covariates' mean over all the data, which split='given' shards "
+                             "do not hold; pass every rank the same data (split='engine')")
         means = sampler.control_means() if sampler.control is not None else None
+        population = self._population_size(ranks)
         losses: list[float] = []
         sizes: list[int] = []
         with torch.inference_mode(), self.autocast(), data_pass(self.model):
-            for raw in sampler.batches():
-                batch, n = self.contract.prepare(raw, self.device)
-                losses.append(float(self.contract.loss(self.model, batch).double()))
-                sizes.append(n)
-                if len(losses) >= sampler.min_batches:
-                    ev = self._estimate(losses, sizes, means)
-                    if 2.0 * ev.stderr <= sampler.precision * abs(ev.loss):
-                        return ev
+            for rnd in self._precision_rounds(ranks):
+                def table(rnd: list[tuple[int, Any]] = rnd) -> Tensor:
+                    rows = torch.zeros(len(rnd) if not ranks.given else ranks.data_world, 3, dtype=torch.float64)
+                    for row, raw in rnd:
+                        if raw is not None:
+                            batch, n = self.contract.prepare(raw, self.device)
+                            rows[row] = torch.tensor([float(self.contract.loss(self.model, batch).double()), n, 1.0],
+                                                     dtype=torch.float64)
+                    return rows
+                rows = ranks.all_sum_rows(table, "a precision-targeted evaluation")
+                if ranks.given and not bool((rows[:, 2] > 0).any()):
+                    break
+                for loss, n, present in rows.tolist():
+                    if not present:
+                        continue
+                    losses.append(loss)
+                    sizes.append(int(n))
+                    if len(losses) >= sampler.min_batches:
+                        ev = self._estimate(losses, sizes, means, population)
+                        if 2.0 * ev.stderr <= sampler.precision * abs(ev.loss):
+                            return ev
         if not losses:
             raise no_batch_error()
-        return self._estimate(losses, sizes, means)
+        return self._estimate(losses, sizes, means, population)
 
-    def _estimate(self, losses: list[float], sizes: list[int], means: Any) -> Evaluation:
+    def _precision_rounds(self, ranks: Ranks) -> Iterator[list[tuple[int, Any]]]:
+        """Rounds of (row, raw batch) this rank evaluates: one batch of the common sequence per
+        data rank (alone: one batch per round); given shards: this rank's next batch, then
+        empty rounds until every rank's sequence has ended."""
         sampler = self._sampler
         assert sampler is not None
+        w, r = ranks.data_world, ranks.data_rank
+        if not ranks.given or not ranks.sharded:
+            seq = sampler.batches(keep=lambda j: j % w == r)
+            for rnd in owned_rounds(seq, w):
+                yield [(k, raw) for k, raw in enumerate(rnd)]
+            return
+        for raw in sampler.batches():
+            yield [(r, raw)]
+        while True:
+            yield []
+
+    def _population_size(self, ranks: Ranks) -> int:
+        sampler = self._sampler
+        assert sampler is not None
+        if not (ranks.given and ranks.sharded):
+            return sampler.population
+        if self._population is None:
+            self._population = int(ranks.all_sum(
+                lambda: [torch.tensor([float(sampler.population)], dtype=torch.float64)], "counting samples")[0])
+        return self._population
+
+    def _estimate(self, losses: list[float], sizes: list[int], means: Any, population: int) -> Evaluation:
         if means is None:
-            return Evaluation.from_batches(losses, sizes, population=sampler.population)
+            return Evaluation.from_batches(losses, sizes, population=population)
         covariates, population_mean = means
         return Evaluation.with_control(losses, sizes, covariates[: len(losses)], population_mean,
-                                       population=sampler.population)
+                                       population=population)
 
     def evaluate_at(self, theta: Any = None, label: str = "LandscapeProbe.evaluate") -> Evaluation:
         """The empirical error at ``theta`` (``None``: the model as it is); the model restored."""
@@ -364,33 +529,34 @@ class Engine:
     def sweep(self, names: Sequence[str], points: Sequence[Writer], desc: str) -> list[Evaluation]:
         """Evaluate points given as in-place writers of the target tensors of ``names``.
 
-        Under ``torch.distributed`` the points are split across ranks (point i on rank
-        i mod world) and every rank returns all of them.
+        Under ``torch.distributed`` the points are split across the teams of :class:`Sharding`
+        (point i on team i mod teams; every rank its own team without data sharding) and every
+        rank returns all of them.
         """
-        rank, world = rank_and_world()
-        mine = list(range(rank, len(points), world))
-        results: dict[int, Evaluation] = {}
-        with self.guard(desc):
-            self.set_eval_modes()
-            targets = self.targets(names)
-            with torch.no_grad():
-                watch = self._parameter_watch()
-                left: list[int] | None = None
-                for i in progress(mine, desc, enabled=self.progress, unit="point"):
-                    if left is not None:             # nothing but the sweep writes between points
-                        watch.check(left)
-                    points[i](targets)
-                    results[i] = self.evaluate()
-                    left = watch.versions()
-        results = merge_across_ranks(results)
+        ranks = self.ranks()
+        mine = ranks.points(len(points))
+
+        def run() -> dict[int, Evaluation]:
+            results: dict[int, Evaluation] = {}
+            with self.guard(desc):
+                self.set_eval_modes()
+                targets = self.targets(names)
+                with torch.no_grad():
+                    watch = self._parameter_watch()
+                    left: list[int] | None = None
+                    for i in progress(mine, desc, enabled=self.progress, unit="point"):
+                        if left is not None:             # nothing but the sweep writes between points
+                            watch.check(left)
+                        points[i](targets)
+                        results[i] = self.evaluate()
+                        left = watch.versions()
+            return results
+        results = ranks.merge(run, desc)
         return [results[i] for i in range(len(points))]
 
     def sweep_batched(self, names: Sequence[str], values: Sequence[Callable[[], list[Tensor]]], chunk: int,
                       desc: str) -> list[Evaluation]:
         """Evaluate ``chunk`` points per model call: ``functional_call`` under ``vmap``."""
-        from torch.func import vmap
-        from torch.utils._pytree import tree_map
-
         if self.bn != "eval":
             raise ValueError(f"batch_points > 1 needs bn='eval' (got bn={self.bn!r}); use batch_points=1")
         if self.precision is not None:
@@ -398,71 +564,144 @@ class Engine:
                              "precision= (use batch_points=1)")
         if self.contract.whole:
             raise ValueError("batch_points > 1 needs (inputs, targets) pairs; use batch_points=1 with a BatchLoss")
-        model = self.model
-        rank, world = rank_and_world()
+        ranks = self.ranks()
         chunks = [list(range(i, min(i + chunk, len(values)))) for i in range(0, len(values), chunk)]
-        mine = chunks[rank::world]
-        results: dict[int, Evaluation] = {}
+        mine = [chunks[c] for c in ranks.points(len(chunks))]
+
+        def run() -> dict[int, Evaluation]:
+            results: dict[int, Evaluation] = {}
+            with self.guard(desc):
+                self.set_eval_modes()
+                for idx in progress(mine, desc, enabled=self.progress, unit="chunk"):
+                    evals = self._chunk(ranks, names, [values[i] for i in idx])
+                    results.update(zip(idx, evals))
+            return results
+        results = ranks.merge(run, desc)
+        return [results[i] for i in range(len(values))]
+
+    def _chunk(self, ranks: Ranks, names: Sequence[str], values: Sequence[Callable[[], list[Tensor]]]
+               ) -> list[Evaluation]:
+        """One chunk of points in one vmapped call per batch: each point's evaluation."""
+        from torch.func import vmap
+        from torch.utils._pytree import tree_map
+
+        model = self.model
 
         def one(params: dict[str, Tensor], x: Any) -> Any:
             return self.contract.forward(FunctionalModel(model, params), (x, None))
 
         batched = vmap(one, in_dims=(0, None))
-        with self.guard(desc):
-            self.set_eval_modes()
-            with torch.no_grad(), self.autocast(), data_pass(model):
-                for idx in progress(mine, desc, enabled=self.progress, unit="chunk"):
-                    stacked = {n: torch.stack(ts) for n, ts in zip(names, zip(*(values[i]() for i in idx)))}
-                    per_point: list[list[Tensor]] = [[] for _ in idx]
-                    sizes: list[int] = []
-                    for (x, y), n in self.batches():
-                        try:
-                            outs = batched(stacked, x)
-                        except RuntimeError as exc:
-                            raise RuntimeError(f"this model cannot be evaluated under torch.func.vmap ({exc}); "
-                                               f"use batch_points=1") from exc
-                        for j in range(len(idx)):
-                            out_j = tree_map(lambda t, j=j: t[j], outs)
-                            per_point[j].append(check_loss(self.loss_fn(out_j, y)).detach().double())
-                        sizes.append(n)
-                    if not sizes:
-                        raise no_batch_error()
-                    for j, i in enumerate(idx):
-                        results[i] = Evaluation.from_batches(torch.stack(per_point[j]).cpu().numpy(), sizes)
-        results = merge_across_ranks(results)
-        return [results[i] for i in range(len(values))]
+        stacked = {n: torch.stack(ts) for n, ts in zip(names, zip(*(v() for v in values)))}
+        per_point: list[list[Tensor]] = [[] for _ in values]
+        sizes: list[int] = []
+        slots: list[int] = []
 
-    def train_step(self, batch: Any, optimizer: torch.optim.Optimizer, loss_fn: Callable | None = None) -> float:
-        """One step of the user's training on a prepared batch: the model in train mode, the
-        probe's autocast, ``loss_fn`` (default the engine's; same form) backpropagated and
-        ``optimizer.step()``. Returns the loss. Call inside :meth:`guard`."""
+        def local() -> Tensor:
+            with torch.no_grad(), self.autocast(), data_pass(model):
+                for slot, (x, y), n in self.owned_batches(ranks):
+                    try:
+                        outs = batched(stacked, x)
+                    except RuntimeError as exc:
+                        raise RuntimeError(f"this model cannot be evaluated under torch.func.vmap ({exc}); "
+                                           f"use batch_points=1") from exc
+                    for j in range(len(values)):
+                        out_j = tree_map(lambda t, j=j: t[j], outs)
+                        per_point[j].append(check_loss(self.loss_fn(out_j, y)).detach().double())
+                    sizes.append(n)
+                    slots.append(slot)
+            if not sizes:
+                return torch.zeros(0, len(values) + 2, dtype=torch.float64)
+            return torch.stack([torch.stack(p) for p in per_point], 1).cpu()
+        if not ranks.sharded:
+            vals = local()
+            if not sizes:
+                raise no_batch_error()
+            return [Evaluation.from_batches(vals[:, j].numpy(), sizes) for j in range(len(values))]
+
+        def table() -> Tensor:
+            vals = local()
+            rows = torch.zeros(max(slots) + 1 if slots else 0, len(values) + 2, dtype=torch.float64)
+            if slots:
+                idx = torch.tensor(slots, dtype=torch.long)
+                rows[idx, : len(values)] = vals
+                rows[idx, -2], rows[idx, -1] = torch.tensor(sizes, dtype=torch.float64), 1.0
+            return rows
+        full = ranks.all_sum_rows(table, "an evaluation")
+        present = full[:, -1] > 0
+        if not bool(present.any()):
+            raise no_batch_error()
+        counts = full[present, -2].long().tolist()
+        return [Evaluation.from_batches(full[present, j].numpy(), counts) for j in range(len(values))]
+
+    def train_step(self, part: Part, optimizer: torch.optim.Optimizer, loss_fn: Callable | None = None) -> float:
+        """One step of the user's training on this rank's part of a batch (from
+        :meth:`batch_cycle`): the model in train mode, the probe's autocast, ``loss_fn`` (default
+        the engine's; same form) backpropagated, the gradients summed over the ranks that share
+        the data, and ``optimizer.step()``. Returns the batch's loss. Call inside :meth:`guard`."""
         contract = self.contract if loss_fn is None else Contract(loss_fn)
-        self.model.train()
-        optimizer.zero_grad(set_to_none=True)
-        with self.autocast(), data_pass(self.model):
-            loss = contract.loss(self.model, batch)
-        loss.backward()
+        ranks = self.ranks()
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+
+        def local() -> list[Tensor]:
+            self.model.train()
+            optimizer.zero_grad(set_to_none=True)
+            value = torch.zeros((), dtype=torch.float64)
+            if part.batch is not None:
+                with self.autocast(), data_pass(self.model):
+                    loss = contract.loss(self.model, part.batch)
+                if part.weight != 1.0:
+                    loss = loss * part.weight
+                loss.backward()
+                value = loss.detach().double().cpu()
+            if not ranks.sharded:
+                return [value]
+            return [value.reshape(1)] + [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+        if not ranks.sharded:
+            value = local()[0]
+        else:
+            value, *grads = ranks.all_sum(local, "a training step")
+            for p, g in zip(params, grads):
+                p.grad = g
         optimizer.step()
-        return float(loss.detach())
+        return float(value)
 
     # ------------------------------------------------------------------ gradients and functional losses
     def loss_and_grad(self, params: Sequence[Tensor], want_grad: bool = True) -> tuple[float, list[Tensor] | None]:
         """Sample-weighted mean loss over the data at the model's current values, and its gradient
-        w.r.t. ``params`` (accumulated as Σ n_b ∇L_b, divided by N at the end; ``.grad`` fields
-        are not touched). Call inside :meth:`guard` with the modes set."""
+        w.r.t. ``params`` (accumulated as Σ n_b ∇L_b, divided by N at the end, over every rank's
+        batches under data sharding; ``.grad`` fields are not touched). Call inside
+        :meth:`guard` with the modes set."""
+        ranks = self.ranks()
         sizes: list[int] = []
         losses: list[Tensor] = []
         grads: list[Tensor] | None = None
-        with data_pass(self.model):
-            for batch, n in self.batches():
-                with torch.set_grad_enabled(want_grad):
-                    loss = self.contract.loss(self.model, batch)
-                    if want_grad:
-                        g = torch.autograd.grad(loss * n, list(params), allow_unused=True)
-                        g = tuple(torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, params))
-                        grads = list(g) if grads is None else [a + b for a, b in zip(grads, g)]
-                losses.append(loss.detach().double().reshape(()))
-                sizes.append(n)
+
+        def local() -> list[Tensor]:
+            nonlocal grads
+            with data_pass(self.model):
+                for _, batch, n in self.owned_batches(ranks):
+                    with torch.set_grad_enabled(want_grad):
+                        loss = self.contract.loss(self.model, batch)
+                        if want_grad:
+                            g = torch.autograd.grad(loss * n, list(params), allow_unused=True)
+                            g = tuple(torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, params))
+                            grads = list(g) if grads is None else [a + b for a, b in zip(grads, g)]
+                    losses.append(loss.detach().double().reshape(()))
+                    sizes.append(n)
+            if not ranks.sharded:
+                return []
+            dev = params[0].device if params else self.device
+            w = torch.tensor(sizes, dtype=torch.float64, device=dev)
+            sums = torch.stack([(torch.stack(losses).to(dev) * w).sum(), w.sum()]) if losses else \
+                torch.zeros(2, dtype=torch.float64, device=dev)
+            local_grads = grads if grads is not None else [torch.zeros_like(p) for p in params]
+            return [sums] + (list(local_grads) if want_grad else [])
+        if ranks.sharded:
+            sums, *summed = ranks.all_sum(local, "a gradient")
+            if not float(sums[1]):
+                raise no_batch_error()
+            return float(sums[0] / sums[1]), ([g / float(sums[1]) for g in summed] if want_grad else None)
+        local()
         if not losses:
             raise no_batch_error()
         total = float(sum(sizes))
@@ -478,19 +717,53 @@ class Engine:
         with (self.autocast() if autocast else contextlib.nullcontext()), data_pass(self.model):
             return self.contract.loss(fmodel, batch)
 
-    def fit_loss(self, params: Sequence[Tensor], batch: Any) -> Tensor:
-        """The loss of a fit step: parameters (model order) replaced, the probe's autocast, a
-        low-precision result widened to float32."""
-        loss = self.functional_loss(dict(zip(self.parameter_names(), params)), batch, autocast=True)
-        return loss.float() if loss.dtype in (torch.float16, torch.bfloat16) else loss
+    def fit_loss(self, params: Sequence[Tensor], part: Part) -> Tensor:
+        """This rank's share of a fit step's loss (the loss of its part times the part's weight;
+        the shares sum to the batch's loss over the ranks): parameters (model order) replaced,
+        the probe's autocast, a low-precision result widened to float32. Zero (without a graph)
+        when this rank has no samples of the batch. Sum the gradients with :meth:`reduce_step`."""
+        if part.batch is None:
+            return torch.zeros((), device=self.device)
+        loss = self.functional_loss(dict(zip(self.parameter_names(), params)), part.batch, autocast=True)
+        loss = loss.float() if loss.dtype in (torch.float16, torch.bfloat16) else loss
+        return loss if part.weight == 1.0 else loss * part.weight
 
-    def fit_loss_and_grad(self, params: Sequence[Tensor], batch: Any) -> tuple[float, list[Tensor]]:
-        """:meth:`fit_loss` and its gradient with respect to ``params`` (zeros where unused)."""
-        leaves = [p.detach().requires_grad_(True) for p in params]
-        with torch.enable_grad():
-            loss = self.fit_loss(leaves, batch)
-            grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-        return float(loss.detach()), [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads)]
+    def fit_value(self, params: Sequence[Tensor], part: Part) -> float:
+        """A fit step's loss (no gradient), summed over the ranks that share the data."""
+        def local() -> list[Tensor]:
+            with torch.no_grad():
+                return [self.fit_loss(params, part).detach().double().reshape(1)]
+        return float(self.all_sum(local, "a fit step")[0])
+
+    def fit_loss_and_grad(self, params: Sequence[Tensor], part: Part) -> tuple[float, list[Tensor]]:
+        """A fit step's loss and its gradient with respect to ``params`` (zeros where unused),
+        summed over the ranks that share the data."""
+        def local() -> list[Tensor]:
+            if part.batch is None:
+                return [torch.zeros(1, dtype=torch.float64)] + [torch.zeros_like(p) for p in params]
+            leaves = [p.detach().requires_grad_(True) for p in params]
+            with torch.enable_grad():
+                loss = self.fit_loss(leaves, part)
+                grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+            return [loss.detach().reshape(1)] + [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads)]
+        value, *grads = self.all_sum(local, "a fit step")
+        return float(value), grads
+
+    def reduce_step(self, leaves: Sequence[Tensor], compute: Callable[[], float]) -> float:
+        """Run a fit step's backward passes (``compute()``: accumulates ``.grad`` of ``leaves``
+        from :meth:`fit_loss` shares and returns this rank's share of the step's loss), then sum
+        the gradients and the loss over the ranks that share the data. Returns the step's loss."""
+        def local() -> list[Tensor]:
+            value = compute()
+            return [torch.tensor([value], dtype=torch.float64)] + [
+                torch.zeros_like(p) if p.grad is None else p.grad for p in leaves]
+        ranks = self.ranks()
+        if not ranks.sharded:
+            return compute()
+        value, *grads = ranks.all_sum(local, "a fit step")
+        for p, g in zip(leaves, grads):
+            p.grad = g
+        return float(value)
 
 
 @runtime_checkable

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -59,13 +59,16 @@ class PrecisionSampler:
         self.population = len(dataset)
         self._order = torch.randperm(len(dataset), generator=gen).tolist()
 
-    def batches(self):
+    def batches(self, keep: Callable[[int], bool] | None = None) -> Iterator[Any]:
+        """The random batches in the seeded order; with ``keep``, ``None`` in place of batch j
+        unless ``keep(j)`` (a rank's turns in the common sequence; the others are not read)."""
         if self._mode == "batches":
-            for i in self._order:
-                yield self._batches[i]
+            for j, i in enumerate(self._order):
+                yield self._batches[i] if keep is None or keep(j) else None
             return
-        for i in range(0, len(self._order), self._bs):
-            yield self._collate([self._dataset[j] for j in self._order[i:i + self._bs]])
+        for j, i in enumerate(range(0, len(self._order), self._bs)):
+            yield (self._collate([self._dataset[k] for k in self._order[i:i + self._bs]])
+                   if keep is None or keep(j) else None)
 
     def control_means(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-batch covariate means in the sampling order, ``(batches, k)``, and the exact

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from landprobe.curvature.hessian import DEFAULT_GRAPH_BYTES, HessianOperator, hessian
-from landprobe.engine import Engine, Evaluation
+from landprobe.engine import Engine, Evaluation, Sharding
 from landprobe.params import Selector
 from landprobe.probes.curves import LevelSet, Path, auto_neb, connect, level_set
 from landprobe.probes.interpolate import interpolate
@@ -89,6 +89,11 @@ class LandscapeProbe:
             same precision. At least 4(k + 1) batches are drawn per point, so that the
             residual variance is not underestimated. Poor covariates cost nothing but the
             pass and those batches: the error stays honest and more batches are drawn.
+        sharding: Under ``torch.distributed``: how the ranks share the work
+            (:class:`landprobe.Sharding`). ``None`` (default) splits the points of a sweep
+            across ranks, each passing over all the data; ``lp.Sharding(data=True)`` shares
+            every pass over the data, so every probe (Hessian and fits included) runs on all
+            ranks at once with the one-process result on each. See docs/distributed.md.
 
     Example:
         >>> import torch, landprobe as lp
@@ -102,10 +107,11 @@ class LandscapeProbe:
     def __init__(self, model: nn.Module, loss_fn: Callable, data: Iterable, *, bn: str = "eval",
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                  progress: bool | None = None, precision: float | None = None, min_batches: int = 4,
-                 batch_size: int | None = None, seed: int = 0, control: Callable | None = None):
+                 batch_size: int | None = None, seed: int = 0, control: Callable | None = None,
+                 sharding: Sharding | None = None):
         self.engine = Engine(model, loss_fn, data, bn=bn, device=device, dtype=dtype, precision=precision,
                              min_batches=min_batches, batch_size=batch_size, seed=seed, control=control,
-                             progress=progress)
+                             progress=progress, sharding=sharding)
 
     # ---- what the probe holds
     @property
