@@ -3,6 +3,8 @@
 ``probe.hessian(theta)`` (:func:`hessian`) gives a :class:`HessianOperator`; from it
 ``top_eigenvalues`` (Lanczos), ``trace`` (Hutchinson, Hutch++) and ``density`` (stochastic
 Lanczos quadrature) give :class:`Eigenpairs`, :class:`TraceEstimate` and :class:`Spectrum`.
+Under data sharding (``landprobe.Sharding(data=True)``) each rank computes its share of every
+product over its own batches and the shares are summed: every rank gets the one-process results.
 """
 
 from landprobe.curvature.density import density

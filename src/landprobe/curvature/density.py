@@ -27,7 +27,9 @@ def density(op, steps: int = 90, probes: int = 1, *, sigma: float | None = None,
     eigenvalues of H (those the probe sees). A probe whose Krylov space becomes invariant
     stops there (its quadrature is then exact) and is padded with NaN nodes of weight 0.
     When the operator's ``progress`` (the probe's setting) asks for it, a bar counts the
-    products (``probes · steps`` at most).
+    products (``probes · steps`` at most). Under data sharding call it on every rank with the
+    same arguments: the probes are seeded and each product is summed over the ranks, so every
+    rank returns the same spectrum (that of one process, to rounding).
 
     Args:
         op: A :class:`~landprobe.curvature.HessianOperator`.

@@ -14,6 +14,11 @@ gradient of L at θ is built once, with ``create_graph=True``, and each product 
 single backward pass through it, instead of a forward, a first and a second backward per
 batch. Where it is exact, the batches are concatenated into one (one graph, one set of
 weight-sized intermediate tensors instead of one per batch).
+
+Under data sharding (``sharding=landprobe.Sharding(data=True)``) each rank caches only its
+own batches (weighted by the samples of all ranks), computes its share of every product over
+them (zero when it has none; a kept graph is per rank) and the shares are summed, so every
+rank holds the one-process H v; an error on one rank is raised on every rank.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ DEFAULT_GRAPH_BYTES = 2 * 1024**3
 # Measured on the 2-core CPU (benchmarks/results/hessian.json): double backward is the faster
 # of the two for conv + linear nets; forward-over-reverse stays available for comparison.
 DEFAULT_HVP = "double-backward"
+# What a kept graph is, in the order the ranks of a data-sharded Hessian agree on it: the
+# first kind any rank reports is the one every rank reports.
+_KINDS = ("streamed", "per-batch", "merged")
 
 
 class _GraphTooLarge(Exception):
@@ -151,12 +159,31 @@ class _Problem:
         self.bn = engine.bn
         self.bns = [m for m in self.model.modules() if is_batchnorm(m)]
         self._merged: Any = False       # False: not tried yet; None: cannot be merged
+        self.sharded = engine.ranks().sharded   # batches: this rank's; weights: over all ranks' samples
 
     def merged(self) -> Any:
-        """All batches concatenated into one, or None if they cannot be."""
+        """This rank's batches concatenated into one, or None if they cannot be (or there are none)."""
         if self._merged is False:
-            self._merged = _concat([b for b, _ in self.batches])
+            self._merged = _concat([b for b, _ in self.batches]) if self.batches else None
         return self._merged
+
+    def all_weights(self) -> tuple[list[float], list[int]]:
+        """The weights n_b / N of every rank's batches in the order of the data (this rank's
+        alone without data sharding), and where each of this rank's batches sits in it."""
+        ranks = self.engine.ranks()
+        # this rank's j-th batch is the data's (j·W + r)-th with the engine's split (batch i on
+        # rank i mod W), and takes that place among the ranks' batches with given shards
+        slots = [j * ranks.data_world + ranks.data_rank for j in range(len(self.batches))]
+
+        def table() -> Tensor:
+            rows = torch.zeros(slots[-1] + 1 if slots else 0, 2, dtype=torch.float64)
+            for slot, (_, w) in zip(slots, self.batches):
+                rows[slot] = torch.tensor([w, 1.0], dtype=torch.float64)
+            return rows
+        rows = ranks.all_sum_rows(table, "subsampling the Hessian's batches")
+        present = rows[:, 1] > 0
+        place = (torch.cumsum(present.long(), 0) - 1).tolist()
+        return rows[present, 0].tolist(), [place[slot] for slot in slots]
 
     def storages(self) -> set[int]:
         """Storages that exist whether or not a graph is kept: θ, buffers and the cached batches."""
@@ -205,6 +232,8 @@ class HessianOperator:
         statistics at θ once (one pass over the data), then treats them as constants as
         ``"eval"``. Dropout is off (eval mode). The batches are cached on the model's device
         when the operator is built, so a shuffling or augmenting loader gives one fixed H.
+        Under data sharding each rank caches its own batches and the products are summed
+        over the ranks (see the module's docstring): every rank gets the one-process H.
 
     Attributes:
         names: Parameter names of the block, in model order.
@@ -215,7 +244,10 @@ class HessianOperator:
         graph: The requested reuse of the gradient graph (see :func:`hessian`).
         graph_used: What the products use: ``"merged"`` (one kept graph over the
             concatenated batches), ``"per-batch"`` (one kept graph per batch), ``"streamed"``
-            (nothing kept), or ``None`` before the first product decides.
+            (nothing kept), or ``None`` before the first product decides. Under data
+            sharding the same on every rank: ``"streamed"`` if one rank's graph outgrew
+            ``graph_bytes`` (a budget per rank), else ``"per-batch"`` if one rank keeps a
+            graph per batch.
         matvecs: Number of Hessian-vector products computed so far.
         progress: The probe's progress setting, which the spectral probes follow (see
             :attr:`progress`).
@@ -298,7 +330,7 @@ class HessianOperator:
 
     def __repr__(self) -> str:
         return (f"HessianOperator(n={self.n}, {len(self.names)} tensors, {self.dtype}, "
-                f"hvp={self.hvp!r}, batches={len(self._p.batches)})")
+                f"hvp={self.hvp!r}, batches={self.settings.get('batches', len(self._p.batches))})")
 
     def theta(self) -> ParamVector:
         """The point θ of this block (the operator's own tensors; do not modify)."""
@@ -310,25 +342,64 @@ class HessianOperator:
 
     def _hvp_many(self, vss: list[list[Tensor]]) -> list[list[Tensor]]:
         """H @ v for each list of tensors in ``vss``: through the kept graph when there is one
-        (built on the first product), else streamed over the batches."""
+        (built on the first product), else streamed over the batches. Under data sharding each
+        rank computes its share over its own batches and the shares are summed."""
         if self.graph_used is None:
             self._build_graph()
-        if self._graph is not None:
-            out = [self._graph.product(vs) for vs in vss]
-        elif self.hvp == "double-backward":
-            out = self._streamed_double_backward(vss)
-        else:
-            out = [self._streamed_forward_over_reverse(vs) for vs in vss]
+
+        def local() -> list[Tensor]:
+            if self._graph is not None:
+                out = [self._graph.product(vs) for vs in vss]
+            elif self.hvp == "double-backward":
+                out = self._streamed_double_backward(vss)
+            else:
+                out = [self._streamed_forward_over_reverse(vs) for vs in vss]
+            return [h for hv in out for h in hv]
+        flat = self._p.engine.all_sum(local, "a Hessian-vector product")
+        k = len(self._theta)
         self.matvecs += len(vss)
-        return out
+        return [flat[i * k:(i + 1) * k] for i in range(len(vss))]
 
     def _build_graph(self) -> None:
         """Build the gradient at θ with its graph (merged batches where exact), within the
-        memory budget under ``graph="auto"``; otherwise fall back to streaming."""
+        memory budget under ``graph="auto"``; otherwise fall back to streaming. Under data
+        sharding each rank keeps the graph of its own batches, and the ranks agree on what
+        :attr:`graph_used` reports: ``"streamed"`` (every rank drops its graph) as soon as one
+        rank's graph outgrows the budget."""
+        p = self._p
+        ranks = p.engine.ranks()
+        built: list[Any] = []
+
+        def local() -> list[Tensor]:
+            graph, kind, nbytes = self._local_graph()
+            built[:] = [graph]
+            code = torch.zeros(3 + ranks.data_world, dtype=torch.float64)
+            if kind is not None:
+                code[_KINDS.index(kind)] = 1.0
+            code[3 + ranks.data_rank] = float(nbytes)
+            return [code]
+        code = p.engine.all_sum(local, "building the Hessian's gradient graph")[0]
+        counts = [int(c) for c in code[:3].tolist()]
+        kind = next((k for k, c in zip(_KINDS, counts) if c), "per-batch")
+        if kind == "streamed":
+            self.graph_used = "streamed"
+            self.settings.update(graph_used="streamed", graph_bytes_limit=self.graph_bytes)
+            return
+        self._graph = built[0]
+        self.graph_used = kind
+        self.settings.update(graph_used=kind, graph_saved_bytes=int(code[3:].max()))
+
+    def _local_graph(self) -> tuple[_Graph | None, str | None, int]:
+        """This rank's kept graph over its own batches, what it is (``"merged"``,
+        ``"per-batch"``, ``"streamed"`` when it outgrew the budget, or ``None`` for at most one
+        batch where merging was allowed: the same graph either way) and the bytes it saves."""
         p = self._p
         counter = _SavedBytes(self.graph_bytes if self.graph == "auto" else None, p.storages())
         leaves = [t.detach().requires_grad_(True) for t in self._theta]
+        if not p.batches:                   # a rank without batches: its share of H is zero
+            return _Graph(leaves, [torch.zeros_like(t) for t in leaves]), None, 0
         kinds = {"auto": ("merged", "per-batch"), "merged": ("merged",), "per-batch": ("per-batch",)}[self.graph]
+        neutral = len(p.batches) == 1 and "merged" in kinds and p.bn != "train"
         if p.bn == "train" or len(p.batches) == 1:
             kinds = tuple(k for k in kinds if k != "merged") or ("per-batch",)
         grads: list[Tensor] | None = None
@@ -350,25 +421,23 @@ class HessianOperator:
                             grads = list(g) if grads is None else [a + b for a, b in zip(grads, g)]
                         kind = "per-batch"
             except _GraphTooLarge:
-                grads, kind = None, None
-        if grads is None:
-            self.graph_used = "streamed"
-            self.settings.update(graph_used="streamed", graph_bytes_limit=self.graph_bytes)
-            return
-        self._graph = _Graph(leaves, grads)
-        self.graph_used = kind
-        self.settings.update(graph_used=kind, graph_saved_bytes=counter.nbytes)
+                return None, "streamed", counter.nbytes
+        assert grads is not None
+        return _Graph(leaves, grads), (None if neutral else kind), counter.nbytes
 
     def _merged_gradient(self, leaves: list[Tensor], check: bool) -> list[Tensor] | None:
         """The gradient of the loss of all batches concatenated, with its graph; None if they do
         not concatenate or (``check``) if that loss differs from the sample-weighted mean of the
         per-batch losses at θ (a loss that is not a per-sample mean, or a model that couples
-        the samples of a batch): then merging would change the empirical error."""
+        the samples of a batch): then merging would change the empirical error. Under data
+        sharding: this rank's batches, the loss weighted by their share of the samples."""
         p = self._p
         merged = p.merged()
         if merged is None:
             return None
         loss = p.loss(self.names, leaves, merged)
+        if p.sharded:
+            loss = loss * math.fsum(w for _, w in p.batches)
         if check:
             with torch.no_grad():
                 parts = [(w, float(p.loss(self.names, leaves, batch))) for batch, w in p.batches]
@@ -490,7 +559,8 @@ class HessianOperator:
     def matvec(self, v: ParamVector | Tensor) -> ParamVector | Tensor:
         """H @ v for a ParamVector over :attr:`names` or a flat tensor of :attr:`n` elements.
 
-        Returns the same kind as ``v``, in the operator's dtype.
+        Returns the same kind as ``v``, in the operator's dtype. Under data sharding every
+        rank must call it with the same ``v`` (each computes its share; the shares are summed).
 
         Raises:
             ValueError: If ``v`` has the wrong size or names.
@@ -562,7 +632,9 @@ class HessianOperator:
 
     def subsample(self, fraction: float) -> HessianOperator:
         """The same Hessian block at the same θ over the first batches holding ≥ ``fraction`` of
-        the samples (reweighted by their own total): a cheaper, noisier estimate of H.
+        the samples (reweighted by their own total): a cheaper, noisier estimate of H. Under
+        data sharding: the first of all the ranks' batches (in the data's order with the
+        engine's split; the ranks' j-th batches in turn with given shards).
 
         Raises:
             ValueError: If ``fraction`` is not in (0, 1].
@@ -579,12 +651,12 @@ class HessianOperator:
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
             raise ValueError(f"fraction={fraction!r}; expected a share of the samples in (0, 1], e.g. 0.125")
         p = self._p
-        weights = [w for _, w in p.batches]
+        weights, places = p.all_weights()
         keep, acc = 0, 0.0
         while keep < len(weights) and acc < fraction - 1e-12:
             acc += weights[keep]
             keep += 1
-        batches = [(b, w / acc) for b, w in p.batches[:keep]]
+        batches = [(b, w / acc) for (b, w), i in zip(p.batches, places) if i < keep]
         sub = _Problem(p.engine, batches, p.state)
         return self._derived(sub, self.names, batches=keep, subsample=float(acc))
 
@@ -690,12 +762,16 @@ def hessian(engine: Engine | HasEngine, theta: Any = None, subnet: Selector | No
             nothing; each product runs forward, gradient and second backward per batch
             (memory of one batch's graph). :attr:`HessianOperator.graph_used` says which ran.
         graph_bytes: Memory budget of the kept graph under ``graph="auto"`` (bytes of the
-            storages autograd saves, not counting θ and the data). Default 2 GiB.
+            storages autograd saves, not counting θ and the data; per rank under data
+            sharding). Default 2 GiB.
 
     Returns:
         A :class:`HessianOperator` with ``matvec``, ``as_linear_operator``, ``blocks``,
         ``top_eigenvalues``, ``trace`` and ``density``. BatchNorm follows the probe's ``bn``
-        (see the operator's Convention).
+        (see the operator's Convention). Under data sharding (the probe's
+        ``sharding=landprobe.Sharding(data=True)``) each rank caches only its own batches and
+        every product is summed over the ranks, so every rank gets the one-process operator
+        and spectra; ``settings["batches"]`` counts the batches of all ranks.
 
     Raises:
         ValueError: If ``dtype`` is not a floating dtype the Hessian supports, ``theta`` lacks a
@@ -722,7 +798,9 @@ def hessian(engine: Engine | HasEngine, theta: Any = None, subnet: Selector | No
     state = _state_at(engine, theta, dtype)
     batches, total = engine.cached_batches(dtype)
     problem = _Problem(engine, batches, state)
-    settings = engine.settings(probe="hessian", subnet=_describe(subnet), batches=len(batches),
+    count = engine.all_sum(lambda: [torch.tensor([float(len(batches))], dtype=torch.float64)],
+                           "counting the Hessian's batches")[0]
+    settings = engine.settings(probe="hessian", subnet=_describe(subnet), batches=int(count),
                                samples=int(total))
     if dtype is not None:
         settings["dtype"] = str(dtype)

@@ -215,6 +215,10 @@ def top_eigenvalues(op, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max
     Progress: when the operator's ``progress`` (the probe's setting) asks for it, a bar counts
     the products (up to ``max_iter`` for Lanczos) and shows the current worst residual estimate.
 
+    Data sharding: call it on every rank with the same arguments. Each product is summed over
+    the ranks and the start and restart vectors are seeded, so every rank takes the same steps
+    and returns the same pairs (those of one process, to rounding).
+
     Args:
         op: A :class:`~landprobe.curvature.HessianOperator` (or anything with ``n``,
             ``dtype``, ``device`` and a flat ``matvec``).

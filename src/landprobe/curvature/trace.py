@@ -2,7 +2,9 @@
 
 Both use Rademacher probes drawn on the CPU from a seeded generator (float64), so the same seed
 gives the same estimate on every device, and the global RNG is never touched. When the
-operator's ``progress`` (the probe's setting) asks for it, a bar counts the products.
+operator's ``progress`` (the probe's setting) asks for it, a bar counts the products. Under
+data sharding every rank draws the same probes and gets the products summed over the ranks,
+so every rank returns the same estimate (that of one process, to rounding).
 """
 
 from __future__ import annotations
@@ -146,7 +148,8 @@ def trace(op, method: str = "hutch++", matvecs: int = 99, *, seed: int = 0) -> T
         seed: Seed of the Rademacher probes.
 
     Returns:
-        A :class:`TraceEstimate` with value and standard error.
+        A :class:`TraceEstimate` with value and standard error; under data sharding the same
+        on every rank (call it on every rank with the same arguments).
 
     Raises:
         ValueError: For an unknown method or too small a budget.
