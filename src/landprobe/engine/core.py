@@ -222,13 +222,36 @@ class Engine:
     def all_sum(self, compute: Callable[[], Sequence[Tensor]], what: str = "a probe") -> list[Tensor]:
         """``compute()``'s tensors (this rank's share of a sum over the data) summed over the
         ranks that share the data; an exception in ``compute`` on any rank raises on every rank.
-        Without data sharding: ``compute()`` as it is."""
+        ``compute`` must not issue collectives itself (see :meth:`Ranks.all_sum`). Without data
+        sharding: ``compute()`` as it is."""
         return self.ranks().all_sum(compute, what)
 
     @property
     def writes_files(self) -> bool:
         """Whether this process writes a probe's files (checkpoints): rank 0, or the only process."""
         return rank_and_world()[0] == 0
+
+    def write_files(self, write: Callable[[], None], what: str = "writing files") -> None:
+        """``write()`` on the process that writes a probe's files (rank 0, or the only one);
+        under ``torch.distributed`` the other ranks wait for it, and an exception in it is raised
+        on every rank (so no rank reads a file before it is written, and a full disk stops all).
+
+        Example:
+            >>> import torch
+            >>> from landprobe.engine import Engine
+            >>> written = []
+            >>> Engine(torch.nn.Linear(1, 1), torch.nn.MSELoss(), []).write_files(lambda: written.append(1))
+            >>> written
+            [1]
+        """
+        if rank_and_world()[1] == 1:
+            write()
+            return
+
+        def one() -> None:
+            if self.writes_files:
+                write()
+        self.ranks().gather(one, what)
 
     def sync(self, what: str) -> None:
         """Wait until every rank gets here (e.g. all have read a checkpoint before rank 0 writes
@@ -637,32 +660,52 @@ class Engine:
         """One step of the user's training on this rank's part of a batch (from
         :meth:`batch_cycle`): the model in train mode, the probe's autocast, ``loss_fn`` (default
         the engine's; same form) backpropagated, the gradients summed over the ranks that share
-        the data, and ``optimizer.step()``. Returns the batch's loss. Call inside :meth:`guard`."""
+        the data, and ``optimizer.step()``. Returns the batch's loss. Call inside :meth:`guard`.
+
+        Under data sharding a parameter no rank's backward reached keeps ``.grad = None`` (the
+        optimizer skips it, as alone), and when the step's whole batch ran on one rank (a
+        BatchNorm model with the engine's split) that rank's new running statistics go to all."""
         contract = self.contract if loss_fn is None else Contract(loss_fn)
         ranks = self.ranks()
         params = [p for g in optimizer.param_groups for p in g["params"]]
 
-        def local() -> list[Tensor]:
+        def backward() -> float:
             self.model.train()
             optimizer.zero_grad(set_to_none=True)
-            value = torch.zeros((), dtype=torch.float64)
-            if part.batch is not None:
-                with self.autocast(), data_pass(self.model):
-                    loss = contract.loss(self.model, part.batch)
-                if part.weight != 1.0:
-                    loss = loss * part.weight
-                loss.backward()
-                value = loss.detach().double().cpu()
-            if not ranks.sharded:
-                return [value]
-            return [value.reshape(1)] + [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+            if part.batch is None:
+                return 0.0
+            with self.autocast(), data_pass(self.model):
+                loss = contract.loss(self.model, part.batch)
+            if part.weight != 1.0:
+                loss = loss * part.weight
+            loss.backward()
+            return float(loss.detach().double())
         if not ranks.sharded:
-            value = local()[0]
+            value = backward()
         else:
-            value, *grads = ranks.all_sum(local, "a training step")
-            for p, g in zip(params, grads):
-                p.grad = g
+            stats = [] if ranks.given else [b for m in self._bns for b in m.buffers(recurse=False)]
+            value = self._sum_step(ranks, params, backward, stats, owner=part.batch is not None)
         optimizer.step()
+        return value
+
+    def _sum_step(self, ranks: Ranks, leaves: Sequence[Tensor], backward: Callable[[], float],
+                  stats: Sequence[Tensor] = (), owner: bool = False) -> float:
+        """Run this rank's ``backward()``, then sum the step's loss and the gradients of ``leaves``
+        over the data ranks (``None`` where no rank has one) and hand the ranks' sum of ``stats``
+        to all (buffers only the rank that ran the whole batch moved; the others give zeros)."""
+        def local() -> list[Tensor]:
+            value = backward()
+            has = torch.tensor([float(p.grad is not None) for p in leaves], dtype=torch.float64)
+            grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in leaves]
+            moved = [b if owner else torch.zeros_like(b) for b in stats]
+            return [torch.tensor([value], dtype=torch.float64), has, *grads, *moved]
+        value, has, *rest = ranks.all_sum(local, "a fit step")
+        grads, moved = rest[: len(leaves)], rest[len(leaves):]
+        for p, g, h in zip(leaves, grads, has.tolist()):
+            p.grad = g if h else None
+        if stats:
+            with torch.no_grad():
+                torch._foreach_copy_(list(stats), moved)
         return float(value)
 
     # ------------------------------------------------------------------ gradients and functional losses
@@ -745,25 +788,20 @@ class Engine:
             with torch.enable_grad():
                 loss = self.fit_loss(leaves, part)
                 grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-            return [loss.detach().reshape(1)] + [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads)]
+            return [loss.detach().double().reshape(1)] + [torch.zeros_like(p) if g is None else g
+                                                          for p, g in zip(leaves, grads)]
         value, *grads = self.all_sum(local, "a fit step")
         return float(value), grads
 
     def reduce_step(self, leaves: Sequence[Tensor], compute: Callable[[], float]) -> float:
         """Run a fit step's backward passes (``compute()``: accumulates ``.grad`` of ``leaves``
         from :meth:`fit_loss` shares and returns this rank's share of the step's loss), then sum
-        the gradients and the loss over the ranks that share the data. Returns the step's loss."""
-        def local() -> list[Tensor]:
-            value = compute()
-            return [torch.tensor([value], dtype=torch.float64)] + [
-                torch.zeros_like(p) if p.grad is None else p.grad for p in leaves]
+        the gradients and the loss over the ranks that share the data; a leaf no rank's backward
+        reached keeps ``.grad = None``, as alone. Returns the step's loss."""
         ranks = self.ranks()
         if not ranks.sharded:
             return compute()
-        value, *grads = ranks.all_sum(local, "a fit step")
-        for p, g in zip(leaves, grads):
-            p.grad = g
-        return float(value)
+        return self._sum_step(ranks, leaves, compute)
 
 
 @runtime_checkable

@@ -244,8 +244,10 @@ class Ranks:
     def all_sum(self, compute: Callable[[], Sequence[Tensor]], what: str = "a probe") -> list[Tensor]:
         """``compute()``'s tensors summed over the data group (same shapes on every rank).
 
-        An exception in ``compute`` on any rank is raised on every rank. Without data sharding
-        it returns ``compute()`` as it is."""
+        An exception in ``compute`` on any rank is raised on every rank. ``compute`` must not
+        issue collectives itself (nor call another ``all_sum``): a rank failing inside it would
+        leave the others waiting at that inner collective until the timeout. Without data
+        sharding it returns ``compute()`` as it is."""
         if not self.sharded:
             return list(compute())
         tensors = self._guarded(compute, what)

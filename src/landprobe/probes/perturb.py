@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +19,8 @@ import numpy as np
 import torch
 
 from landprobe.common.results import Result, require_matplotlib
-from landprobe.params import ParamVector, Selector, select
-from landprobe.common.distributed import merge_across_ranks, rank_and_world
 from landprobe.engine import Engine, HasEngine, as_engine, progress
+from landprobe.params import ParamVector, Selector, select
 
 __all__ = ["PerturbationResult", "perturb"]
 
@@ -121,10 +120,16 @@ def perturb(engine: Engine | HasEngine, optimizer: torch.optim.Optimizer | Calla
     Each repeat starts from the model as it is, adds noise to the parameters (of ``subnet``),
     measures the empirical error, trains ``steps`` mini-batch steps on the probe's data
     (batches cycled in order, the model in train mode, autocast as the probe's dtype), and
-    measures again. Under ``torch.distributed`` the repeats are split across ranks (repeat r on
-    rank r mod world size; each repeat's noise and retraining depend on ``(seed, r)`` only) and
-    gathered, so every rank returns the same result as one process; pass the plain module to
-    the probe, not a DistributedDataParallel wrapper (each rank retrains on its own).
+    measures again. Each repeat's noise and retraining depend on ``(seed, r)`` only, so under
+    ``torch.distributed`` (see :class:`landprobe.Sharding`) every rank returns the one-process
+    result: by default the repeats are split across the ranks (repeat r on rank r mod world
+    size) and gathered; with data sharding every rank runs every repeat, each training step's
+    batch shared by the ranks (gradients summed before ``optimizer.step()``, a BatchNorm
+    model's running statistics taken from the rank that ran the step's batch) and each
+    evaluation too; with a data group the repeats are split across the groups. Random layers
+    in train mode (dropout) draw other masks under data sharding, and with ``split="given"``
+    BatchNorm normalises each rank's batch by its own statistics, so those retrainings are not
+    one process's. Pass the plain module to the probe, not a DistributedDataParallel wrapper.
     Afterwards the model (parameters, buffers, ``requires_grad`` flags,
     ``.grad`` tensors, modes), the optimizer (its ``state`` and ``param_groups``, the very
     same objects) and the global RNG states are exactly as before.
@@ -178,57 +183,41 @@ def perturb(engine: Engine | HasEngine, optimizer: torch.optim.Optimizer | Calla
     model = engine.model
     _check_args(engine, scale, steps, repeats, eval_every, loss_fn)
     params = list(model.parameters())
-    trainable = [p for p in params if p.requires_grad]
     user_opt = _check_optimizer(optimizer, params)
-    if user_opt:
-        opt_saved = copy.deepcopy(optimizer.state_dict())
-        opt_attrs = dict(vars(optimizer))
-
+    opt_saved = copy.deepcopy(optimizer.state_dict()) if isinstance(optimizer, torch.optim.Optimizer) else None
+    opt_attrs = dict(vars(optimizer)) if user_opt else {}
     pnames = select(model, subnet)
-    named = dict(model.named_parameters())
-    noisy = [named[n] for n in pnames]
     eval_steps = sorted({0, steps} | (set(range(eval_every, steps, eval_every)) if eval_every else set()))
-    losses = np.zeros((repeats, len(eval_steps)))
-    train_losses = np.zeros((repeats, steps))
-    noise_norms = np.zeros(repeats)
-    state_tensors = list(model.parameters()) + list(model.buffers())
-    try:
+    ranks = engine.ranks()
+    mine = ranks.points(repeats)
+    base: list[float] = []
+
+    def run() -> dict[int, tuple[np.ndarray, np.ndarray, float]]:
+        repeat = _Repeat(engine, optimizer, opt_saved, pnames, eval_steps, steps)
+        out = {}
         with engine.guard("perturb"):
-            start = [t.detach().clone() for t in state_tensors]
+            repeat.start = [t.detach().clone() for t in repeat.state]
             engine.set_eval_modes()
-            base = engine.evaluate().loss
+            base.append(engine.evaluate().loss)
             seeds = np.random.SeedSequence(int(seed)).generate_state(2 * repeats)
-            rank, world = rank_and_world()
-            for r in progress(range(rank, repeats, world), "perturb", enabled=engine.progress, unit="repeat"):
-                with torch.no_grad():
-                    torch._foreach_copy_([t.data for t in state_tensors], start)
-                    noise_norms[r] = _add_noise(pnames, noisy, int(seeds[2 * r]), float(scale), relative)
-                torch.manual_seed(int(seeds[2 * r + 1]))
-                for p in params:
-                    p.grad = None
-                if user_opt:
-                    optimizer.load_state_dict(copy.deepcopy(opt_saved))
-                    opt = optimizer
-                else:
-                    opt = optimizer(trainable)
-                    if not isinstance(opt, torch.optim.Optimizer):
-                        raise TypeError(f"the optimizer factory returned a {type(opt).__name__}, not a "
-                                        f"torch.optim.Optimizer; e.g. lambda params: torch.optim.SGD(params, lr=0.01)")
-                _retrain(engine, opt, loss_fn, eval_steps, losses[r], train_losses[r])
-                del opt
+            for r in progress(mine, "perturb", enabled=engine.progress, unit="repeat"):
+                out[r] = repeat(int(seeds[2 * r]), float(scale), relative, int(seeds[2 * r + 1]), loss_fn)
+        return out
+    try:
+        done = ranks.merge(run, "perturb")
     finally:                                    # the guard restores the model; the optimizer is ours to restore
         if user_opt:
             optimizer.__dict__.clear()
             optimizer.__dict__.update(opt_attrs)
-    mine = {r: (losses[r], train_losses[r], noise_norms[r]) for r in range(rank, repeats, world)}
-    for r, (lo, tr, nn_) in merge_across_ranks(mine).items():
-        losses[r], train_losses[r], noise_norms[r] = lo, tr, nn_
+    losses = np.stack([done[r][0] for r in range(repeats)])
+    train_losses = np.stack([done[r][1] for r in range(repeats)])
+    noise_norms = np.array([done[r][2] for r in range(repeats)], dtype=np.float64)
     settings = engine.settings(probe="perturb", scale=float(scale), relative=relative, steps=steps, repeats=repeats,
-                              seed=int(seed), subnet=subnet if isinstance(subnet, (str, type(None))) else pnames,
-                              optimizer=type(optimizer).__name__ if user_opt else "factory",
-                              eval_every=eval_every, noise="per-tensor relative" if relative else "absolute",
-                              ranks=world)
-    return PerturbationResult(base_loss=float(base), eval_steps=np.asarray(eval_steps, dtype=np.float64),
+                               seed=int(seed), subnet=subnet if isinstance(subnet, (str, type(None))) else pnames,
+                               optimizer=type(optimizer).__name__ if user_opt else "factory",
+                               eval_every=eval_every, noise="per-tensor relative" if relative else "absolute",
+                               ranks=ranks.teams * ranks.data_world)
+    return PerturbationResult(base_loss=float(base[0]), eval_steps=np.asarray(eval_steps, dtype=np.float64),
                               losses=losses, train_losses=train_losses, noise_norms=noise_norms, settings=settings)
 
 
@@ -247,7 +236,7 @@ def _check_args(engine: Engine, scale: Any, steps: Any, repeats: Any, eval_every
         raise TypeError(f"loss_fn must be a callable loss(out, y) instance, got {train_loss!r}")
 
 
-def _check_optimizer(optimizer: Any, params: list[torch.Tensor]) -> bool:
+def _check_optimizer(optimizer: Any, params: Sequence[torch.Tensor]) -> bool:
     """True for the user's optimizer (it must hold a parameter of the model), False for a factory."""
     if isinstance(optimizer, torch.optim.Optimizer):
         held = {id(p) for g in optimizer.param_groups for p in g["params"]}
@@ -264,7 +253,7 @@ def _check_optimizer(optimizer: Any, params: list[torch.Tensor]) -> bool:
     return False
 
 
-def _add_noise(pnames: list[str], noisy: list[torch.Tensor], seed: int, scale: float, relative: bool) -> float:
+def _add_noise(pnames: list[str], noisy: Sequence[torch.Tensor], seed: int, scale: float, relative: bool) -> float:
     """Add Gaussian noise to ``noisy`` in place (per-tensor relative or absolute σ); return
     ‖noise‖ / ‖θ‖ (NaN at θ = 0)."""
     vec = ParamVector({n: p.detach() for n, p in zip(pnames, noisy)})
@@ -280,6 +269,47 @@ def _add_noise(pnames: list[str], noisy: list[torch.Tensor], seed: int, scale: f
     return noise.norm() / theta_norm if theta_norm > 0 else float("nan")
 
 
+class _Repeat:
+    """The repeats of one call, each from the start state: noise from its own seed, the global
+    RNG seeded, a fresh optimizer from the factory (or the user's with its saved state
+    ``opt_saved``), retraining. A repeat returns its losses at the eval steps, its training
+    losses and its relative noise norm."""
+
+    def __init__(self, engine: Engine, optimizer: Any, opt_saved: dict | None, pnames: list[str],
+                 eval_steps: list[int], steps: int):
+        model = engine.model
+        self.engine, self.optimizer, self.opt_saved = engine, optimizer, opt_saved
+        self.params = list(model.parameters())
+        self.trainable = [p for p in self.params if p.requires_grad]
+        named = dict(model.named_parameters())
+        self.pnames, self.noisy = pnames, [named[n] for n in pnames]
+        self.eval_steps, self.steps = eval_steps, steps
+        self.state = list(model.parameters()) + list(model.buffers())
+        self.start: list[torch.Tensor] = []
+
+    def __call__(self, noise_seed: int, scale: float, relative: bool, rng_seed: int, loss_fn: Callable | None
+                 ) -> tuple[np.ndarray, np.ndarray, float]:
+        with torch.no_grad():
+            torch._foreach_copy_([t.data for t in self.state], self.start)
+            noise_norm = _add_noise(self.pnames, self.noisy, noise_seed, scale, relative)
+        torch.manual_seed(rng_seed)
+        for p in self.params:
+            p.grad = None
+        losses, train_losses = np.zeros(len(self.eval_steps)), np.zeros(self.steps)
+        _retrain(self.engine, self._optimizer(), loss_fn, self.eval_steps, losses, train_losses)
+        return losses, train_losses, float(noise_norm)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        if self.opt_saved is not None:
+            self.optimizer.load_state_dict(copy.deepcopy(self.opt_saved))
+            return self.optimizer
+        opt = self.optimizer(self.trainable)
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise TypeError(f"the optimizer factory returned a {type(opt).__name__}, not a "
+                            f"torch.optim.Optimizer; e.g. lambda params: torch.optim.SGD(params, lr=0.01)")
+        return opt
+
+
 def _retrain(engine: Engine, opt: torch.optim.Optimizer, loss_fn: Callable | None, eval_steps: list[int],
              losses: np.ndarray, train_losses: np.ndarray) -> None:
     """Measure, train ``len(train_losses)`` steps on the cycled data, measuring at ``eval_steps``;
@@ -289,8 +319,8 @@ def _retrain(engine: Engine, opt: torch.optim.Optimizer, loss_fn: Callable | Non
     col = 1
     batches = engine.batch_cycle()
     for s in range(1, len(train_losses) + 1):
-        batch, _ = next(batches)
-        train_losses[s - 1] = engine.train_step(batch, opt, loss_fn)
+        part = next(batches)
+        train_losses[s - 1] = engine.train_step(part, opt, loss_fn)
         if s in eval_steps:
             engine.set_eval_modes()
             losses[col] = engine.evaluate().loss

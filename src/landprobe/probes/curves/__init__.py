@@ -1,8 +1,10 @@
 """Paths between minima: fitted curves (Bezier, polychain), AutoNEB and level-set searches.
 
 Import order inside: ``path`` (the result) <- ``common`` (measurement, coefficients,
-checkpoint fingerprints) <- ``neb`` <- ``connect``; ``levelset`` beside them. Every pass over
-the data goes through the engine.
+checkpoints) <- ``neb`` <- ``connect``; ``levelset`` beside them. Every pass over the data
+goes through the engine; under data sharding (``landprobe.Sharding(data=True)``) every fit
+step is shared by the ranks and every decision taken on values summed over them, so every
+rank returns the one-process result, and rank 0 alone writes the checkpoints.
 """
 
 from landprobe.probes.curves.connect import connect

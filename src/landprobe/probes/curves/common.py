@@ -1,10 +1,12 @@
 """What the path searches share: endpoints, the path's measurement through the engine,
-curve coefficients, checkpoint fingerprints and the optimizers of fits."""
+curve coefficients, checkpoints (fingerprints, reading and writing under ``torch.distributed``)
+and the optimizers of fits."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path as _FilePath
 from typing import Any
 
 import numpy as np
@@ -15,8 +17,8 @@ from landprobe.engine import Engine
 from landprobe.params import ParamVector
 from landprobe.probes.curves.path import Path
 
-__all__ = ["check_fingerprint", "endpoints", "polychain_coeffs", "bezier_coeffs", "evaluate_path", "grid",
-           "make_optimizer"]
+__all__ = ["check_fingerprint", "read_checkpoint", "endpoints", "polychain_coeffs",
+           "bezier_coeffs", "evaluate_path", "grid", "make_optimizer"]
 
 
 def check_fingerprint(path, saved: dict, fingerprint: dict, what: str) -> None:
@@ -32,6 +34,40 @@ def check_fingerprint(path, saved: dict, fingerprint: dict, what: str) -> None:
             f"checkpoint {str(path)!r} belongs to another {what} run ({detail}); pass the same "
             f"endpoints and settings to resume it, or another checkpoint path to start afresh."
         )
+
+
+def read_checkpoint(engine: Engine, path: Any, read: Callable[[], Any],
+                    describe: Callable[[Any], str] = str) -> Any:
+    """``read()`` on every rank when the checkpoint file ``path`` exists; ``None`` when it does
+    not (or ``path`` is ``None``).
+
+    Under ``torch.distributed`` the ranks then wait for each other, so that none is still
+    reading when rank 0, the only one that writes checkpoints (``Engine.write_files``),
+    replaces the file; an exception in ``read`` (a checkpoint of another run) is raised on
+    every rank, and ``ValueError`` on every rank if the ranks read different states
+    (``describe`` of what ``read()`` returned, e.g. ``"step 40"``): not every rank sees the
+    file rank 0 writes.
+
+    Example:
+        >>> import torch
+        >>> from landprobe.engine import Engine
+        >>> engine = Engine(torch.nn.Linear(1, 1), torch.nn.MSELoss(), [])
+        >>> read_checkpoint(engine, "no/such/file.pt", lambda: 7) is None
+        True
+    """
+    if path is None:
+        return None
+    got: list[Any] = []
+
+    def one() -> str | None:
+        got.append(read() if _FilePath(path).exists() else None)
+        return None if got[0] is None else describe(got[0])
+    seen = engine.ranks().gather(one, "reading the checkpoint")
+    if any(s != seen[0] for s in seen):
+        found = ", ".join(f"rank {r}: {'no file' if s is None else s}" for r, s in enumerate(seen))
+        raise ValueError(f"the ranks read different checkpoints at {str(path)!r} ({found}); rank 0 alone writes "
+                         f"it and every rank resumes from it: put it on a file system all ranks share")
+    return got[0]
 
 
 def resume_connect(path, fingerprint: dict, leaves: list[Tensor], opt, gen: torch.Generator,

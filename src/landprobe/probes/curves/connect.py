@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path as _FilePath
 from typing import Any
 
 import numpy as np
@@ -25,7 +24,7 @@ from landprobe.common.io import atomic_torch_save
 from landprobe.engine import Engine, HasEngine, as_engine, progress
 from landprobe.params import ParamVector
 from landprobe.probes.curves.common import (bezier_coeffs, endpoints, evaluate_path, grid, make_optimizer,
-                                            polychain_coeffs, resume_connect)
+                                            polychain_coeffs, read_checkpoint, resume_connect)
 from landprobe.probes.curves.neb import auto_neb
 from landprobe.probes.curves.path import Path
 
@@ -62,6 +61,11 @@ def connect(engine: Engine | HasEngine, a: Any, b: Any, method: str = "bezier", 
     All parameters of the model move (including those with ``requires_grad=False``); if
     ``a`` and ``b`` coincide no training is done and the path is that single point.
 
+    Under data sharding (``landprobe.Sharding(data=True)``) every rank fits the same bends:
+    each step's batch is shared by the ranks (see :meth:`~landprobe.engine.Engine.batch_cycle`),
+    the loss and gradients are summed before the optimizer step, and every rank returns the
+    one-process path (to float rounding).
+
     Args:
         a, b: Endpoints: state_dicts, modules or ParamVectors of the probed model.
         method: ``"bezier"``, ``"polychain"`` or ``"neb"``.
@@ -82,6 +86,8 @@ def connect(engine: Engine | HasEngine, a: Any, b: Any, method: str = "bezier", 
             of the endpoints must match (else ``ValueError``). The file is kept after the
             run; it loads with ``torch.load(path, weights_only=True)``. ``"neb"`` checkpoints
             after every cycle instead (see :func:`~landprobe.probes.curves.neb.auto_neb`).
+            Under ``torch.distributed`` rank 0 alone writes it and every rank resumes from
+            it, so it must lie on a file system all ranks share.
         checkpoint_every: Steps between checkpoints, >= 1 (bezier/polychain).
 
     Returns:
@@ -200,35 +206,43 @@ def _train(engine: Engine, curve: _Curve, fit: _FitOptions, settings: dict[str, 
     fingerprint.update(n=int(sum(t.numel() for t in pa.tensors)), norm_a=float(pa.norm()),
                        norm_b=float(pb.norm()), dot_ab=float(pa.dot(pb)))
     train_losses: list[float] = []
-    first = 0
-    if fit.checkpoint is not None and _FilePath(fit.checkpoint).exists():
-        first = resume_connect(fit.checkpoint, fingerprint, leaves, opt, gen, train_losses)
+    first = read_checkpoint(engine, fit.checkpoint,
+                            lambda: resume_connect(fit.checkpoint, fingerprint, leaves, opt, gen, train_losses),
+                            lambda step: f"step {step}")
+    if first is not None:
         for _ in range(first):                 # the batch the interrupted run would take next
             next(batches)
         settings["resumed_at_step"] = first
+    first = first or 0
     engine.set_fit_modes()
     unchanged = engine.unchanged_check()          # the fit writes only its bends, never the model
     try:
         for step in progress(range(first, fit.steps), f"connect ({curve.method})", enabled=engine.progress,
                              unit="step"):
             unchanged()
-            batch, _ = next(batches)
+            part = next(batches)
             opt.zero_grad(set_to_none=True)
-            total = 0.0
-            for t in torch.rand(fit.t_samples, generator=gen, dtype=torch.float64).tolist():
-                with torch.enable_grad():
-                    loss = engine.fit_loss(curve.theta(t), batch) / fit.t_samples
-                    if loss.requires_grad:
-                        loss.backward()
-                total += float(loss.detach())
+            ts = torch.rand(fit.t_samples, generator=gen, dtype=torch.float64).tolist()
+
+            def backward(ts: list[float] = ts, part: Any = part) -> float:
+                total = 0.0
+                for t in ts:
+                    with torch.enable_grad():
+                        loss = engine.fit_loss(curve.theta(t), part) / fit.t_samples
+                        if loss.requires_grad:
+                            loss.backward()
+                    total += float(loss.detach())
+                return total
+            total = engine.reduce_step(leaves, backward)
             opt.step()
             unchanged()
             train_losses.append(total)
             if fit.checkpoint is not None and ((step + 1) % fit.checkpoint_every == 0 or step + 1 == fit.steps):
-                atomic_torch_save({"fingerprint": fingerprint, "step": step + 1,
-                                   "bends": [t.detach().clone() for t in leaves],
-                                   "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                                   "train_losses": list(train_losses)}, fit.checkpoint)
+                def save(done: int = step + 1, path: str | os.PathLike = fit.checkpoint) -> None:
+                    atomic_torch_save({"fingerprint": fingerprint, "step": done,
+                                       "bends": [t.detach().clone() for t in leaves], "optimizer": opt.state_dict(),
+                                       "generator": gen.get_state(), "train_losses": list(train_losses)}, path)
+                engine.write_files(save, "writing the checkpoint")
     finally:
         for t in leaves:
             t.requires_grad_(False)

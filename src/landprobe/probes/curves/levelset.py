@@ -15,7 +15,6 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path as _FilePath
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,7 @@ from landprobe.common.io import atomic_torch_save
 from landprobe.common.results import Result, require_matplotlib
 from landprobe.engine import Engine, HasEngine, Progress, as_engine
 from landprobe.params import ParamVector
-from landprobe.probes.curves.common import check_fingerprint, endpoints, make_optimizer
+from landprobe.probes.curves.common import check_fingerprint, endpoints, make_optimizer, read_checkpoint
 
 __all__ = ["LevelSet", "level_set"]
 
@@ -129,6 +128,11 @@ def level_set(engine: Engine | HasEngine, a: Any, b: Any, threshold: float, *, s
     the search goes on with the left half. Floating buffers (``bn="eval"``) of a bead are the
     mean of its neighbours' and do not descend.
 
+    Under data sharding (``landprobe.Sharding(data=True)``) each descent step's batch is shared
+    by the ranks and its gradient summed, and every loss the search decides on (segment
+    checks, the descent's stopping rule) is the whole data's, so every rank takes the same
+    decisions and returns one process's result (to float rounding).
+
     Args:
         a, b: Endpoints with losses <= ``threshold``: state_dicts, modules or ParamVectors.
         threshold: The level L0.
@@ -148,6 +152,8 @@ def level_set(engine: Engine | HasEngine, a: Any, b: Any, threshold: float, *, s
             written to it atomically; a call that finds it resumes there and returns what an
             uninterrupted call would. Settings and an endpoint fingerprint must match (else
             ``ValueError``); the file is kept and loads with ``torch.load(path, weights_only=True)``.
+            Under ``torch.distributed`` rank 0 alone writes it and every rank resumes from it
+            (a file system all ranks share).
 
     Returns:
         A :class:`LevelSet`. ``connected=False`` means "not found within the budget" (the
@@ -204,9 +210,9 @@ def level_set(engine: Engine | HasEngine, a: Any, b: Any, threshold: float, *, s
                        "max_depth": max_depth, "n": int(sum(t.numel() for t in va.tensors)),
                        "norm_a": float(va.norm()), "norm_b": float(vb.norm()), "dot_ab": float(va.dot(vb))}
         string = _String([va, vb], [la, lb], [0, 0])
-        resumed = None
-        if checkpoint is not None and _FilePath(checkpoint).exists():
-            resumed = string.resume(checkpoint, fingerprint, va, vb, names)
+        resumed = read_checkpoint(engine, checkpoint, lambda: string.resume(checkpoint, fingerprint, va, vb, names),
+                                  lambda descents: f"{descents} descents, {string.consumed} batches")
+        if resumed is not None:
             for _ in range(string.consumed):         # the batch the interrupted search would take next
                 next(search.batches)
         search.consumed = string.consumed
@@ -308,7 +314,7 @@ class _Search:
             engine.set_fit_modes()
             unchanged = engine.unchanged_check()  # new after each full-data check (it restores the model)
             for _ in range(min(d.check_every, d.steps - done)):
-                _, grads = engine.fit_loss_and_grad(leaves, next(self.batches)[0])
+                _, grads = engine.fit_loss_and_grad(leaves, next(self.batches))
                 self.consumed += 1
                 if d.pull:
                     torch._foreach_add_(grads, torch._foreach_sub(leaves, anchor), alpha=d.pull)
@@ -351,7 +357,8 @@ class _Search:
                 string.losses.insert(i + 1, loss)
                 string.depth.insert(i + 1, d)
                 if checkpoint is not None:
-                    string.save(checkpoint, fingerprint, self.consumed)
+                    self.engine.write_files(lambda: string.save(checkpoint, fingerprint, self.consumed),
+                                             "writing the checkpoint")
                 bar.update()
         return True, ""
 

@@ -15,18 +15,19 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path as _FilePath
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from landprobe.common.checks import check_int, check_positive
 from landprobe.common.io import atomic_torch_save
-from landprobe.engine import Engine, HasEngine, Progress, as_engine
+from landprobe.engine import Engine, HasEngine, Part, Progress, as_engine
 from landprobe.params import ParamVector
-from landprobe.probes.curves.common import check_fingerprint, endpoints, evaluate_path, polychain_coeffs
+from landprobe.probes.curves.common import (check_fingerprint, endpoints, evaluate_path, polychain_coeffs,
+                                            read_checkpoint)
 from landprobe.probes.curves.path import Path
 
 __all__ = ["auto_neb", "paper_schedule", "NebCycle"]
@@ -95,9 +96,8 @@ def paper_schedule(steps: int = 1000, lr: float = 0.1) -> list[dict[str, Any]]:
 
 
 def _save_neb(path, fingerprint: dict, cycle: int, band: list[ParamVector], history: list, consumed: int) -> None:
-    if path is not None:
-        atomic_torch_save({"fingerprint": fingerprint, "cycle": cycle, "consumed": consumed, "history": history,
-                           "interior": [[t.detach().clone() for t in im.tensors] for im in band[1:-1]]}, path)
+    atomic_torch_save({"fingerprint": fingerprint, "cycle": cycle, "consumed": consumed, "history": history,
+                       "interior": [[t.detach().clone() for t in im.tensors] for im in band[1:-1]]}, path)
 
 
 def _distances(images: Sequence[ParamVector]) -> list[float]:
@@ -176,6 +176,11 @@ def auto_neb(engine: Engine | HasEngine, a: Any, b: Any, *, images: int | None =
     above ``insert_tol``, at most one per segment (the first cycle of the default schedule
     inserts 3 images evenly instead).
 
+    Under data sharding (``landprobe.Sharding(data=True)``) each step's batch is shared by the
+    ranks and every energy and gradient is summed over them before it is used, so the
+    climbing image, the insertions and the band are the same on every rank and equal to one
+    process's (to float rounding).
+
     Args:
         a, b: Endpoints: state_dicts, modules or ParamVectors of the probed model.
         images: Interior images of the first cycle, inserted evenly; overrides the first
@@ -196,7 +201,9 @@ def auto_neb(engine: Engine | HasEngine, a: Any, b: Any, *, images: int | None =
             history and the number of batches used are written to it atomically; a call that
             finds it resumes after the last finished cycle and returns what an uninterrupted
             call would. Settings and an endpoint fingerprint must match (else ``ValueError``);
-            the file is kept and loads with ``torch.load(path, weights_only=True)``.
+            the file is kept and loads with ``torch.load(path, weights_only=True)``. Under
+            ``torch.distributed`` rank 0 alone writes it and every rank resumes from it (a
+            file system all ranks share).
 
     Returns:
         A :class:`~landprobe.probes.curves.Path` with ``method="neb"``: the polychain through
@@ -243,8 +250,10 @@ def auto_neb(engine: Engine | HasEngine, a: Any, b: Any, *, images: int | None =
         batches = engine.batch_cycle()
         history: list[dict[str, Any]] = []
         first, consumed = 0, 0
-        if checkpoint is not None and _FilePath(checkpoint).exists():
-            first, consumed, history = band.resume(checkpoint, fingerprint)
+        resumed = read_checkpoint(engine, checkpoint, lambda: band.resume(checkpoint, fingerprint),
+                                  lambda state: f"cycle {state[0]}, {state[1]} batches")
+        if resumed is not None:
+            first, consumed, history = resumed
             for _ in range(consumed):               # the batch the interrupted run would take next
                 next(batches)
         total_steps = sum(c.steps for c in cycles[first:])
@@ -257,7 +266,10 @@ def auto_neb(engine: Engine | HasEngine, a: Any, b: Any, *, images: int | None =
                 consumed += cyc.steps if len(band.images) > 2 else 0
                 history.append({**asdict(cyc), "images": len(band.images)} if climb_at == "skipped"
                                else {**asdict(cyc), "images": len(band.images), "climbing_image": climb_at})
-                _save_neb(checkpoint, fingerprint, k + 1, band.images, history, consumed)
+                if checkpoint is not None:
+                    def save(done: int = k + 1, consumed: int = consumed) -> None:
+                        _save_neb(checkpoint, fingerprint, done, band.images, history, consumed)
+                    engine.write_files(save, "writing the checkpoint")
         extra = {"resumed_at_cycle": first} if first else {}
         settings = engine.settings(probe="connect", method="neb", schedule=history, **extra, momentum=momentum,
                                    spring=spring if math.isfinite(spring) else "inf", climbing=climbing,
@@ -359,16 +371,8 @@ def _relax(engine: Engine, band: _Band, cyc: NebCycle, batches: Iterator, bar: P
     for _ in range(cyc.steps):
         bar.update()
         unchanged()
-        batch, _ = next(batches)
-        energies, grads = [], []
-        with torch.no_grad():
-            energies.append(float(engine.fit_loss(images[0].tensors, batch)))
-        for im in interior:
-            e, g = engine.fit_loss_and_grad(im.tensors, batch)
-            energies.append(e)
-            grads.append(ParamVector._wrap(list(band.pnames), g))
-        with torch.no_grad():
-            energies.append(float(engine.fit_loss(images[-1].tensors, batch)))
+        energies, forces = _forces(engine, images, next(batches))
+        grads = [ParamVector._wrap(list(band.pnames), g) for g in forces]
         climb_at = (int(np.argmax(energies[1:-1])) + 1) if climbing else None
         for i in range(1, len(images) - 1):
             for p, u in zip(images[i].tensors, _nudged(images, i, energies, grads[i - 1], climb_at, spring).tensors):
@@ -380,6 +384,34 @@ def _relax(engine: Engine, band: _Band, cyc: NebCycle, batches: Iterator, bar: P
     for t in leaves:
         t.grad = None
     return climb_at
+
+
+def _forces(engine: Engine, images: list[ParamVector], part: Part) -> tuple[list[float], list[list[Tensor]]]:
+    """Every image's loss on this step's batch and the interior images' gradients (zeros where
+    a parameter is unused), summed over the ranks that share the data in one reduction. The
+    losses are summed as float64, so that every rank reads the same energies."""
+    last = len(images) - 1
+
+    def local() -> list[Tensor]:
+        energies: list[Tensor] = []
+        grads: list[Tensor] = []
+        for i, im in enumerate(images):
+            if i in (0, last) or part.batch is None:
+                with torch.no_grad():
+                    energies.append(engine.fit_loss(im.tensors, part).detach().double().reshape(1))
+                if 0 < i < last:
+                    grads.extend(torch.zeros_like(p) for p in im.tensors)
+                continue
+            leaves = [p.detach().requires_grad_(True) for p in im.tensors]
+            with torch.enable_grad():
+                loss = engine.fit_loss(leaves, part)
+                g = torch.autograd.grad(loss, leaves, allow_unused=True)
+            energies.append(loss.detach().double().reshape(1))
+            grads.extend(torch.zeros_like(p) if gi is None else gi for p, gi in zip(leaves, g))
+        return [torch.cat(energies), *grads]
+    summed, *flat = engine.all_sum(local, "an AutoNEB step")
+    k = len(images[0].tensors)
+    return summed.tolist(), [flat[j * k:(j + 1) * k] for j in range(last - 1)]
 
 
 def _nudged(images: list[ParamVector], i: int, energies: list[float], g: ParamVector, climb_at: int | None,
