@@ -5,7 +5,9 @@ complexity (Bartlett et al. 2017), the Fisher–Rao norm (Liang et al. 2019), ε
 (Keskar et al. 2017), PAC-Bayes flatness (Jiang et al. 2019), weight and activation sparsity
 (Hoyer 2004; Treves & Rolls 1991), and :func:`report`, which gathers them all in a
 :class:`CapacityReport`; :func:`register_measure` adds a group of one's own to it. See
-``docs/capacity.md``.
+``docs/capacity.md``. Under ``torch.distributed`` the measures that pass over data take
+``sharding=landprobe.Sharding(data=True)``: the ranks share each pass and every rank gets the
+one-process values.
 """
 
 from landprobe.capacity._common import MODEL

@@ -20,6 +20,9 @@ Convention:
       Lemma 2.1) and ``‖θ‖_fr² = (L+1)² E[⟨∂ℓ/∂f, f⟩²]``. Biases break this identity; the
       definition above is computed as it is for any model.
     - The model runs in eval mode (BatchNorm on its running statistics); it is not modified.
+    - Under data sharding (``sharding=landprobe.Sharding(data=True)``) each rank sums the
+      squared derivatives of its own batches and the sums and sample counts are added over the
+      ranks: every rank returns the one-process value.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
 from landprobe.capacity._common import check_model
+from landprobe.engine import Engine, ModelGuard, Sharding, call_model
+from landprobe.engine.contract import no_batch_error
 from landprobe.params import Selector, select
-from landprobe.engine import Engine, ModelGuard, call_model
 
 __all__ = ["radial_derivative", "fisher_rao_norm"]
 
@@ -119,7 +123,7 @@ def radial_derivative(model: nn.Module, x: Any, *, subnet: Selector | None = Non
 
 
 def fisher_rao_norm(model: nn.Module, loss_fn: Callable, data: Iterable, *, subnet: Selector | None = None,
-                    squared: bool = False) -> float:
+                    squared: bool = False, sharding: Sharding | None = None) -> float:
     """Empirical Fisher–Rao norm ``‖θ‖_fr = √( (1/N) Σ_i ⟨θ, ∇_θ ℓ(f_θ(x_i), y_i)⟩² )``.
 
     See the module's Convention for exactly which version this is (empirical Fisher, the
@@ -131,6 +135,9 @@ def fisher_rao_norm(model: nn.Module, loss_fn: Callable, data: Iterable, *, subn
         data: Iterable of ``(x, y)`` batches (a DataLoader or a list of pairs).
         subnet: Only this subnet's parameters: ``⟨θ_S, ∇_(θ_S) ℓ⟩``.
         squared: Return ``‖θ‖_fr²`` instead.
+        sharding: Under ``torch.distributed``: :class:`landprobe.Sharding` (``data=True``: each
+            rank takes its share of the batches and the sums are added over the ranks, every
+            rank returning the one-process value). ``None``: every rank passes over all the data.
 
     Raises:
         ValueError: If the data is empty or ``loss_fn`` does not return a scalar.
@@ -148,22 +155,29 @@ def fisher_rao_norm(model: nn.Module, loss_fn: Callable, data: Iterable, *, subn
     check_model(model, "fisher_rao_norm")
     from torch.func import jvp
 
-    engine = Engine(model, loss_fn, data)
+    engine = Engine(model, loss_fn, data, sharding=sharding)
     names = select(model, subnet)
-    sq_sum = None
-    count = 0
     with engine.guard("fisher_rao_norm"):
         engine.set_eval_modes()
         state = {n: t.detach() for n, t in model.named_parameters()}
         state.update({n: b for n, b in model.named_buffers() if b is not None})
         primal = {n: state[n] for n in names}
-        for batch, n in engine.each_batch():
-            def losses(p: dict[str, Tensor], batch: Any = batch) -> Tensor:
-                return engine.per_sample_losses({**state, **p}, batch)
-            with _quiet(), _no_fastpath():
-                _, d = jvp(losses, (primal,), (primal,))
-            s = d.detach().to(torch.float64).pow(2).sum()
-            sq_sum = s if sq_sum is None else sq_sum + s
-            count += n
-    value = float(sq_sum) / count
+
+        def local() -> list[Tensor]:
+            sq_sum: Tensor | None = None
+            count = 0
+            for batch, n in engine.each_batch():
+                def losses(p: dict[str, Tensor], batch: Any = batch) -> Tensor:
+                    return engine.per_sample_losses({**state, **p}, batch)
+                with _quiet(), _no_fastpath():
+                    _, d = jvp(losses, (primal,), (primal,))
+                s = d.detach().to(torch.float64).pow(2).sum()
+                sq_sum = s if sq_sum is None else sq_sum + s
+                count += n
+            total = torch.zeros(1, dtype=torch.float64) if sq_sum is None else sq_sum.reshape(1)
+            return [total, torch.tensor([float(count)], dtype=torch.float64)]
+        sq_sum, count = engine.all_sum(local, "fisher_rao_norm")
+    if not float(count):
+        raise no_batch_error()
+    value = float(sq_sum) / float(count)
     return value if squared else math.sqrt(value)

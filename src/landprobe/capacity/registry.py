@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from landprobe.engine import BatchLoss
+from landprobe.engine import BatchLoss, Sharding
 from landprobe.capacity._common import MODEL
 from landprobe.capacity.fisher_rao import fisher_rao_norm
 from landprobe.capacity.norms import subnet_norms
@@ -48,6 +48,11 @@ class MeasureContext:
             ``pac_bayes_samples``, ``seed``, ``max_batches``.
         strict: Whether :meth:`skip` raises.
         skipped: What :meth:`skip` recorded.
+        sharding: ``report``'s :class:`landprobe.Sharding` (``None``: the default). A measure
+            that passes over ``data`` hands it on (``Engine(ctx.model, ctx.loss_fn, ctx.data,
+            sharding=ctx.sharding)``); under data sharding each rank then holds only its share
+            of a pass, so sum what it collects with ``engine.all_sum`` to return the
+            one-process values on every rank.
 
     Example:
         >>> import torch
@@ -68,6 +73,7 @@ class MeasureContext:
     options: dict[str, Any] = field(default_factory=dict)
     strict: bool = False
     skipped: dict[str, str] = field(default_factory=dict)
+    sharding: Sharding | None = None
 
     @property
     def scopes(self) -> dict[str, Selector | None]:
@@ -216,7 +222,8 @@ def _fisher_rao(ctx: MeasureContext) -> Values:
     if isinstance(ctx.loss_fn, BatchLoss):
         ctx.skip("needs (inputs, targets) pairs and a per-sample loss_fn(output, target); the loss is a BatchLoss")
         return {}
-    return {scope: {"fisher_rao": fisher_rao_norm(ctx.model, ctx.loss_fn, ctx.data, subnet=sel)}
+    return {scope: {"fisher_rao": fisher_rao_norm(ctx.model, ctx.loss_fn, ctx.data, subnet=sel,
+                                                  sharding=ctx.sharding)}
             for scope, sel in ctx.scopes.items()}
 
 
@@ -228,19 +235,21 @@ def _activation_sparsity(ctx: MeasureContext) -> Values:
         else:
             ctx.skip(f"selector {sel!r} is not a submodule (its output is the activation)", key)
     return activation_sparseness(ctx.model, ctx.data, modules, max_batches=ctx.options["max_batches"],
-                                 loss_fn=ctx.loss_fn if isinstance(ctx.loss_fn, BatchLoss) else None)
+                                 loss_fn=ctx.loss_fn if isinstance(ctx.loss_fn, BatchLoss) else None,
+                                 sharding=ctx.sharding)
 
 
 def _sharpness(ctx: MeasureContext) -> Values:
     o = ctx.options
     return {MODEL: {"sharpness": epsilon_sharpness(ctx.model, ctx.loss_fn, ctx.data, o["epsilon"],
-                                                   steps=o["sharpness_steps"], seed=o["seed"])}}
+                                                   steps=o["sharpness_steps"], seed=o["seed"],
+                                                   sharding=ctx.sharding)}}
 
 
 def _pac_bayes(ctx: MeasureContext) -> Values:
     o = ctx.options
     sigma = pac_bayes_sigma(ctx.model, ctx.loss_fn, ctx.data, o["pac_bayes_target"],
-                            samples=o["pac_bayes_samples"], seed=o["seed"])
+                            samples=o["pac_bayes_samples"], seed=o["seed"], sharding=ctx.sharding)
     return {MODEL: {"pac_bayes_sigma": sigma, "pac_bayes_measure": 1.0 / sigma**2 if sigma > 0 else float("inf")}}
 
 

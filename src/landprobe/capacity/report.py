@@ -1,4 +1,9 @@
-"""``report``: every capacity measure of a model (and its subnets) in one :class:`CapacityReport`."""
+"""``report``: every capacity measure of a model (and its subnets) in one :class:`CapacityReport`.
+
+Under ``torch.distributed`` with ``sharding=landprobe.Sharding(data=True)`` the measures that
+pass over the data share each pass among the ranks and add up what the ranks collected, so
+every rank holds the one-process report.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from landprobe.common.io import restore_floats
 from landprobe.common.results import Result, require_matplotlib
 from landprobe.capacity._common import MODEL, check_model, scopes
 from landprobe.capacity.registry import CHEAP_MEASURES, MEASURE_REGISTRY, MEASURES, Measure, MeasureContext
-from landprobe.engine import Progress
+from landprobe.engine import Progress, Sharding
 from landprobe.params import Selector
 
 __all__ = ["CapacityReport", "report", "MEASURES", "CHEAP_MEASURES"]
@@ -108,7 +113,8 @@ def report(model: nn.Module, data: Iterable | None = None, subnets: Mapping[Any,
            input_shape: Sequence[int] | None = None, output: Callable | None = None, reference: Any = None,
            threshold: float = 1e-3, epsilon: float = 1e-3, sharpness_steps: int = 10,
            pac_bayes_target: float = 0.1, pac_bayes_samples: int = 8, seed: int = 0,
-           max_batches: int | None = None, strict: bool = False, progress: bool | None = None) -> CapacityReport:
+           max_batches: int | None = None, strict: bool = False, progress: bool | None = None,
+           sharding: Sharding | None = None) -> CapacityReport:
     """Every capacity measure of ``model`` (and each subnet) in one :class:`CapacityReport`.
 
     Measures that need what is not given (``data``, ``loss_fn``) or that do not apply (a path
@@ -133,6 +139,11 @@ def report(model: nn.Module, data: Iterable | None = None, subnets: Mapping[Any,
             :func:`activation_sparseness`.
         strict: Raise when a requested measure cannot be computed.
         progress: A bar over the groups: ``None`` (on a terminal only), ``True`` or ``False``.
+        sharding: Under ``torch.distributed``: :class:`landprobe.Sharding`, handed to every
+            group (:attr:`MeasureContext.sharding`). ``data=True``: each pass over ``data`` is
+            shared by the ranks (each takes its share of the batches) and every rank returns the
+            one-process report; call ``report`` on every rank. ``None``: every rank computes the
+            whole report alone.
 
     Raises:
         ValueError: On an unknown measure group, or (``strict``) a measure that cannot be computed.
@@ -166,7 +177,7 @@ def report(model: nn.Module, data: Iterable | None = None, subnets: Mapping[Any,
             m = MEASURE_REGISTRY[group]
             ctx = MeasureContext(group, model, data, loss_fn, subnets=named if m.per_subnet else {},
                                  parameters=dict(parameters) if m.per_subnet else {MODEL: parameters[MODEL]},
-                                 options=dict(options), strict=strict)
+                                 options=dict(options), strict=strict, sharding=sharding)
             for scope, vals in _compute(m, ctx).items():
                 values[scope].update(vals)
             skipped.update(ctx.skipped)

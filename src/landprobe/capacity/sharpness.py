@@ -6,6 +6,9 @@ Convention:
       BatchNorm on its running statistics, which are not perturbed).
     - Perturbations touch the selected parameters only (``subnet``; default all). The model is
       restored bitwise afterwards (parameters, buffers, flags, modes, global RNG).
+    - Under data sharding (``sharding=landprobe.Sharding(data=True)``) every loss and gradient
+      is summed over the ranks' shares of the data by the engine, so each rank takes the same
+      steps and returns the one-process value.
 """
 
 from __future__ import annotations
@@ -17,15 +20,15 @@ from torch import nn
 
 from landprobe.capacity._common import check_model
 from landprobe.common.checks import check_int, check_nonnegative, check_positive
+from landprobe.engine import Engine, Sharding
 from landprobe.params import ParamVector, Selector, select
-from landprobe.engine import Engine
 
 __all__ = ["epsilon_sharpness", "pac_bayes_sigma", "gaussian_noise"]
 
 
 def epsilon_sharpness(model: nn.Module, loss_fn: Callable, data: Iterable, epsilon: float = 1e-3, *,
                       steps: int = 10, step_size: float = 0.25, subnet: Selector | None = None,
-                      random_start: bool = False, seed: int = 0) -> float:
+                      random_start: bool = False, seed: int = 0, sharding: Sharding | None = None) -> float:
     """Keskar et al. 2017's ε-sharpness: ``100 · (max_(δ ∈ C_ε) L(θ + δ) − L(θ)) / (1 + L(θ))``.
 
     The box is ``C_ε = {δ : |δ_i| ≤ ε (|θ_i| + 1)}`` (their Eq. 3 with the full space, A = I).
@@ -43,6 +46,9 @@ def epsilon_sharpness(model: nn.Module, loss_fn: Callable, data: Iterable, epsil
         subnet: Selector of the perturbed parameters.
         random_start: Start at a seeded uniform point of the box instead of δ = 0.
         seed: Seed of the random start (own generator).
+        sharding: Under ``torch.distributed``: :class:`landprobe.Sharding` (``data=True``: the
+            ranks share every pass over the data and each returns the one-process value).
+            ``None``: every rank passes over all the data.
 
     Raises:
         ValueError: On a non-positive ``epsilon``, ``step_size`` or ``steps < 1``.
@@ -61,7 +67,7 @@ def epsilon_sharpness(model: nn.Module, loss_fn: Callable, data: Iterable, epsil
     epsilon = check_positive("epsilon", epsilon)
     step_size = check_positive("step_size", step_size)
     steps = check_int("steps", steps, 1)
-    engine = Engine(model, loss_fn, data)
+    engine = Engine(model, loss_fn, data, sharding=sharding)
     names = select(model, subnet)
     params = dict(model.named_parameters())
     with engine.guard("epsilon_sharpness"):
@@ -118,7 +124,7 @@ def gaussian_noise(theta: ParamVector, sigma: float, seed: int) -> ParamVector:
 
 def pac_bayes_sigma(model: nn.Module, loss_fn: Callable, data: Iterable, target: float = 0.1, *,
                     samples: int = 8, seed: int = 0, sigma_max: float = 1.0, iterations: int = 30,
-                    rtol: float = 1e-3, subnet: Selector | None = None) -> float:
+                    rtol: float = 1e-3, subnet: Selector | None = None, sharding: Sharding | None = None) -> float:
     """Jiang et al. 2019's PAC-Bayes flatness: the largest σ with ``E_u[L(θ + u)] − L(θ) ≤ target``.
 
     ``u ~ N(0, σ² I)`` (standard deviation σ) on the selected parameters; the expectation is a
@@ -139,6 +145,9 @@ def pac_bayes_sigma(model: nn.Module, loss_fn: Callable, data: Iterable, target:
         sigma_max: Initial upper end of the bracket.
         iterations: Most bisection steps. rtol: Relative width at which bisection stops.
         subnet: Selector of the perturbed parameters.
+        sharding: Under ``torch.distributed``: :class:`landprobe.Sharding` (``data=True``: the
+            ranks share every pass over the data and each returns the one-process value).
+            ``None``: every rank passes over all the data.
 
     Raises:
         ValueError: On a non-positive ``target``, ``sigma_max`` or ``rtol``, ``samples`` or
@@ -164,7 +173,7 @@ def pac_bayes_sigma(model: nn.Module, loss_fn: Callable, data: Iterable, target:
     rtol = check_positive("rtol", rtol)
     samples = check_int("samples", samples, 1)
     iterations = check_int("iterations", iterations, 1)
-    engine = Engine(model, loss_fn, data)
+    engine = Engine(model, loss_fn, data, sharding=sharding)
     names = select(model, subnet)
     params = dict(model.named_parameters())
     with engine.guard("pac_bayes_sigma"):

@@ -16,14 +16,16 @@ Convention:
       stimuli; *lifetime* sparseness: over the stimuli for each unit, averaged over units.
       Responses that are all zero (0/0) are left out of the average; values are used as they are
       (ReLU outputs are non-negative, the case the measure is meant for).
+    - Under data sharding (``sharding=landprobe.Sharding(data=True)``) each rank runs the
+      forwards of its own batches and the accumulators' sums are added over the ranks, so every
+      rank returns the one-process values.
 """
 
 from __future__ import annotations
 
 import contextlib
-
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,9 +33,10 @@ import torch
 from torch import Tensor, nn
 
 from landprobe.capacity._common import MODEL, check_model
-from landprobe.common.checks import check_positive
+from landprobe.common.checks import check_int, check_positive
+from landprobe.engine import BatchLoss, Engine, Sharding
+from landprobe.engine.contract import no_batch_error
 from landprobe.params import ParamVector, Selector
-from landprobe.engine import BatchLoss, Engine
 
 __all__ = ["fraction_near_zero", "hoyer", "treves_rolls", "activation_sparseness", "SparsenessAccumulator"]
 
@@ -176,7 +179,7 @@ class SparsenessAccumulator:
     (``population_sum`` over ``population_count``; all-zero stimuli are left out); the units'
     first and second moments are summed for the lifetime sparseness, so :meth:`result` is exact
     over every output seen, without storing one. :func:`activation_sparseness` hooks one per
-    subnet.
+    subnet. Under data sharding, :meth:`all_sum` adds the sums of every rank.
 
     Attributes:
         population_sum, population_count: Σ of the population sparseness over the stimuli seen,
@@ -233,6 +236,78 @@ class SparsenessAccumulator:
         self._s2 += r.pow(2).sum(dim=0)
         self.stimuli += r.shape[0]
 
+    @staticmethod
+    def all_sum(accumulators: Sequence[SparsenessAccumulator], engine: Engine, run: Callable[[], int],
+                what: str = "activation sparseness") -> int:
+        """Run ``run()`` and add the accumulators' sums over the ranks that share the data.
+
+        ``run()`` is this rank's part of the pass: forwards of its batches (e.g. over
+        ``engine.forwards()``) that feed the accumulators, returning how many batches it ran.
+        Under data sharding the sums of every rank are then added (``engine.all_sum``; an
+        exception in ``run`` on one rank raises on every rank), so each accumulator holds the
+        sums over all the ranks' outputs; alone, the accumulators keep what ``run`` added.
+
+        Returns:
+            The batches run, over all the ranks.
+
+        Raises:
+            ValueError: When the ranks' outputs have different numbers of units.
+
+        Example:
+            >>> import torch
+            >>> from landprobe.capacity import SparsenessAccumulator
+            >>> from landprobe.engine import Engine
+            >>> relu = torch.nn.ReLU()
+            >>> engine = Engine(relu, lambda out, y: out.sum(), [(torch.tensor([[2.0, -1.0]]), None)])
+            >>> acc = SparsenessAccumulator()
+            >>> def run():
+            ...     h = relu.register_forward_hook(acc)
+            ...     try:
+            ...         return sum(1 for _ in engine.forwards())
+            ...     finally:
+            ...         h.remove()
+            >>> with engine.guard():
+            ...     SparsenessAccumulator.all_sum([acc], engine, run)
+            1
+            >>> acc.population_sum, acc.stimuli
+            (1.0, 1)
+        """
+        accs = list(accumulators)
+
+        def local() -> list[Tensor]:
+            batches = run()
+            return [torch.tensor([float(batches)], dtype=torch.float64)] + [a._totals() for a in accs]
+        head, *totals = engine.all_sum(local, what)
+        units = [_units_of(t) for t in totals]
+        moments = engine.all_sum(lambda: [m for a, u in zip(accs, units) for m in a._moments(u)], what)
+        it = iter(moments)                     # two per accumulator that saw output anywhere
+        for a, t, u in zip(accs, totals, units):
+            a._load(t, u, [] if u is None else [next(it), next(it)])
+        return int(head[0])
+
+    def _totals(self) -> Tensor:
+        """``[population_sum, population_count, stimuli, units, units², 1 if units]`` (float64)."""
+        u = 0 if self._s1 is None else self._s1.shape[0]
+        return torch.tensor([self.population_sum, float(self.population_count), float(self.stimuli), float(u),
+                             float(u * u), float(self._s1 is not None)], dtype=torch.float64)
+
+    def _moments(self, units: int | None) -> list[Tensor]:
+        """The units' summed first and second moments (zeros when this one saw no output)."""
+        if units is None:
+            return []
+        if self._s1 is None or self._s2 is None:
+            zero = torch.zeros(units, dtype=torch.float64)
+            return [zero, zero.clone()]
+        return [self._s1, self._s2]
+
+    def _load(self, totals: Tensor, units: int | None, moments: list[Tensor]) -> None:
+        """Take the sums ``totals`` and ``moments`` (over the ranks) as this accumulator's."""
+        self.population_sum = float(totals[0])
+        self.population_count = int(totals[1])
+        self.stimuli = int(totals[2])
+        if units is not None:
+            self._s1, self._s2 = moments
+
     def result(self) -> dict[str, float]:
         """``{"population_sparseness": s, "lifetime_sparseness": s}``, means over stimuli and units (NaN if none)."""
         pop = self.population_sum / self.population_count if self.population_count else float("nan")
@@ -243,6 +318,17 @@ class SparsenessAccumulator:
             s = s[m2 > 0]
             life = float(s.mean()) if s.numel() else float("nan")
         return {"population_sparseness": pop, "lifetime_sparseness": life}
+
+
+def _units_of(totals: Tensor) -> int | None:
+    """The number of units all the ranks saw (``None``: no output anywhere), from summed totals."""
+    u_sum, u_sq, seen = (float(v) for v in totals[3:6])
+    if not seen:
+        return None
+    if u_sq * seen != u_sum * u_sum:
+        raise ValueError("the ranks' hooked modules returned different numbers of units; activation sparseness "
+                         "needs a fixed number of units (channels)")
+    return int(u_sum / seen)
 
 
 def _module_of(model: nn.Module, key: Any, sel: Selector) -> nn.Module:
@@ -261,8 +347,8 @@ def _module_of(model: nn.Module, key: Any, sel: Selector) -> nn.Module:
 
 
 def activation_sparseness(model: nn.Module, data: Iterable, subnets: Mapping[Any, Selector] | None = None, *,
-                          max_batches: int | None = None, loss_fn: BatchLoss | None = None
-                          ) -> dict[str, dict[str, float]]:
+                          max_batches: int | None = None, loss_fn: BatchLoss | None = None,
+                          sharding: Sharding | None = None) -> dict[str, dict[str, float]]:
     """Population and lifetime Treves–Rolls sparseness of the outputs of the model and of subnets.
 
     See the module's Convention for units and stimuli. The sums are streamed over batches, so
@@ -273,10 +359,14 @@ def activation_sparseness(model: nn.Module, data: Iterable, subnets: Mapping[Any
         data: Iterable of ``(x, y)`` batches (only ``x`` is used).
         subnets: Mapping name → submodule (a dotted path or the module). ``"model"`` (the
             model's own output) is always included.
-        max_batches: Use only the first batches of ``data``.
+        max_batches: Use only the first batches of ``data`` (>= 1).
         loss_fn: For batches that are not ``(inputs, targets)`` pairs: a
             :class:`~landprobe.BatchLoss` whose function runs the model on the batch (its
             value is ignored; the hooks read the activations).
+        sharding: Under ``torch.distributed``: :class:`landprobe.Sharding` (``data=True``: each
+            rank runs the forwards of its share of the batches, the first ``max_batches`` of
+            the whole data, and the sums are added over the ranks: every rank returns the
+            one-process values). ``None``: every rank runs all the data.
 
     Returns:
         ``{"model": {"population_sparseness": s, "lifetime_sparseness": s}, <subnet>: {...}}``.
@@ -306,22 +396,35 @@ def activation_sparseness(model: nn.Module, data: Iterable, subnets: Mapping[Any
     if loss_fn is not None and not isinstance(loss_fn, BatchLoss):
         raise TypeError(f"loss_fn={loss_fn!r}; activation_sparseness only needs a loss to read batches that are not "
                         f"(inputs, targets) pairs: pass a landprobe.BatchLoss whose fn runs the model, or None")
+    if max_batches is not None:
+        check_int("max_batches", max_batches, 1)
     # the forward of each batch is what the hooks read: model(inputs), or the BatchLoss's fn
-    engine = Engine(model, loss_fn if loss_fn is not None else (lambda o, y: o), data)
+    engine = Engine(model, loss_fn if loss_fn is not None else (lambda o, y: o), data, sharding=sharding)
+    ranks = engine.ranks()
+    # this rank's k-th batch is batch k·W + r of the whole data: those below max_batches
+    limit = None if max_batches is None else len(range(ranks.data_rank, max_batches, ranks.data_world))
     accs = {k: SparsenessAccumulator() for k in modules}
+
+    def run() -> int:
+        seen = 0
+        if limit == 0:
+            return seen
+        with contextlib.closing(engine.forwards()) as passes:
+            for _ in passes:
+                seen += 1
+                if limit is not None and seen >= limit:
+                    break
+        return seen
     handles = []
-    seen = 0
     try:
         with engine.guard("activation_sparseness"):
             engine.set_eval_modes()
             for k, m in modules.items():
                 handles.append(m.register_forward_hook(accs[k]))
-            with contextlib.closing(engine.forwards()) as passes:
-                for _ in passes:
-                    seen += 1
-                    if max_batches is not None and seen >= max_batches:
-                        break
+            batches = SparsenessAccumulator.all_sum(list(accs.values()), engine, run)
     finally:
         for h in handles:
             h.remove()
+    if not batches:
+        raise no_batch_error()
     return {k: a.result() for k, a in accs.items()}

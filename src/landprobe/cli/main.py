@@ -4,6 +4,9 @@ Subcommands are registered through :data:`SUBCOMMANDS`, a dict name → registra
 receives the ``argparse`` sub-parsers object, adds its parser and sets ``func``: a callable
 taking the parsed namespace and returning an exit code. Another module adds one with
 ``landprobe.cli.SUBCOMMANDS["probe"] = register_probe`` (before :func:`main` runs).
+
+Under ``torchrun`` (``torchrun --nproc_per_node N -m landprobe.cli probe ...``) every rank runs
+the command; rank 0 alone writes the output files and prints the results.
 """
 
 from __future__ import annotations
@@ -214,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
 
     Argument errors exit with status 2 and a usage message (argparse); a ``ValueError`` from
     the library (e.g. a data folder that does not exist) is printed as
-    ``landprobe <command>: error: <message>`` and also exits with status 2.
+    ``landprobe <command>: error: <message>`` and also exits with status 2. Under
+    ``torchrun``, a rank whose peers failed (:class:`landprobe.RankFailedError`) prints the
+    same line, naming the rank that failed, and exits with status 1.
 
     Args:
         argv: Arguments (default ``sys.argv[1:]``).
@@ -235,4 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"landprobe {args.command}: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except RuntimeError as exc:
+        from landprobe.engine import RankFailedError
+
+        if not isinstance(exc, RankFailedError):
+            raise
+        print(f"landprobe {args.command}: error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
 

@@ -5,13 +5,21 @@ width is read from them) or any state_dict saved with ``torch.save``, with the m
 ``--model`` (``warship``, ``drcn`` or an import path ``package.module:Class``). The empirical
 error is the study's recursive-supervision loss on T91 x2 patches (``--data``, default the
 repository's ``data/T91`` or the embedded sample) unless ``--loss mse``.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the command starts the process group itself (nccl on
+the GPU of ``LOCAL_RANK`` when CUDA is available, gloo on CPU) and by default the ranks share
+every pass over the data (``--sharding data``), each rank computing the one-process result;
+``--sharding points`` splits the points of a sweep across the ranks instead. Only rank 0 writes
+the output files and prints.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +28,7 @@ import torch
 __all__ = ["register_probe", "load_checkpoint"]
 
 PROBES = ("interpolate", "plane", "connect", "level-set")
+SHARDINGS = ("data", "points")
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -99,26 +108,70 @@ def _loss(args, spec: dict[str, Any]):
     return RecursiveSupervisionLoss(alpha=args.alpha, reduction=spec.get("loss_scaling", "sum_over_pixels"))
 
 
-def _run(args) -> int:
-    from landprobe.probes.landscape import LandscapeProbe
+def _device(args) -> torch.device:
+    """``--device``, else the GPU of ``LOCAL_RANK`` under ``torchrun`` with CUDA, else the CPU."""
+    if args.device is not None:
+        return torch.device(args.device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
 
+
+def _start_ranks(device: torch.device, timeout: float) -> bool:
+    """Start the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1) and none is
+    running: nccl on ``device`` when it is a GPU, gloo otherwise. Whether it started one."""
+    d = torch.distributed
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not d.is_available() or d.is_initialized():
+        return False
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    d.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(seconds=timeout))
+    return True
+
+
+def _run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = _device(args)
+    started = _start_ranks(device, args.timeout)
+    code = _probe(args, device)
+    if started:
+        torch.distributed.destroy_process_group()
+    return code
+
+
+def _probe(args, device: torch.device) -> int:
+    from landprobe.engine import Sharding
+    from landprobe.probes.landscape import LandscapeProbe
+
     sds, specs = zip(*(load_checkpoint(p) for p in args.checkpoints))
     spec = specs[0]
     model = _build_model(args, spec)
     model.load_state_dict(sds[0])
-    probe = LandscapeProbe(model, _loss(args, spec), _data(args, spec), bn=args.bn, progress=not args.no_progress)
+    model.to(device)
+    sharding = Sharding(data=args.sharding == "data", timeout=args.timeout)
+    probe = LandscapeProbe(model, _loss(args, spec), _data(args, spec), bn=args.bn, progress=not args.no_progress,
+                           sharding=sharding)
     kind = args.probe
     need = {"interpolate": 2, "connect": 2, "level-set": 2, "plane": (1, 3)}[kind]
     count = len(sds)
     if (isinstance(need, int) and count != need) or (isinstance(need, tuple) and count not in need):
         raise ValueError(f"landprobe probe {kind} takes {need if isinstance(need, int) else ' or '.join(map(str, need))} "
                          f"checkpoint(s), got {count}")
+    res, line = _result(args, probe, sds)
+    if probe.engine.writes_files:
+        _write(args, res, line)
+    return 0
+
+
+def _result(args, probe, sds) -> tuple[Any, str]:
+    """The probe's result and its one-line summary."""
+    kind, count = args.probe, len(sds)
     if kind == "interpolate":
         res = probe.interpolate(sds[0], sds[1], steps=args.steps, subnet=args.subnet, extend=args.extend)
-        line = f"L(a) {res.loss_a:.6g}  L(b) {res.loss_b:.6g}  barrier {res.barrier:.6g} at alpha {res.argmax_alpha:.3g}"
-    elif kind == "plane":
+        return res, (f"L(a) {res.loss_a:.6g}  L(b) {res.loss_b:.6g}  barrier {res.barrier:.6g} at alpha "
+                     f"{res.argmax_alpha:.3g}")
+    if kind == "plane":
         kw = {"steps": args.steps, "subnet": args.subnet, "seed": args.seed}
         if args.span is not None:
             kw["span"] = args.span
@@ -127,18 +180,21 @@ def _run(args) -> int:
             res = probe.plane(through=sds, **kw)
         else:
             res = probe.plane(sds[0], **kw)
-        line = f"center loss {res.center_loss:.6g}; grid {res.losses.shape}"
-    elif kind == "connect":
+        return res, f"center loss {res.center_loss:.6g}; grid {res.losses.shape}"
+    if kind == "connect":
         res = probe.connect(sds[0], sds[1], method=args.method, bends=args.bends, steps=args.train_steps, lr=args.lr,
                             checkpoint=args.resume_file)
-        line = f"{args.method} path: barrier {res.barrier:.6g}"
-    else:
-        if args.threshold is None:
-            raise ValueError("landprobe probe level-set needs --threshold (a loss value above both endpoints' losses)")
-        res = probe.level_set(sds[0], sds[1], args.threshold, checkpoint=args.resume_file)
-        line = f"connected: {res.connected}"
+        return res, f"{args.method} path: barrier {res.barrier:.6g}"
+    if args.threshold is None:
+        raise ValueError("landprobe probe level-set needs --threshold (a loss value above both endpoints' losses)")
+    res = probe.level_set(sds[0], sds[1], args.threshold, checkpoint=args.resume_file)
+    return res, f"connected: {res.connected}"
+
+
+def _write(args, res: Any, line: str) -> None:
+    """The result's JSON and PNG in ``--out``, and the summary on standard output."""
     out = Path(args.out)
-    stem = kind.replace("-", "_")
+    stem = args.probe.replace("-", "_")
     res.save(out / f"{stem}.json")
     try:
         ax = res.plot()
@@ -149,7 +205,6 @@ def _run(args) -> int:
         print("matplotlib is not installed: no PNG (pip install 'landprobe[plot]')")
     print(line)
     print(f"wrote {out / (stem + '.json')}")
-    return 0
 
 
 def register_probe(sub) -> None:
@@ -160,9 +215,11 @@ def register_probe(sub) -> None:
         >>> a = build_parser().parse_args(["probe", "interpolate", "a.pt", "b.pt", "--steps", "11"])
         >>> a.probe, a.checkpoints, a.steps, a.bn
         ('interpolate', ['a.pt', 'b.pt'], 11, 'eval')
+        >>> a.sharding, a.timeout                   # used under torchrun only
+        ('data', 1800.0)
     """
     p = sub.add_parser("probe", help="probe saved checkpoints: interpolate, plane, connect, level-set",
-                       description=__doc__.split("\n\n")[1])
+                       description=" ".join(__doc__.split("\n\n")[1:3]))
     p.add_argument("probe", choices=PROBES, help="which probe")
     p.add_argument("checkpoints", nargs="+", help="checkpoint files (2 for interpolate/connect/level-set; "
                                                    "1 or 3 for plane: a centre, or three models a b c)")
@@ -187,10 +244,30 @@ def register_probe(sub) -> None:
     p.add_argument("--threshold", type=float, default=None, help="level-set: the loss level")
     p.add_argument("--resume-file", default=None,
                    help="connect / level-set: checkpoint the search to this file; rerun the same command to resume")
-    p.add_argument("--out", default="probe-out", help="output folder (default probe-out)")
+    p.add_argument("--out", default="probe-out", help="output folder (default probe-out; written by rank 0 only)")
+    p.add_argument("--device", default=None,
+                   help="torch device of the model (default: under torchrun with CUDA the GPU of LOCAL_RANK, "
+                        "else cpu)")
+    p.add_argument("--sharding", choices=SHARDINGS, default="data",
+                   help="under torchrun: data (default): the ranks share every pass over the data, each computing "
+                        "the one-process result; points: each rank passes over all the data and the points of a "
+                        "sweep are split across the ranks")
+    p.add_argument("--timeout", type=_positive_seconds, default=1800.0,
+                   help="under torchrun: seconds a rank waits for the others at one exchange before it fails "
+                        "(default 1800)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_with_defaults)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number of seconds, got {text}")
+    return v
 
 
 def _run_with_defaults(args: argparse.Namespace) -> int:

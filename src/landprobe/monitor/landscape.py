@@ -6,6 +6,11 @@ capacity measures of :func:`landprobe.capacity.report`, and the linear interpola
 the previous recorded checkpoint and this one (its barrier, Frankle et al. 2020). Records go
 into a JSON history (written atomically after each record when ``directory`` is given) that
 :class:`MonitorHistory` loads and plots.
+
+Under ``torch.distributed`` the monitor runs on every rank; with a probe built with
+``sharding=landprobe.Sharding(data=True)`` every measure shares its passes over the data among
+the ranks and each rank records the one-process values. Only the process that writes files
+(global rank 0) writes the history and the previous checkpoint.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from landprobe.capacity import MODEL
 from landprobe.capacity import CHEAP_MEASURES, MEASURE_REGISTRY, report
 from landprobe.common.io import restore_floats
 from landprobe.params import ParamVector, Selector, select
-from landprobe.engine import Progress
+from landprobe.engine import Progress, Sharding
 from landprobe.probes import LandscapeProbe
 
 __all__ = ["LandscapeMonitor", "MonitorHistory"]
@@ -163,6 +168,14 @@ class LandscapeMonitor:
     ``directory/monitor.json`` after each record, with the previous checkpoint in
     ``monitor_previous.pt``, so that ``resume=True`` continues an interrupted run.
 
+    Under ``torch.distributed`` construct and call the monitor on every rank. With data
+    sharding (a probe built with ``sharding=landprobe.Sharding(data=True)``, or ``sharding=``
+    here) the loss, the Hessian products, the capacity measures and the interpolation each
+    share their passes over the data among the ranks, and every rank's record equals the
+    one-process record (but for ``seconds``, each rank's own time). Only global rank 0 writes files, and every rank waits for
+    the writes before :meth:`epoch_end` returns; ``resume=True`` reads them on every rank, so
+    ``directory`` must be one that all the ranks see (a shared filesystem).
+
     Args:
         probe_or_model: A :class:`~landprobe.LandscapeProbe`, or a model (then ``loss_fn`` and
             ``data`` build one with ``bn="eval"``).
@@ -179,15 +192,20 @@ class LandscapeMonitor:
         eig_tol: Relative residual tolerance of the top eigenvalue.
         subnets: Mapping name → selector: Hessian blocks and capacity per subnet.
         capacity: ``True`` (the groups of :data:`~landprobe.capacity.CHEAP_MEASURES`), ``False``,
-            ``"all"`` or a list of groups; ``capacity_options`` are passed to ``report``.
+            ``"all"`` or a list of groups; ``capacity_options`` are passed to ``report`` (with the
+            probe's ``sharding`` unless they name one).
         interpolate_steps: Points of the segment between consecutive checkpoints (>= 2).
         directory: Where to write the history (``None``: keep it in memory only).
-        resume: Load the history and previous checkpoint found in ``directory``.
-        verbose: Write one line per record through ``tqdm.write``; ``logger``: a
-            ``logging.Logger`` to use instead.
+        resume: Load the history and previous checkpoint found in ``directory`` (on every rank;
+            ``ValueError`` if the ranks find different ones).
+        verbose: Write one line per record through ``tqdm.write`` (on global rank 0);
+            ``logger``: a ``logging.Logger`` to use instead.
+        sharding: For a model: how the probe it builds uses the ranks of ``torch.distributed``
+            (:class:`landprobe.Sharding`; ``None``: the default). A probe carries its own.
 
     Raises:
-        TypeError: If a model is given without ``loss_fn``/``data``, or a probe with them.
+        TypeError: If a model is given without ``loss_fn``/``data``, or a probe with them (or
+            with ``sharding``).
         ValueError: On ``every < 1``, ``interpolate_steps < 2``, ``trace_matvecs < 4``, an unknown
             capacity group, a selector that matches nothing, or ``resume`` without ``directory``.
 
@@ -216,17 +234,18 @@ class LandscapeMonitor:
                  trace_matvecs: int = 30, eig_tol: float = 1e-4, subnets: Mapping[Any, Selector] | None = None,
                  capacity: bool | str | Sequence[str] = True, capacity_options: Mapping[str, Any] | None = None,
                  interpolate_steps: int = 11, directory: str | Path | None = None, resume: bool = False,
-                 verbose: bool = False, logger: logging.Logger | None = None):
+                 verbose: bool = False, logger: logging.Logger | None = None, sharding: Sharding | None = None):
         if isinstance(probe_or_model, LandscapeProbe):
-            if loss_fn is not None or data is not None:
-                raise TypeError("LandscapeMonitor got a LandscapeProbe and also loss_fn/data; the probe already holds "
-                                "them: pass LandscapeMonitor(probe) or LandscapeMonitor(model, loss_fn, data)")
+            if loss_fn is not None or data is not None or sharding is not None:
+                raise TypeError("LandscapeMonitor got a LandscapeProbe and also loss_fn/data/sharding; the probe "
+                                "already holds them: pass LandscapeMonitor(probe) or LandscapeMonitor(model, "
+                                "loss_fn, data, sharding=...)")
             self.probe = probe_or_model
         elif isinstance(probe_or_model, nn.Module):
             if loss_fn is None or data is None:
                 raise TypeError("LandscapeMonitor(model, loss_fn, data): a model needs loss_fn and data (the batches "
                                 "to measure on); or pass a LandscapeProbe")
-            self.probe = LandscapeProbe(probe_or_model, loss_fn, data)
+            self.probe = LandscapeProbe(probe_or_model, loss_fn, data, sharding=sharding)
         else:
             if isinstance(probe_or_model, type):
                 raise TypeError(f"received the class {probe_or_model.__name__}; pass an instance (model or probe)")
@@ -292,6 +311,8 @@ class LandscapeMonitor:
     def save(self, path: str | Path | None = None) -> Path:
         """Write the history as JSON, atomically (default ``directory/monitor.json``).
 
+        Under ``torch.distributed`` only global rank 0 writes; every rank returns the path.
+
         Example:
             >>> import tempfile, torch
             >>> from landprobe.monitor import LandscapeMonitor
@@ -307,7 +328,9 @@ class LandscapeMonitor:
             if self.directory is None:
                 raise ValueError("LandscapeMonitor.save: give a path, or construct the monitor with directory=")
             path = self.directory / HISTORY_FILE
-        return self.history.save(path)
+        if self.probe.engine.writes_files:
+            return self.history.save(path)
+        return Path(path)
 
     @staticmethod
     def load(path: str | Path) -> MonitorHistory:
@@ -341,14 +364,23 @@ class LandscapeMonitor:
         return self.history.plot(axes, norm=norm)
 
     def _resume(self) -> None:
-        hist_path = self.directory / HISTORY_FILE
-        if hist_path.exists():
-            self._records = list(MonitorHistory.load(hist_path).records)
-        prev_path = self.directory / PREVIOUS_FILE
-        if prev_path.exists():
-            blob = torch.load(prev_path, weights_only=True, map_location=self.probe.engine.device)
-            self._previous = ParamVector(blob["state"])
-            self._previous_epoch = blob["epoch"]
+        """Read the history and the previous checkpoint; under ``torch.distributed`` every rank
+        reads them (an error on one raises on all) and checks that all read the same ones."""
+        def read() -> tuple[list[Any], Any]:
+            hist_path = self.directory / HISTORY_FILE
+            if hist_path.exists():
+                self._records = list(MonitorHistory.load(hist_path).records)
+            prev_path = self.directory / PREVIOUS_FILE
+            if prev_path.exists():
+                blob = torch.load(prev_path, weights_only=True, map_location=self.probe.engine.device)
+                self._previous = ParamVector(blob["state"])
+                self._previous_epoch = blob["epoch"]
+            return [r.get("epoch") for r in self._records], self._previous_epoch
+        found = self.probe.engine.ranks().gather(read, "reading the monitor's files")
+        if any(f != found[0] for f in found):
+            raise ValueError(f"LandscapeMonitor(resume=True): the ranks read different files in {str(self.directory)!r} "
+                             f"(recorded epochs and previous checkpoint per rank: {found}); pass a directory that "
+                             f"every rank reads (a shared filesystem)")
 
     # ------------------------------------------------------------------ recording
     def __call__(self, epoch: int) -> dict[str, Any] | None:
@@ -394,8 +426,9 @@ class LandscapeMonitor:
                     bar.update()
                 rec.update(rec["hessian"][MODEL])
             if self.capacity_groups:
+                options = {"sharding": probe.engine.sharding, **self.capacity_options}
                 rep = report(probe.model, probe.data, self.subnets or None, probe.loss_fn,
-                             measures=self.capacity_groups, progress=probe.progress, **self.capacity_options)
+                             measures=self.capacity_groups, progress=probe.progress, **options)
                 rec["capacity"] = rep.values
                 if rep.skipped:
                     rec["capacity_skipped"] = rep.skipped
@@ -408,10 +441,19 @@ class LandscapeMonitor:
         rec["seconds"] = time.perf_counter() - start
         self._records.append(rec)
         if self.directory is not None:
-            atomic_torch_save({"epoch": int(epoch), "state": current.state_dict()}, self.directory / PREVIOUS_FILE)
-            self.save()
+            self._write(int(epoch), current)
         self._say(rec)
         return rec
+
+    def _write(self, epoch: int, current: ParamVector) -> None:
+        """The previous checkpoint and the history, written by global rank 0; every rank waits for
+        the writes (an error writing them raises on every rank)."""
+        engine = self.probe.engine
+
+        def write() -> None:
+            atomic_torch_save({"epoch": epoch, "state": current.state_dict()}, self.directory / PREVIOUS_FILE)
+            self.save()
+        engine.write_files(write, "writing the monitor's files")
 
     def _curvature(self, subnet: Selector | None) -> dict[str, float]:
         """λ_max (Lanczos) and the Hutch++ trace of one Hessian block."""
@@ -431,7 +473,7 @@ class LandscapeMonitor:
                     interpolation={"alphas": curve.alphas.tolist(), "losses": curve.losses.tolist()})
 
     def _say(self, rec: dict[str, Any]) -> None:
-        if not (self.verbose or self.logger):
+        if not (self.verbose or self.logger) or not self.probe.engine.writes_files:
             return
         parts = [f"epoch {rec['epoch']}", f"loss {rec['loss']:.5g}"]
         if "lambda_max" in rec:
