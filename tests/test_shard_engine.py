@@ -258,3 +258,47 @@ def test_a_rank_that_does_not_answer_times_out_the_others():
     assert outs[0].kind == "RankFailedError" and "within 1 s" in outs[0].message
     assert outs[0].seconds < 3
     assert isinstance(outs[1], Raised)                            # its peer is gone: it fails too, at once
+
+
+# ---------------------------------------------------------------------------- other batch structures
+def _structures(sharding: lp.Sharding | None) -> dict[str, np.ndarray]:
+    """Dict batches through a BatchLoss (whole batches, also for a fit step) and keyword inputs
+    in the pair form (a fit step's batch sliced inside the dict)."""
+    model, loss_fn, data = _uneven("mlp")
+    out: dict[str, np.ndarray] = {}
+
+    def batch_loss(m, batch):
+        return loss_fn(m(batch["x"]), batch["y"])
+    dicts = [{"x": x, "y": y, "tag": "same for all"} for x, y in data]
+    probe = lp.LandscapeProbe(model, lp.BatchLoss(batch_loss), dicts, sharding=sharding, progress=False)
+    a, b = point(model, 1), point(model, 2)
+    out["batchloss.curve"] = probe.interpolate(a, b, steps=3).losses
+    path = probe.connect(a, b, method="polychain", bends=1, steps=4, lr=0.05, eval_points=3)
+    out["batchloss.fit"] = np.array(path.settings["train_losses"])
+
+    class Keyword(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *, features):
+            return self.inner(features)
+    kw_model = Keyword(model)
+    kw_data = [({"features": x}, y) for x, y in data]
+    kw = lp.LandscapeProbe(kw_model, loss_fn, kw_data, sharding=sharding, progress=False)
+    ka, kb = ({f"inner.{k}": v for k, v in p.items()} for p in (a, b))
+    out["keyword.curve"] = kw.interpolate(ka, kb, steps=3).losses
+    out["keyword.fit"] = np.array(kw.connect(ka, kb, method="polychain", bends=1, steps=4, lr=0.05,
+                                             eval_points=3).settings["train_losses"])
+    return out
+
+
+def _structures_sharded(rank: int, world: int) -> dict[str, np.ndarray]:
+    return _structures(lp.Sharding(data=True))
+
+
+def test_batch_losses_and_keyword_inputs_equal_one_process():
+    ref = _structures(None)
+    for rank, got in enumerate(run_ranks(2, _structures_sharded)):
+        assert not isinstance(got, Raised), got
+        _close(got, ref, f"rank {rank}")
