@@ -23,11 +23,11 @@ ROOT_PACKAGE = "<root>"          # landprobe/__init__.py itself
 RANKS = {
     "common": 0,
     "params": 1,
-    "models": 2, "losses": 2, "metrics": 2, "penalties": 2, "darc1": 2,
+    "models": 2, "losses": 2, "metrics": 2, "penalties": 2, "darc1": 2, "optim": 2,
     "data": 3,
     "engine": 4,
     "curvature": 5, "capacity": 5,
-    "probes": 6,
+    "probes": 6, "generalization": 6,
     "monitor": 7,
     "recipes": 8,
     "cli": 9,

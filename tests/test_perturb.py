@@ -219,3 +219,12 @@ def test_errors():
         perturb(probe, sgd, subnet="nope")
     with pytest.raises(ValueError, match="yielded no batch"):
         perturb(lp.LandscapeProbe(model, CASES[0].loss_fn, []), sgd, steps=1)
+
+
+def test_an_optimizers_own_generator_is_put_back():
+    """SGLD draws its noise from a generator it holds: after perturb the same noise comes next."""
+    model, data = CASES[0].build(dtype=torch.float64)
+    opt = lp.optim.SGLD(model.parameters(), lr=0.01, beta=100.0, generator=3)
+    before = opt.state_dict()["generator"].clone()
+    perturb(lp.LandscapeProbe(model, CASES[0].loss_fn, data), opt, scale=0.2, steps=3, repeats=1)
+    assert torch.equal(opt.state_dict()["generator"], before)

@@ -35,6 +35,9 @@ from landprobe.curvature import Eigenpairs, HessianOperator, Spectrum, TraceEsti
 # training-time monitoring
 from landprobe.monitor import LandscapeMonitor, MonitorHistory
 
+# the generalization experiments beside the landscape: SGLD, bounds, memorization, two-phase training
+from landprobe import generalization, optim
+
 # the super-resolution study's layers (subpackages)
 from landprobe import data, losses, metrics, models  # noqa: E402  (after the spine: they may use it)
 from landprobe import recipes  # noqa: E402
@@ -73,6 +76,8 @@ __all__ = [
     "Spectrum",
     "probes",
     "curvature",
+    "optim",
+    "generalization",
     # subpackages
     "data",
     "metrics",

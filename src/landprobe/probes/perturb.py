@@ -186,6 +186,8 @@ def perturb(engine: Engine | HasEngine, optimizer: torch.optim.Optimizer | Calla
     user_opt = _check_optimizer(optimizer, params)
     opt_saved = copy.deepcopy(optimizer.state_dict()) if isinstance(optimizer, torch.optim.Optimizer) else None
     opt_attrs = dict(vars(optimizer)) if user_opt else {}
+    # an optimizer's own generators (SGLD's noise) advance in place: their states are put back too
+    generators = {k: v.get_state() for k, v in opt_attrs.items() if isinstance(v, torch.Generator)}
     pnames = select(model, subnet)
     eval_steps = sorted({0, steps} | (set(range(eval_every, steps, eval_every)) if eval_every else set()))
     ranks = engine.ranks()
@@ -209,6 +211,8 @@ def perturb(engine: Engine | HasEngine, optimizer: torch.optim.Optimizer | Calla
         if user_opt:
             optimizer.__dict__.clear()
             optimizer.__dict__.update(opt_attrs)
+            for k, state in generators.items():
+                opt_attrs[k].set_state(state)
     losses = np.stack([done[r][0] for r in range(repeats)])
     train_losses = np.stack([done[r][1] for r in range(repeats)])
     noise_norms = np.array([done[r][2] for r in range(repeats)], dtype=np.float64)
