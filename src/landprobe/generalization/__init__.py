@@ -13,6 +13,9 @@ bound quantities, memorization of corrupted data, and two-phase training.
 
 from landprobe.generalization.bounds import BoundTrace, BoundTracker, TwoPhaseBound, grad_norm_sq, two_phase_bound
 from landprobe.generalization.langevin import KEEP_MODES, LangevinSamples, effective_sample_size, langevin_sample
+from landprobe.generalization.two_phase import (GATE_TYPES, GatedNetwork, TwoPhaseResult, TwoPhaseRun, check_gates,
+                                                frozen_copy, frozen_gates, gate_modules, two_phase_experiment,
+                                                two_phase_train)
 
 __all__ = [
     # Langevin sampling
@@ -26,4 +29,15 @@ __all__ = [
     "grad_norm_sq",
     "two_phase_bound",
     "TwoPhaseBound",
+    # two-phase training
+    "two_phase_train",
+    "two_phase_experiment",
+    "TwoPhaseRun",
+    "TwoPhaseResult",
+    "frozen_gates",
+    "frozen_copy",
+    "GatedNetwork",
+    "check_gates",
+    "gate_modules",
+    "GATE_TYPES",
 ]
