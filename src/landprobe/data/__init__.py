@@ -4,9 +4,17 @@ MATLAB-compatible bicubic :func:`imresize`, BT.601 colour (:func:`rgb2y`,
 :func:`rgb2ycbcr`, :func:`ycbcr2rgb`), :func:`modcrop`, image reading (:func:`load_y`),
 training patches (:class:`T91Patches`), evaluation sets (:class:`SREvalSet`) and the
 embedded sample (:func:`sample_dir`). See ``docs/sr_conventions.md``.
+
+Corrupted views of any map-style dataset of pairs ``(x, y)`` (Zhang et al. 2017):
+:class:`CorruptLabels`, :class:`ShuffledPixels`, :class:`RandomPixels`,
+:class:`GaussianInputs`, :class:`ShuffledTargets`, the factory :func:`corrupt` and
+:func:`materialize` (a view read once into tensors). See
+``docs/memorization.md``.
 """
 
 from landprobe.data._color import modcrop, rgb2y, rgb2ycbcr, ycbcr2rgb
+from landprobe.data._corruption import (CORRUPTION_KINDS, CorruptLabels, GaussianInputs, RandomPixels,
+                                        ShuffledPixels, ShuffledTargets, corrupt, materialize)
 from landprobe.data._datasets import SREvalSet, T91Patches, bicubic_pair, sr_covariates
 from landprobe.data._images import IMAGE_EXTENSIONS, list_images, load_y
 from landprobe.data._imresize import cubic, imresize, resize_weights
@@ -32,4 +40,13 @@ __all__ = [
     "T91Patches",
     "SREvalSet",
     "sr_covariates",
+    # corrupted views (Zhang et al. 2017)
+    "CorruptLabels",
+    "ShuffledPixels",
+    "RandomPixels",
+    "GaussianInputs",
+    "ShuffledTargets",
+    "corrupt",
+    "materialize",
+    "CORRUPTION_KINDS",
 ]

@@ -13,6 +13,8 @@ bound quantities, memorization of corrupted data, and two-phase training.
 
 from landprobe.generalization.bounds import BoundTrace, BoundTracker, TwoPhaseBound, grad_norm_sq, two_phase_bound
 from landprobe.generalization.langevin import KEEP_MODES, LangevinSamples, effective_sample_size, langevin_sample
+from landprobe.generalization.memorization import (INPUT_VARIANTS, MemorizationOptions, MemorizationResult,
+                                                   classification_error, memorization)
 from landprobe.generalization.two_phase import (GATE_TYPES, GatedNetwork, TwoPhaseResult, TwoPhaseRun, check_gates,
                                                 frozen_copy, frozen_gates, gate_modules, two_phase_experiment,
                                                 two_phase_train)
@@ -29,6 +31,12 @@ __all__ = [
     "grad_norm_sq",
     "two_phase_bound",
     "TwoPhaseBound",
+    # memorization of corrupted data
+    "memorization",
+    "MemorizationOptions",
+    "MemorizationResult",
+    "classification_error",
+    "INPUT_VARIANTS",
     # two-phase training
     "two_phase_train",
     "two_phase_experiment",
