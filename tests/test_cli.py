@@ -96,3 +96,28 @@ def test_reproduce_all_through_the_console_script(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert "Enet/Rnet" in proc.stdout and "bicubic" in proc.stdout
     assert summary["runs"]["mix"]["parameters"] > 0
+
+
+def _one_line_error(err, command):
+    assert err.count("\n") == 1 and err.startswith(f"landprobe {command}: error:") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", [["reproduce", "--setting", "mix"], ["probe", "interpolate", "a.pt", "b.pt"]])
+def test_bad_device_is_a_usage_error(capsys, command):
+    code, err = run_main([*command, "--device", "bogus"], capsys)
+    assert code == 2 and "--device 'bogus' is not a device (expected cpu, cuda, cuda:N, mps)" in err
+    _one_line_error(err, command[0])
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:{n}", "mps"])
+def test_unavailable_device_names_what_is_available(capsys, device):
+    import torch
+
+    device = device.format(n=torch.cuda.device_count())  # cuda:N past the last GPU is never available
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available")
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("MPS is available")
+    code, err = run_main(["reproduce", "--setting", "mix", "--device", device], capsys)
+    assert code == 2 and f"--device '{device}' is not available" in err and "available: cpu" in err
+    _one_line_error(err, "reproduce")

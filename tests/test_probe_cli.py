@@ -81,3 +81,27 @@ def test_probe_connect_writes_a_resumable_checkpoint(checkpoints, tmp_path):
     again = lp.probes.Path.load(tmp_path / "connect.json")
     assert again.settings["resumed_at_step"] == 3
     np.testing.assert_allclose(again.losses, first.losses, rtol=1e-6)
+
+
+@pytest.mark.parametrize("extra, fix", [
+    (["--width", "0.05"], "likely fix: --width 0.125"),               # another width
+    (["--model", "drcn", "--width", "0.125"], "likely fix: --model warship --width 0.125"),  # another model
+])
+def test_checkpoint_that_does_not_fit_is_one_line(tmp_path, capsys, extra, fix):
+    ck = tmp_path / "warship_w0125.pt"
+    torch.save(lp.models.WarshipXZNetBeta(width=0.125).state_dict(), ck)
+    with pytest.raises(SystemExit) as e:
+        main(["probe", "interpolate", str(ck), str(ck), "--out", str(tmp_path), "--no-progress", *extra])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("landprobe probe: error: checkpoint") and "warship_w0125.pt" in err
+    assert "enet.conv1.weight 24x1x3x3" in err and fix in err
+
+
+def test_second_checkpoint_that_does_not_fit_is_named(checkpoints, tmp_path, capsys):
+    other = tmp_path / "drcn.pt"
+    torch.save(lp.models.DRCN(width=0.05).state_dict(), other)
+    with pytest.raises(SystemExit) as e:
+        main(["probe", "interpolate", checkpoints[0], str(other), *_args(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "drcn.pt" in err and "likely fix: --model drcn --width 0.05" in err

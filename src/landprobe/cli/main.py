@@ -16,7 +16,69 @@ import sys
 import time
 from typing import Callable
 
-__all__ = ["main", "SUBCOMMANDS", "build_parser"]
+__all__ = ["main", "SUBCOMMANDS", "build_parser", "check_device"]
+
+DEVICE_FORMS = "cpu, cuda, cuda:N, mps"
+
+
+def _available_devices() -> list[str]:
+    """The devices this process can use: ``cpu``, each ``cuda:N``, ``mps``."""
+    import torch
+
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    return found
+
+
+def check_device(text: str):
+    """``torch.device(text)`` when this process can use it, else a one-line ``ValueError``.
+
+    Every subcommand's ``--device`` goes through it (:func:`main` checks it before running
+    the command), so a bad value is a usage error, exit status 2.
+
+    Example:
+        >>> from landprobe.cli.main import check_device
+        >>> check_device("cpu")
+        device(type='cpu')
+        >>> check_device("bogus")
+        Traceback (most recent call last):
+        ValueError: --device 'bogus' is not a device (expected cpu, cuda, cuda:N, mps)
+        >>> check_device("cuda:99")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: --device 'cuda:99' is not available here...; available: cpu...
+    """
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"--device {text!r} is not a device (expected {DEVICE_FORMS})") from None
+    kind = device.type
+    if kind == "cpu":
+        return device
+    if kind == "cuda":
+        ok = torch.cuda.is_available() and (device.index is None or device.index < torch.cuda.device_count())
+    elif kind == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        ok = mps is not None and mps.is_available()
+    else:  # other backends (xpu, ...) that torch knows: usable when their module says so
+        backend = getattr(torch, kind, None)
+        is_available = getattr(backend, "is_available", None)
+        ok = bool(is_available()) if callable(is_available) else kind == "meta"
+    if not ok:
+        if kind == "cuda" and torch.cuda.is_available():
+            why = f" ({torch.cuda.device_count()} CUDA device(s))"
+        elif kind == "cuda":
+            why = f" (torch {torch.__version__} sees no CUDA device)"
+        else:
+            why = ""
+        raise ValueError(f"--device {text!r} is not available here{why}; available: "
+                         f"{', '.join(_available_devices())}")
+    return device
 
 
 def _positive_int(text: str) -> int:
@@ -216,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``landprobe`` console script.
 
     Argument errors exit with status 2 and a usage message (argparse); a ``ValueError`` from
-    the library (e.g. a data folder that does not exist) is printed as
+    the library (e.g. a data folder that does not exist), a ``--device`` this process cannot
+    use (:func:`check_device`) or a checkpoint that does not fit the model is printed as
     ``landprobe <command>: error: <message>`` and also exits with status 2. Under
     ``torchrun``, a rank whose peers failed (:class:`landprobe.RankFailedError`) prints the
     same line, naming the rank that failed, and exits with status 1.
@@ -236,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if isinstance(getattr(args, "device", None), str):
+            check_device(args.device)
         return int(args.func(args) or 0)
     except ValueError as exc:
         print(f"landprobe {args.command}: error: {exc}", file=sys.stderr)

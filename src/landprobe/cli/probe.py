@@ -62,14 +62,10 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 
 
 def _build_model(args, spec: dict[str, Any]) -> torch.nn.Module:
-    from landprobe import models
-
     name = args.model
     width = args.width if args.width is not None else float(spec.get("width", 1.0))
-    if name == "warship":
-        return models.WarshipXZNetBeta(width=width, recursions=int(spec.get("recursions", 4)))
-    if name == "drcn":
-        return models.DRCN(width=width)
+    if name in _BUILTIN:
+        return _builtin(name, width, spec)
     if ":" not in name:
         raise ValueError(f"--model {name!r}: expected warship, drcn or an import path 'package.module:Class'")
     mod, _, cls = name.partition(":")
@@ -79,6 +75,86 @@ def _build_model(args, spec: dict[str, Any]) -> torch.nn.Module:
         raise ValueError(f"--model {name!r}: cannot import it ({exc})") from exc
     kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
     return factory(**kwargs)
+
+
+_BUILTIN = ("warship", "drcn")
+
+
+def _builtin(name: str, width: float, spec: dict[str, Any]) -> torch.nn.Module:
+    from landprobe import models
+
+    if name == "warship":
+        return models.WarshipXZNetBeta(width=width, recursions=int(spec.get("recursions", 4)))
+    return models.DRCN(width=width)
+
+
+def _shapes(sd: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in sd.items()}
+
+
+def _fitting_width(name: str, file: dict[str, tuple[int, ...]], spec: dict[str, Any]) -> float | None:
+    """The shortest decimal width at which the built-in model ``name`` has the file's shapes."""
+    first = file.get("enet.conv1.weight")
+    if first is None or len(first) < 1:
+        return None
+    from landprobe import models
+
+    feats = (models.WarshipXZNetBeta if name == "warship" else models.DRCN).FEATURES
+    c = first[0]
+    lo, hi = max((c - 0.5) / feats, 1e-9), (c + 0.5) / feats
+    tried = 0
+    for digits in range(1, 7):  # fewest digits first; among equals, the nearest to c / FEATURES
+        step = 10 ** -digits
+        grid = (round(i * step, digits) for i in range(max(1, int(lo / step)), int(hi / step) + 2))
+        for w in sorted((w for w in grid if lo <= w <= hi), key=lambda w: abs(w - c / feats)):
+            tried += 1
+            if tried > 24:
+                return None
+            if _shapes(_builtin(name, w, spec).state_dict()) == file:
+                return w
+    return None
+
+
+def _likely_fix(args, file: dict[str, tuple[int, ...]], spec: dict[str, Any]) -> str:
+    """The flags that make the CLI's model fit the file's keys and shapes, or advice."""
+    for name in sorted(_BUILTIN, key=lambda n: n != args.model):  # the requested model first
+        if set(_shapes(_builtin(name, 0.01, spec).state_dict())) != set(file):
+            continue
+        width = _fitting_width(name, file, spec)
+        flags = ([] if name == args.model else [f"--model {name}"]) + ([f"--width {width:g}"] if width else [])
+        if flags:
+            return "likely fix: " + " ".join(flags)
+        return f"its keys are those of --model {name} but no --width reproduces its shapes"
+    if args.model in _BUILTIN:
+        return ("its keys are those of neither built-in model: pass its class with --model package.module:Class "
+                "(and --model-kwargs)")
+    return "check --model and --model-kwargs"
+
+
+def _check_fits(model: torch.nn.Module, sd: dict[str, torch.Tensor], path: str, args,
+                spec: dict[str, Any]) -> None:
+    """A one-line ``ValueError`` when ``sd``'s keys or shapes differ from ``model``'s.
+
+    It names the file, the first few differences and the likely fix (``--width``, ``--model``).
+    """
+    want, have = _shapes(model.state_dict()), _shapes(sd)
+    if want == have:
+        return
+
+    def dims(shape: tuple[int, ...]) -> str:
+        return "x".join(map(str, shape)) or "scalar"
+    diffs = [f"{k} {dims(have[k])} (model {dims(want[k])})" for k in want if k in have and have[k] != want[k]]
+    missing = [k for k in want if k not in have]
+    extra = [k for k in have if k not in want]
+
+    def few(items: list[str], n: int = 3) -> str:
+        return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
+    parts = ([f"shapes in the file: {few(diffs)}"] if diffs else []) + \
+            ([f"missing keys: {few(missing)}"] if missing else []) + \
+            ([f"unexpected keys: {few(extra)}"] if extra else [])
+    model_desc = f"--model {args.model}" + (f" --width {model.width:g}" if hasattr(model, "width") else "")
+    raise ValueError(f"checkpoint {path!r} does not fit {model_desc}: {'; '.join(parts)}; "
+                     f"{_likely_fix(args, have, spec)}")
 
 
 def _data(args, spec: dict[str, Any]):
@@ -147,6 +223,8 @@ def _probe(args, device: torch.device) -> int:
     sds, specs = zip(*(load_checkpoint(p) for p in args.checkpoints))
     spec = specs[0]
     model = _build_model(args, spec)
+    for path, sd in zip(args.checkpoints, sds):
+        _check_fits(model, sd, path, args, spec)
     model.load_state_dict(sds[0])
     model.to(device)
     sharding = Sharding(data=args.sharding == "data", timeout=args.timeout)
