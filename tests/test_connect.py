@@ -212,3 +212,33 @@ def test_endpoint_of_another_model_raises(valley):
     probe, a, _ = valley
     with pytest.raises(ValueError, match="lacks 1 parameter"):
         connect(probe, a, {"weight": torch.zeros(2)})
+
+
+@pytest.mark.parametrize("method", ["bezier", "polychain"])
+def test_a_diverging_fit_raises_naming_step_lr_and_restores_the_model(method):
+    valley = toys.CurvyValley()
+    probe = toys.toy_probe(valley)
+    a, b = valley.minima()
+    before = snapshot(probe.model)
+    with pytest.raises(lp.probes.FitDivergedError) as info:
+        connect(probe, a, b, method=method, steps=20, lr=1e30)
+    msg = str(info.value)
+    assert isinstance(info.value, FloatingPointError)
+    assert f"connect ({method})" in msg and "at step 3 of 20" in msg and "lr=1e+30" in msg
+    assert "no checkpoint was written (pass checkpoint=...)" in msg
+    assert info.value.step == 3 and info.value.lr == 1e30 and info.value.checkpoint is None
+    assert_same_snapshot(before, snapshot(probe.model))
+
+
+def test_a_diverging_fit_names_the_last_checkpoint_kept(tmp_path):
+    valley = toys.CurvyValley()
+    probe = toys.toy_probe(valley)
+    a, b = valley.minima()
+    before = snapshot(probe.model)
+    ck = tmp_path / "fit.pt"
+    with pytest.raises(lp.probes.FitDivergedError) as info:
+        connect(probe, a, b, method="polychain", steps=200, lr=1e30, checkpoint=ck, checkpoint_every=2)
+    msg = str(info.value)
+    assert "at step 3 of 200" in msg and f"the last checkpoint kept is {str(ck)!r} (step 2)" in msg
+    assert info.value.kept == "step 2" and torch.load(ck, weights_only=True)["step"] == 2
+    assert_same_snapshot(before, snapshot(probe.model))

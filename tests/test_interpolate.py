@@ -375,3 +375,16 @@ def test_module_tensor_attributes_set_while_probing_are_put_back(lazy):
     x, y = data[0]
     nn.functional.mse_loss(model(x), y).backward()      # training still works
     assert model.fc.weight.grad is not None
+
+
+def test_a_huge_grid_is_refused_with_its_size():
+    model = nn.Linear(1, 1, bias=False)
+    probe = lp.LandscapeProbe(model, nn.MSELoss(), [(torch.ones(2, 1), torch.zeros(2, 1))])
+    before = snapshot(model)
+    a, b = {"weight": torch.tensor([[-1.0]])}, {"weight": torch.tensor([[1.0]])}
+    with pytest.raises(ValueError, match=r"would evaluate 4,000,003 points .*MAX_POINTS = 100,000.*smaller extend"):
+        probe.interpolate(a, b, steps=3, extend=1e6)
+    with pytest.raises(ValueError, match=r"200,001 points .*fewer steps"):
+        probe.interpolate(a, b, steps=200_001)
+    assert_same_snapshot(before, snapshot(model))
+    assert len(probe.interpolate(a, b, steps=3, extend=1.0).alphas) == 7     # small grids are untouched

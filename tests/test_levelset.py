@@ -159,3 +159,15 @@ def test_pull_keeps_the_new_bead_near_the_midpoint(optimizer):
     d_free = min((bd - mid).norm() for bd in free.beads[1:-1])
     d_held = min((bd - mid).norm() for bd in held.beads[1:-1])
     assert 0 < d_held < d_free
+
+
+def test_a_diverging_descent_is_an_error_not_a_verdict(tmp_path):
+    p = toys.two_unit_relu()
+    probe = probe_of(p)
+    before = snapshot(p["model"])
+    with pytest.raises(lp.probes.FitDivergedError) as info:
+        level_set(probe, p["a"], p["b"], threshold=0.3, steps=100, lr=1e30, checkpoint=tmp_path / "ls.pt")
+    msg = str(info.value)
+    assert "level_set" in msg and "at step 3 of 100 of descent 1" in msg and "lr=1e+30" in msg
+    assert "no checkpoint was written yet" in msg and "ls.pt" in msg
+    assert_same_snapshot(before, snapshot(p["model"]))

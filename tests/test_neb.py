@@ -160,3 +160,21 @@ def test_nebcycles_and_dicts_give_the_same_path(valley):
     p2 = auto_neb(probe, a, b, schedule=QUICK[:3])
     np.testing.assert_array_equal(p1.losses, p2.losses)
     assert p1.settings["schedule"] == p2.settings["schedule"]
+
+
+def test_a_diverging_cycle_raises_naming_cycle_step_lr_and_checkpoint(tmp_path):
+    valley = toys.CurvyValley()
+    probe = toys.toy_probe(valley)
+    a, b = valley.minima()
+    before = snapshot(probe.model)
+    ck = tmp_path / "neb.pt"
+    schedule = [dict(steps=3, lr=0.001, insert=3), dict(steps=10, lr=1e30, insert=1)]
+    with pytest.raises(lp.probes.FitDivergedError) as info:
+        auto_neb(probe, a, b, schedule=schedule, checkpoint=ck)
+    msg = str(info.value)
+    assert "auto_neb" in msg and "at step 3 of 10 of cycle 2 of 2" in msg and "lr=1e+30" in msg
+    assert f"the last checkpoint kept is {str(ck)!r} (after cycle 1 of 2)" in msg
+    assert_same_snapshot(before, snapshot(probe.model))
+    with pytest.raises(FloatingPointError, match=r"no checkpoint was written \(pass checkpoint=\.\.\.\)"):
+        connect(probe, a, b, method="neb", schedule=[dict(steps=10, lr=1e30, insert=3)])
+    assert_same_snapshot(before, snapshot(probe.model))

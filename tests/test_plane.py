@@ -372,3 +372,12 @@ def test_two_gloo_ranks_give_the_one_process_surface(tmp_path):
         assert got.center_loss == single.center_loss
     # 9 grid points split 5 + 4 across the ranks, 2 batches per point
     assert [int((tmp_path / f"calls{r}").read_text()) for r in range(2)] == [10, 8]
+
+
+def test_a_huge_grid_is_refused_with_its_size():
+    model = nn.Linear(2, 1, bias=False)
+    probe = lp.LandscapeProbe(model, nn.MSELoss(), [(torch.eye(2), torch.zeros(2, 1))])
+    with pytest.raises(ValueError, match=r"would evaluate 1,000,000 points \(1,000 × 1,000\).*MAX_POINTS = 100,000"):
+        plane(probe, steps=1000)
+    with pytest.raises(ValueError, match=r"100,002 points \(2 × 50,001\).*fewer steps"):
+        plane(probe, steps=(2, 50_001))

@@ -5,7 +5,8 @@ family (``interpolate``, ``plane``, ``perturb``, ``curves``), each taking the en
 """
 
 from landprobe.probes import toys
-from landprobe.probes.curves import LevelSet, NebCycle, Path, auto_neb, connect, level_set, paper_schedule
+from landprobe.probes.curves import (FitDivergedError, LevelSet, NebCycle, Path, auto_neb, connect, level_set,
+                                     paper_schedule)
 from landprobe.probes.interpolate import interpolate
 from landprobe.probes.landscape import LandscapeProbe
 from landprobe.probes.perturb import PerturbationResult, perturb
@@ -28,6 +29,8 @@ __all__ = [
     "Path",
     "LevelSet",
     "PerturbationResult",
+    # the error of a path search whose fit met a non-finite loss
+    "FitDivergedError",
     # trajectories
     "TrajectoryRecorder",
     "TrajectoryPCA",

@@ -12,7 +12,11 @@ from landprobe.engine import Engine, HasEngine, as_engine
 from landprobe.params import Selector, select
 from landprobe.probes.results import Curve
 
-__all__ = ["interpolate"]
+__all__ = ["interpolate", "MAX_POINTS"]
+
+#: The most points one ``interpolate`` or ``plane`` call evaluates; a larger grid is refused
+#: with a ValueError that says how many points it would have and how to ask for fewer.
+MAX_POINTS = 100_000
 
 
 def interpolate(engine: Engine | HasEngine, a: Any, b: Any, steps: int = 51, *, subnet: Selector | None = None,
@@ -38,8 +42,9 @@ def interpolate(engine: Engine | HasEngine, a: Any, b: Any, steps: int = 51, *, 
         whole curve.
 
     Raises:
-        ValueError: If ``steps < 2``, ``extend < 0`` or an endpoint lacks a parameter of
-            the model or has another shape (the message names the keys).
+        ValueError: If ``steps < 2``, ``extend < 0``, the grid would exceed ``MAX_POINTS``
+            (100,000) points (``steps + 2·ceil(extend·(steps − 1))``), or an endpoint lacks a
+            parameter of the model or has another shape (the message names the keys).
 
     Example:
         >>> import torch, landprobe as lp
@@ -58,6 +63,13 @@ def interpolate(engine: Engine | HasEngine, a: Any, b: Any, steps: int = 51, *, 
         raise ValueError(f"steps={steps!r}; an interpolation needs an integer of at least 2 (both ends)")
     if not (isinstance(extend, (int, float)) and math.isfinite(extend) and extend >= 0):
         raise ValueError(f"extend={extend!r}; expected a finite fraction >= 0 (e.g. 0.25)")
+    h = 1.0 / (steps - 1)
+    k = int(math.ceil(extend / h - 1e-9)) if extend > 0 else 0
+    if steps + 2 * k > MAX_POINTS:
+        raise ValueError(f"interpolate(steps={steps}, extend={extend!r}) would evaluate {steps + 2 * k:,} points "
+                         f"({steps:,} in [0, 1] and {k:,} past each end), more than MAX_POINTS = {MAX_POINTS:,} per "
+                         f"call; use fewer steps or a smaller extend (the points past the ends are "
+                         f"ceil(extend·(steps − 1)) on each side), or split the range over several calls")
     names = engine.state_names()
     va = engine.as_point(a, "a", names)
     vb = engine.as_point(b, "b", names)
@@ -65,8 +77,6 @@ def interpolate(engine: Engine | HasEngine, a: Any, b: Any, steps: int = 51, *, 
     # Entries outside the subnet lerp from a to a: exactly a.
     b_eff = [tb if n in moving else ta for n, ta, tb in zip(names, va.tensors, vb.tensors)]
     a_list = va.tensors
-    h = 1.0 / (steps - 1)
-    k = int(math.ceil(extend / h - 1e-9)) if extend > 0 else 0
     idx = np.arange(-k, steps + k)
     alphas = idx * h
     alphas[idx == 0] = 0.0

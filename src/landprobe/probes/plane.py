@@ -21,6 +21,7 @@ from landprobe.common.results import Result, require_matplotlib
 from landprobe.engine import Engine, HasEngine, as_engine
 from landprobe.engine.core import Writer
 from landprobe.params import ParamVector, Selector, select
+from landprobe.probes.interpolate import MAX_POINTS
 
 __all__ = ["Surface", "plane", "grid_axis"]
 
@@ -266,6 +267,7 @@ def plane(engine: Engine | HasEngine, center: Any = None, directions: Sequence[A
 
     Raises:
         ValueError: On a bad ``span``, ``steps``, ``normalization``, ``one_d`` or ``margin``;
+            a grid of more than ``MAX_POINTS`` (100,000) points, ``nx·ny``;
             a direction or model lacking a parameter or with another shape; an all-zero
             direction; ``through`` models that coincide (a = b) or lie on one line.
         TypeError: If ``directions``/``through`` are not pairs/triples of vectors.
@@ -343,6 +345,11 @@ class _Plane:
 def _check_args(steps: Any, normalization: Any, one_d: Any) -> tuple[int, int]:
     """``(nx, ny)``, after checking the arguments every kind of plane takes."""
     nx, ny = _parse_steps(steps)
+    if nx * ny > MAX_POINTS:
+        raise ValueError(f"steps={steps!r} would evaluate {nx * ny:,} points ({nx:,} × {ny:,}), more than "
+                         f"MAX_POINTS = {MAX_POINTS:,} per call (landprobe.probes.interpolate.MAX_POINTS); "
+                         f"use fewer steps per axis (e.g. steps={math.isqrt(MAX_POINTS)}), or cover the span "
+                         f"in tiles with several calls and explicit span ranges")
     if normalization not in _NORMALIZATIONS + ("auto",):
         raise ValueError(f"normalization={normalization!r}; expected 'auto', 'filter' (Li et al. 2018, §4), "
                          f"'layer', 'model' or None")

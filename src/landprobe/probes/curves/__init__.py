@@ -7,9 +7,11 @@ step is shared by the ranks and every decision taken on values summed over them,
 rank returns the one-process result, and rank 0 alone writes the checkpoints.
 """
 
+from landprobe.probes.curves.common import FitDivergedError
 from landprobe.probes.curves.connect import connect
 from landprobe.probes.curves.levelset import LevelSet, level_set
 from landprobe.probes.curves.neb import NebCycle, auto_neb, paper_schedule
 from landprobe.probes.curves.path import Path
 
-__all__ = ["Path", "LevelSet", "NebCycle", "connect", "auto_neb", "paper_schedule", "level_set"]
+__all__ = ["Path", "LevelSet", "NebCycle", "FitDivergedError", "connect", "auto_neb", "paper_schedule",
+           "level_set"]

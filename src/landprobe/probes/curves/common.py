@@ -17,8 +17,67 @@ from landprobe.engine import Engine
 from landprobe.params import ParamVector
 from landprobe.probes.curves.path import Path
 
-__all__ = ["check_fingerprint", "read_checkpoint", "endpoints", "polychain_coeffs",
+__all__ = ["FitDivergedError", "diverged", "all_finite", "check_fingerprint", "read_checkpoint", "endpoints", "polychain_coeffs",
            "bezier_coeffs", "evaluate_path", "grid", "make_optimizer"]
+
+
+class FitDivergedError(FloatingPointError):
+    """A fit of a path search (``connect``, ``auto_neb``, ``level_set``) met a non-finite loss.
+
+    Raised instead of returning a result that holds NaN. The message names the fit, the step,
+    the learning rate, a smaller one to try, and the last checkpoint kept (the file a call
+    with the same settings resumes from). The attributes carry the same facts: ``step``
+    (1-based; 0: before the first step), ``lr``, ``checkpoint`` (the path, or ``None`` when
+    none was passed) and ``kept`` (what that checkpoint holds, e.g. ``"step 30"``; ``None``
+    when none was written). Under data sharding the losses checked are summed over the
+    ranks, so every rank raises the same error. The model is restored as after any exception.
+
+    Example:
+        >>> import torch
+        >>> from landprobe.probes import toys
+        >>> from landprobe.probes.curves import FitDivergedError, connect
+        >>> valley = toys.CurvyValley()
+        >>> probe = toys.toy_probe(valley)
+        >>> a, b = valley.minima()
+        >>> try:
+        ...     connect(probe, a, b, method="polychain", steps=20, lr=1e30)
+        ... except FitDivergedError as err:
+        ...     print(err.step, err.lr, err.checkpoint)
+        3 1e+30 None
+    """
+
+    def __init__(self, message: str, *, step: int, lr: float, checkpoint: Any = None, kept: str | None = None):
+        super().__init__(message)
+        self.step, self.lr, self.checkpoint, self.kept = step, lr, checkpoint, kept
+
+
+def diverged(fit: str, what: str, *, step: int, steps: int, lr: float, checkpoint: Any, kept: str | None,
+             where: str = "", adam: bool = True) -> FitDivergedError:
+    """The :class:`FitDivergedError` of ``fit`` (e.g. ``"connect (polychain)"``) whose ``what``
+    (e.g. ``"the training loss became nan"``) happened at ``step`` (1-based) of ``steps``
+    (``where``: e.g. ``" of cycle 2 of 7"``); ``kept`` describes the last checkpoint written
+    to ``checkpoint`` (``None``: none yet).
+
+    Example:
+        >>> str(diverged("connect (bezier)", "the training loss became nan", step=3, steps=10, lr=0.5,
+        ...              checkpoint=None, kept=None))  # doctest: +NORMALIZE_WHITESPACE
+        "connect (bezier): the training loss became nan at step 3 of 10 (lr=0.5); lower lr (e.g. 0.25) or
+        use optimizer='adam'; no checkpoint was written (pass checkpoint=...)"
+    """
+    advice = f"lower lr (e.g. {lr / 2:.6g})" + (" or use optimizer='adam'" if adam else "")
+    if checkpoint is None:
+        saved = "no checkpoint was written (pass checkpoint=...)"
+    elif kept is None:
+        saved = f"no checkpoint was written yet to {str(checkpoint)!r}"
+    else:
+        saved = f"the last checkpoint kept is {str(checkpoint)!r} ({kept})"
+    return FitDivergedError(f"{fit}: {what} at step {step} of {steps}{where} (lr={lr:.6g}); {advice}; {saved}",
+                            step=step, lr=lr, checkpoint=checkpoint, kept=kept)
+
+
+def all_finite(tensors: Sequence[Tensor]) -> bool:
+    """Whether every entry of ``tensors`` is finite."""
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def check_fingerprint(path, saved: dict, fingerprint: dict, what: str) -> None:

@@ -11,6 +11,7 @@ layer of the user's model is rewritten, and the model is restored exactly afterw
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +24,8 @@ from landprobe.common.checks import check_int, check_positive
 from landprobe.common.io import atomic_torch_save
 from landprobe.engine import Engine, HasEngine, as_engine, progress
 from landprobe.params import ParamVector
-from landprobe.probes.curves.common import (bezier_coeffs, endpoints, evaluate_path, grid, make_optimizer,
-                                            polychain_coeffs, read_checkpoint, resume_connect)
+from landprobe.probes.curves.common import (all_finite, bezier_coeffs, diverged, endpoints, evaluate_path, grid,
+                                            make_optimizer, polychain_coeffs, read_checkpoint, resume_connect)
 from landprobe.probes.curves.neb import auto_neb
 from landprobe.probes.curves.path import Path
 
@@ -98,6 +99,9 @@ def connect(engine: Engine | HasEngine, a: Any, b: Any, method: str = "bezier", 
         ValueError: For an unknown ``method`` or ``optimizer``, ``bends`` < 1, ``steps`` < 0,
             ``t_samples`` < 1, ``eval_points`` < 2, a non-positive ``lr``, or endpoints that
             do not fit the model.
+        FitDivergedError: If a step's training loss (summed over the ranks under data
+            sharding) is not finite, or the last step leaves non-finite bends; the message
+            names the step, the learning rate and the last checkpoint kept.
 
     Example:
         >>> import torch, landprobe as lp
@@ -214,6 +218,11 @@ def _train(engine: Engine, curve: _Curve, fit: _FitOptions, settings: dict[str, 
             next(batches)
         settings["resumed_at_step"] = first
     first = first or 0
+    kept = None if fit.checkpoint is None or not first else f"step {first}"
+
+    def fail(what: str, step: int) -> Exception:
+        return diverged(f"connect ({curve.method})", what, step=step, steps=fit.steps, lr=fit.lr,
+                        checkpoint=fit.checkpoint, kept=kept)
     engine.set_fit_modes()
     unchanged = engine.unchanged_check()          # the fit writes only its bends, never the model
     try:
@@ -233,7 +242,9 @@ def _train(engine: Engine, curve: _Curve, fit: _FitOptions, settings: dict[str, 
                             loss.backward()
                     total += float(loss.detach())
                 return total
-            total = engine.reduce_step(leaves, backward)
+            total = engine.reduce_step(leaves, backward)     # summed over the ranks: all of them raise
+            if not math.isfinite(total):
+                raise fail(f"the training loss became {total}", step + 1)
             opt.step()
             unchanged()
             train_losses.append(total)
@@ -243,6 +254,9 @@ def _train(engine: Engine, curve: _Curve, fit: _FitOptions, settings: dict[str, 
                                        "bends": [t.detach().clone() for t in leaves], "optimizer": opt.state_dict(),
                                        "generator": gen.get_state(), "train_losses": list(train_losses)}, path)
                 engine.write_files(save, "writing the checkpoint")
+                kept = f"step {step + 1}"
+        if not all_finite(leaves):                    # the last update, which no later loss has seen
+            raise fail("the bends became non-finite", fit.steps)
     finally:
         for t in leaves:
             t.requires_grad_(False)

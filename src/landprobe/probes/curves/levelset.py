@@ -5,8 +5,9 @@ that stays below L0? Dynamic String Sampling keeps a string of beads from ``a`` 
 Where the straight segment between two consecutive beads rises above L0, it takes the
 segment's midpoint, runs gradient descent from it until the loss falls below L0, and inserts
 the result as a new bead, then works on both halves; it stops when every segment stays below
-L0 (connected) or when a descent or the budget fails (not found). The normalised geodesic
-length (the string's length over ‖a − b‖) tells how far the level set bends.
+L0 (connected) or when a descent or the budget fails (not found). A descent whose loss
+becomes non-finite is no such verdict: it raises ``FitDivergedError``. The normalised
+geodesic length (the string's length over ‖a − b‖) tells how far the level set bends.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from landprobe.common.io import atomic_torch_save
 from landprobe.common.results import Result, require_matplotlib
 from landprobe.engine import Engine, HasEngine, Progress, as_engine
 from landprobe.params import ParamVector
-from landprobe.probes.curves.common import check_fingerprint, endpoints, make_optimizer, read_checkpoint
+from landprobe.probes.curves.common import (check_fingerprint, diverged, endpoints, make_optimizer,
+                                            read_checkpoint)
 
 __all__ = ["LevelSet", "level_set"]
 
@@ -163,6 +165,12 @@ def level_set(engine: Engine | HasEngine, a: Any, b: Any, threshold: float, *, s
     Raises:
         ValueError: If an endpoint's loss is above ``threshold``, or for out-of-range budgets,
             ``lr``, ``margin``, ``pull`` or ``optimizer``.
+        FitDivergedError: If a descent meets a non-finite loss (a step's batch loss or a
+            full-data check, summed over the ranks under data sharding). A descent that ends
+            above the target is evidence of "not found" (``connected=False``); a diverged
+            one says only that ``lr`` is too large for this loss, so it is an error, not a
+            verdict. The message names the descent, the step, the learning rate and the last
+            checkpoint kept.
 
     Example:
         >>> import torch, landprobe as lp
@@ -213,9 +221,11 @@ def level_set(engine: Engine | HasEngine, a: Any, b: Any, threshold: float, *, s
         resumed = read_checkpoint(engine, checkpoint, lambda: string.resume(checkpoint, fingerprint, va, vb, names),
                                   lambda descents: f"{descents} descents, {string.consumed} batches")
         if resumed is not None:
+            search.kept = f"after {resumed} descents"
             for _ in range(string.consumed):         # the batch the interrupted search would take next
                 next(search.batches)
         search.consumed = string.consumed
+        search.checkpoint = checkpoint
         connected, reason = search.run(string, threshold, max_beads, max_depth, checkpoint, fingerprint)
         ts, losses = search.measured(string, pnames)
     length, bead_ts = string.arc(pnames)
@@ -288,6 +298,8 @@ class _Search:
         self.batches = engine.batch_cycle()
         self.checked: dict[tuple[int, int], np.ndarray] = {}
         self.consumed = 0
+        self.checkpoint: Any = None
+        self.kept: str | None = None                 # what the last checkpoint written holds
 
     def segment(self, u: ParamVector, v: ParamVector) -> np.ndarray:
         ut, vt = u.tensors, v.tensors
@@ -301,21 +313,30 @@ class _Search:
             evals = self.engine.sweep(self.names, [writer(float(al)) for al in self.s[1:-1]], "level set")
         return np.array([e.loss for e in evals])
 
-    def descend(self, m: ParamVector) -> tuple[bool, float, int, ParamVector]:
-        """Descend from ``m`` until the full-data loss is at most the target, or the budget ends."""
+    def descend(self, m: ParamVector, where: str = "") -> tuple[bool, float, int, ParamVector]:
+        """Descend from ``m`` until the full-data loss is at most the target, or the budget ends.
+        Raises ``FitDivergedError`` on a non-finite loss (``where``: the descent, for the message)."""
         d, engine = self.descent, self.engine
+
+        def check(value: float, what: str, step: int) -> None:
+            if not math.isfinite(value):              # a global value: every rank raises
+                raise diverged("level_set", f"{what} became {value}", step=step, steps=d.steps, lr=d.lr,
+                               checkpoint=self.checkpoint, kept=self.kept, where=where,
+                               adam=d.optimizer != "adam")
         theta = m.clone()
         leaves = theta.tensors[:self.n_params]
         anchor = [t.clone() for t in leaves]
         opt = make_optimizer(d.optimizer, leaves, d.lr, d.momentum)
         loss = engine.evaluate_at(theta).loss
+        check(loss, "the full-data loss at the midpoint (before the descent)", 0)
         done = 0
         while loss > d.target and done < d.steps:
             engine.set_fit_modes()
             unchanged = engine.unchanged_check()  # new after each full-data check (it restores the model)
             for _ in range(min(d.check_every, d.steps - done)):
-                _, grads = engine.fit_loss_and_grad(leaves, next(self.batches))
+                value, grads = engine.fit_loss_and_grad(leaves, next(self.batches))
                 self.consumed += 1
+                check(value, "the descent's batch loss", done + 1)
                 if d.pull:
                     torch._foreach_add_(grads, torch._foreach_sub(leaves, anchor), alpha=d.pull)
                 for p, g in zip(leaves, grads):
@@ -324,8 +345,7 @@ class _Search:
                 done += 1
             unchanged()
             loss = engine.evaluate_at(theta).loss
-            if not math.isfinite(loss):
-                break
+            check(loss, "the descent's full-data loss", done)
         for p in leaves:
             p.grad = None
         return loss <= d.target, loss, done, theta
@@ -348,7 +368,8 @@ class _Search:
                 if d > max_depth:
                     return False, (f"max_depth={max_depth} reached: the segment between beads {i} and {i + 1} "
                                    f"still rises to {seg.max():.6g}")
-                ok, loss, done, bead = self.descend(beads[i].lerp(beads[i + 1], 0.5))
+                where = f" of descent {string.descents + 1} (from the midpoint of beads {i} and {i + 1})"
+                ok, loss, done, bead = self.descend(beads[i].lerp(beads[i + 1], 0.5), where)
                 string.descents += 1
                 if not ok:
                     return False, (f"descent from the midpoint of beads {i} and {i + 1} ended at loss {loss:.6g} > "
@@ -359,6 +380,7 @@ class _Search:
                 if checkpoint is not None:
                     self.engine.write_files(lambda: string.save(checkpoint, fingerprint, self.consumed),
                                              "writing the checkpoint")
+                    self.kept = f"after {string.descents} descents"
                 bar.update()
         return True, ""
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -26,8 +26,8 @@ from landprobe.common.checks import check_int, check_positive
 from landprobe.common.io import atomic_torch_save
 from landprobe.engine import Engine, HasEngine, Part, Progress, as_engine
 from landprobe.params import ParamVector
-from landprobe.probes.curves.common import (check_fingerprint, endpoints, evaluate_path, polychain_coeffs,
-                                            read_checkpoint)
+from landprobe.probes.curves.common import (all_finite, check_fingerprint, diverged, endpoints, evaluate_path,
+                                            polychain_coeffs, read_checkpoint)
 from landprobe.probes.curves.path import Path
 
 __all__ = ["auto_neb", "paper_schedule", "NebCycle"]
@@ -214,6 +214,9 @@ def auto_neb(engine: Engine | HasEngine, a: Any, b: Any, *, images: int | None =
     Raises:
         ValueError: For an empty schedule, a cycle with bad ``steps``/``lr``/``insert``, a
             spring constant <= 0, ``sub_points`` < 1, or endpoints that do not fit the model.
+        FitDivergedError: If an image's loss on a step's batch (summed over the ranks under
+            data sharding) is not finite, or a cycle's last step leaves non-finite images; the
+            message names the cycle, the step, the learning rate and the last checkpoint kept.
 
     Example:
         >>> from landprobe.probes import toys
@@ -256,13 +259,18 @@ def auto_neb(engine: Engine | HasEngine, a: Any, b: Any, *, images: int | None =
             first, consumed, history = resumed
             for _ in range(consumed):               # the batch the interrupted run would take next
                 next(batches)
+        kept = f"after cycle {first} of {len(cycles)}" if resumed is not None else None
         total_steps = sum(c.steps for c in cycles[first:])
         with Progress("AutoNEB", total_steps, enabled=engine.progress, unit="step") as bar:
             for k in range(first, len(cycles)):
                 cyc = cycles[k]
                 band.insert(cyc.insert, first_cycle=k == 0, tol=insert_tol)
+                def fail(what: str, step: int, cyc: NebCycle = cyc, k: int = k) -> Exception:
+                    # ``kept`` is read when called: the last checkpoint written before this cycle
+                    return diverged("auto_neb", what, step=step, steps=cyc.steps, lr=cyc.lr, checkpoint=checkpoint,
+                                    kept=kept, where=f" of cycle {k + 1} of {len(cycles)}", adam=False)
                 climb_at = _relax(engine, band, cyc, batches, bar, momentum=momentum, spring=spring,
-                                  climbing=climbing and cyc.climbing)
+                                  climbing=climbing and cyc.climbing, fail=fail)
                 consumed += cyc.steps if len(band.images) > 2 else 0
                 history.append({**asdict(cyc), "images": len(band.images)} if climb_at == "skipped"
                                else {**asdict(cyc), "images": len(band.images), "climbing_image": climb_at})
@@ -270,6 +278,7 @@ def auto_neb(engine: Engine | HasEngine, a: Any, b: Any, *, images: int | None =
                     def save(done: int = k + 1, consumed: int = consumed) -> None:
                         _save_neb(checkpoint, fingerprint, done, band.images, history, consumed)
                     engine.write_files(save, "writing the checkpoint")
+                    kept = f"after cycle {k + 1} of {len(cycles)}"
         extra = {"resumed_at_cycle": first} if first else {}
         settings = engine.settings(probe="connect", method="neb", schedule=history, **extra, momentum=momentum,
                                    spring=spring if math.isfinite(spring) else "inf", climbing=climbing,
@@ -354,10 +363,12 @@ class _Band:
 
 
 def _relax(engine: Engine, band: _Band, cyc: NebCycle, batches: Iterator, bar: Progress, *,
-           momentum: float, spring: float, climbing: bool) -> int | None | str:
+           momentum: float, spring: float, climbing: bool,
+           fail: Callable[[str, int], Exception]) -> int | None | str:
     """One cycle's SGD steps on the interior images (nudged gradients, climbing image, springs
     or re-spacing). Returns the climbing image's index (None: none), or ``"skipped"`` when the
-    band has no interior image or the cycle no steps."""
+    band has no interior image or the cycle no steps. Raises ``fail(what, step)`` when an
+    energy (summed over the ranks) is not finite, or the last step leaves non-finite images."""
     images = band.images
     interior = images[1:-1]
     if not interior or cyc.steps == 0:
@@ -368,10 +379,14 @@ def _relax(engine: Engine, band: _Band, cyc: NebCycle, batches: Iterator, bar: P
     climb_at: int | None = None
     engine.set_fit_modes()
     unchanged = engine.unchanged_check()          # the band's images are ours; the model is never written
-    for _ in range(cyc.steps):
+    for step in range(cyc.steps):
         bar.update()
         unchanged()
         energies, forces = _forces(engine, images, next(batches))
+        bad = [i for i, e in enumerate(energies) if not math.isfinite(e)]
+        if bad:
+            raise fail(f"the loss of image {bad[0]} (of {len(images)}, ends included) became {energies[bad[0]]}",
+                       step + 1)
         grads = [ParamVector._wrap(list(band.pnames), g) for g in forces]
         climb_at = (int(np.argmax(energies[1:-1])) + 1) if climbing else None
         for i in range(1, len(images) - 1):
@@ -383,6 +398,8 @@ def _relax(engine: Engine, band: _Band, cyc: NebCycle, batches: Iterator, bar: P
     unchanged()
     for t in leaves:
         t.grad = None
+    if not all_finite(leaves):                        # the last update, which no later energy has seen
+        raise fail("the images became non-finite", cyc.steps)
     return climb_at
 
 
