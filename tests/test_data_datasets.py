@@ -21,6 +21,7 @@ from landprobe.data import (
     rgb2y,
     sample_dir,
 )
+from landprobe.common.io import LoadError
 from landprobe.data import _datasets as datasets_module
 from landprobe.metrics import psnr
 
@@ -160,7 +161,7 @@ class TestSREvalSet:
             SREvalSet(tmp_path, 2)
         (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
         ds = SREvalSet(tmp_path, 2)
-        with pytest.raises(ValueError, match=r"could not read image file .*broken\.png"):
+        with pytest.raises(LoadError, match=r"cannot load .*broken\.png"):
             ds[0]
         with pytest.raises(ValueError, match="`scale` must be an integer >= 2"):
             SREvalSet(tmp_path, 0)

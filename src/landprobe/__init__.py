@@ -6,6 +6,7 @@ capacity measures.
 """
 
 from landprobe.common.version import __version__
+from landprobe.common.io import LoadError
 
 # the spine: parameter vectors and subnet selectors
 from landprobe.params import ParamVector, select, select_subnets
@@ -44,6 +45,7 @@ from landprobe import recipes  # noqa: E402
 
 __all__ = [
     "__version__",
+    "LoadError",
     # spine
     "ParamVector",
     "select",

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from landprobe.common.io import LoadError, load_torch
+
 __all__ = ["register_probe", "load_checkpoint"]
 
 PROBES = ("interpolate", "plane", "connect", "level-set")
@@ -51,7 +53,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise ValueError(f"checkpoint {str(path)!r} does not exist; pass a file written by landprobe reproduce "
                          f"(OUT/SETTING/checkpoint.pt) or by torch.save(model.state_dict(), ...)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_torch(path, map_location="cpu")
+    except LoadError:
+        raise
     except Exception as exc:  # noqa: BLE001 - re-raised with the file named
         raise ValueError(f"cannot read checkpoint {str(path)!r}: {exc}") from exc
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):

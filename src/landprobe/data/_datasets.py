@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from landprobe.common.io import atomic_torch_save
+from landprobe.common.io import LoadError, atomic_torch_save, load_torch
 from landprobe.data._color import modcrop
 from landprobe.data._images import list_images, load_y
 from landprobe.data._imresize import imresize
@@ -181,7 +182,17 @@ class T91Patches(Dataset):
         data = _MEMORY_CACHE.get(key)
         cache_file = None if cache_dir is None else Path(cache_dir) / f"t91patches-{key[:20]}.pt"
         if data is None and cache_file is not None and cache_file.is_file():
-            data = torch.load(cache_file, weights_only=True)
+            try:
+                data = load_torch(cache_file)
+            except LoadError as err:  # a cache cut short or damaged: build it again and overwrite it
+                warnings.warn(f"T91Patches: ignoring the unreadable patch cache ({err}); rebuilding it",
+                              RuntimeWarning, stacklevel=2)
+                data = None
+            if data is not None and not (isinstance(data, dict)
+                                         and {"inputs", "targets", "scales", "image_index"} <= set(data)):
+                warnings.warn(f"T91Patches: the patch cache {str(cache_file)!r} is not one (keys missing); "
+                              f"rebuilding it", RuntimeWarning, stacklevel=2)
+                data = None
         if data is None:
             with _one_thread():
                 data = self._build()

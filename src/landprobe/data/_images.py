@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from landprobe.common.io import LoadError
 from landprobe.data._color import rgb2y
 
 __all__ = ["IMAGE_EXTENSIONS", "list_images", "load_y"]
@@ -64,8 +65,10 @@ def load_y(path: str | os.PathLike) -> np.ndarray:
         ``uint8`` array ``(H, W)``.
 
     Raises:
-        ValueError: If the file cannot be read as an image (names the file) or has an
-            unsupported mode.
+        LoadError: (a ``ValueError``) If the file is missing, is not an image, is truncated or
+            corrupt, or declares more pixels than Pillow's decompression-bomb limit; the message
+            names the file.
+        ValueError: If the image has an unsupported mode.
 
     Example:
         >>> from landprobe.data import load_y, sample_dir
@@ -74,6 +77,7 @@ def load_y(path: str | os.PathLike) -> np.ndarray:
         ('uint8', (128, 128))
     """
     from PIL import Image, UnidentifiedImageError
+    from PIL.Image import DecompressionBombError
 
     path = Path(path)
     try:
@@ -98,9 +102,16 @@ def load_y(path: str | os.PathLike) -> np.ndarray:
                 )
             else:  # RGBA, RGBa, P, PA, CMYK, YCbCr, LAB, HSV, ...
                 arr = np.asarray(im.convert("RGBA" if "A" in mode or mode in ("P", "PA") else "RGB"))[..., :3]
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(
-            f"could not read image file {str(path)!r} ({type(exc).__name__}: {exc}); "
-            "the file is corrupt or not an image: replace or remove it."
-        ) from exc
+    except FileNotFoundError:
+        raise LoadError(path, "the image file does not exist", "check the path") from None
+    except DecompressionBombError as exc:
+        raise LoadError(path, f"the image declares too many pixels to decode safely ({exc})",
+                        "replace it with a real image or remove it (a damaged header, or a decompression bomb)"
+                        ) from exc
+    except UnidentifiedImageError as exc:
+        raise LoadError(path, "the file is not an image Pillow can identify (corrupt, empty or another format)",
+                        "replace or remove it") from exc
+    except (OSError, SyntaxError) as exc:
+        raise LoadError(path, f"the image is truncated or corrupt ({type(exc).__name__}: {exc})",
+                        "replace or remove it") from exc
     return rgb2y(np.ascontiguousarray(arr, dtype=np.uint8))

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from landprobe.common.checks import check_int, check_nonnegative
-from landprobe.common.io import atomic_torch_save, restore_floats
+from landprobe.common.io import atomic_torch_save, load_torch, restore_floats
 from landprobe.common.results import Result, require_matplotlib
 from landprobe.engine import Engine, HasEngine, Progress, as_engine
 from landprobe.generalization.bounds import BoundTracker, grad_norm_sq
@@ -254,7 +254,7 @@ class LangevinSamples(Result):
                                      settings=restore_floats(result.settings))
         if not tensors.exists():
             return result
-        return dataclasses.replace(result, **torch.load(tensors, weights_only=True))
+        return dataclasses.replace(result, **load_torch(tensors))
 
     def plot(self, ax=None, **kwargs):
         """The loss trace against the step, burn-in shaded (matplotlib); returns the axes.

@@ -54,6 +54,8 @@ class Curve(Result):
     loss_b: float
     settings: dict[str, Any] = field(default_factory=dict)
 
+    _same_length = (("alphas", "losses", "stderr"),)  # checked by Result.from_dict when loading
+
     @property
     def barrier(self) -> float:
         return chord_barrier(self.alphas, self.losses, self.loss_a, self.loss_b)[0]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landprobe.common.io import atomic_torch_save
+from landprobe.common.io import atomic_torch_save, load_torch
 from landprobe.common.results import Result, require_matplotlib
 from landprobe.params import ParamVector, Selector, as_param_vector, select
 
@@ -362,7 +362,7 @@ class TrajectoryRecorder:
         return len(self._disk) + len(self._mem)
 
     def _load(self, path: Path) -> dict[str, Tensor]:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_torch(path, map_location="cpu")
         return obj["tensors"]
 
     def _get(self, i: int) -> list[Tensor]:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from landprobe.common.io import load_torch
 from landprobe.engine import Engine
 from landprobe.params import ParamVector
 from landprobe.probes.curves.path import Path
@@ -132,7 +133,7 @@ def read_checkpoint(engine: Engine, path: Any, read: Callable[[], Any],
 def resume_connect(path, fingerprint: dict, leaves: list[Tensor], opt, gen: torch.Generator,
                     train_losses: list[float]) -> int:
     """Load a connect() checkpoint into the bends, optimizer and generator; return its step."""
-    state = torch.load(path, weights_only=True)
+    state = load_torch(path)
     check_fingerprint(path, state.get("fingerprint", {}) if isinstance(state, dict) else {}, fingerprint,
                        "connect()")
     with torch.no_grad():
