@@ -97,3 +97,66 @@ class TestException:
             psnr([[0.0]], torch.zeros(1, 1))
         with pytest.raises(TypeError, match="dtype must be floating point or uint8, got torch.int64"):
             psnr(torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, 2, dtype=torch.long))
+
+
+class TestInputChecks:
+    """Wrongly scaled, mixed-dtype or non-finite inputs raise instead of returning a plausible number."""
+
+    def test_uint8_defaults_to_range_255(self):
+        hr, sr = _pair(5)
+        u8h = (hr * 255).round().to(torch.uint8)
+        u8s = (sr * 255).round().to(torch.uint8)
+        expected = psnr(u8h.double() / 255, u8s.double() / 255)
+        torch.testing.assert_close(psnr(u8h, u8s), expected, rtol=0, atol=1e-9)
+        torch.testing.assert_close(psnr(u8h, u8s, data_range=255), expected, rtol=0, atol=1e-9)
+        got = psnr(u8h[0, 0].numpy(), u8s[0, 0].numpy())
+        assert got == pytest.approx(expected[0].item(), abs=1e-9)
+
+    def test_float_defaults_unchanged(self):
+        hr, sr = _pair(6)
+        torch.testing.assert_close(psnr(hr, sr), psnr(hr, sr, data_range=1.0), rtol=0, atol=0)
+        torch.testing.assert_close(psnr(hr * 255, sr * 255, data_range=255), psnr(hr, sr), rtol=0, atol=1e-9)
+        edge = hr.clone()
+        edge[:, :, 0, 0] = 1.5          # at the limit of the check: accepted
+        assert torch.isfinite(psnr(edge, sr)).all()
+
+    def test_float_0_255_against_the_default_range(self):
+        hr, sr = _pair(7)
+        with pytest.raises(ValueError, match=r"`hr` has values up to .* data_range=1: .*pass data_range=255"):
+            psnr(hr * 255, sr * 255)
+        with pytest.raises(ValueError, match=r"`sr` has mean .* data_range=1, far above white: .*data_range=255"):
+            psnr(hr, sr * 255)
+        with pytest.raises(ValueError, match=r"`hr` has values up to .* data_range=1"):
+            psnr(hr[0, 0].numpy() * 255, sr[0, 0].numpy())
+        with pytest.raises(ValueError, match=r"`hr` has values up to 600 with data_range=255: pass the images' white"):
+            psnr(torch.full((1, 4, 4), 600.0), torch.zeros(1, 4, 4), data_range=255)
+
+    def test_hr_far_below_zero(self):
+        hr, sr = _pair(8)
+        with pytest.raises(ValueError, match=r"`hr` has values down to -0\.9\d*; images must lie in \[0, data_range\]"):
+            psnr(hr * 2 - 1, sr)
+
+    def test_mixed_uint8_and_float(self):
+        hr, sr = _pair(9)
+        u8 = (hr * 255).round().to(torch.uint8)
+        with pytest.raises(ValueError, match=r"`hr` is torch.uint8 and `sr` is torch.float64; give both as uint8"):
+            psnr(u8, sr)
+        with pytest.raises(ValueError, match=r"`hr` is torch.float64 and `sr` is torch.uint8"):
+            psnr(hr, u8, data_range=255)
+        with pytest.raises(ValueError, match="give both as uint8"):
+            psnr(u8[0, 0].numpy(), sr[0, 0].numpy())
+
+    def test_uint8_with_another_range(self):
+        u8 = torch.zeros(1, 1, 4, 4, dtype=torch.uint8)
+        with pytest.raises(ValueError, match=r"uint8 images have data_range=255, got data_range=1.0"):
+            psnr(u8, u8, data_range=1.0)
+
+    @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+    @pytest.mark.parametrize("which", ["hr", "sr"])
+    def test_non_finite(self, bad, which):
+        hr, sr = _pair(10)
+        (hr if which == "hr" else sr)[1, 0, 2, 3] = bad
+        with pytest.raises(ValueError, match=rf"`{which}` contains 1 NaN or inf value\(s\)"):
+            psnr(hr, sr)
+        with pytest.raises(ValueError, match=rf"`{which}` contains 1 NaN or inf"):
+            psnr(hr.float(), sr.float(), shave=3, reduction="mean")

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
-from landprobe.common.io import atomic_torch_save
+from landprobe.common.io import atomic_torch_save, load_torch
 from landprobe.common.results import Result, require_matplotlib
+from landprobe.common.tempfiles import remove_stale_temps
 from landprobe.capacity import MODEL
 from landprobe.capacity import CHEAP_MEASURES, MEASURE_REGISTRY, report
 from landprobe.common.io import restore_floats
@@ -288,6 +288,9 @@ class LandscapeMonitor:
         self._previous: ParamVector | None = None
         self._previous_epoch: Any = None
         self._names = self.probe.engine.state_names()
+        if self.directory is not None and self.probe.engine.writes_files:
+            for name in (HISTORY_FILE, PREVIOUS_FILE):  # left by a run killed while writing them
+                remove_stale_temps(self.directory / name)
         if resume:
             if self.directory is None:
                 raise ValueError("resume=True needs directory= (where monitor.json was written)")
@@ -372,7 +375,7 @@ class LandscapeMonitor:
                 self._records = list(MonitorHistory.load(hist_path).records)
             prev_path = self.directory / PREVIOUS_FILE
             if prev_path.exists():
-                blob = torch.load(prev_path, weights_only=True, map_location=self.probe.engine.device)
+                blob = load_torch(prev_path, map_location=self.probe.engine.device)
                 self._previous = ParamVector(blob["state"])
                 self._previous_epoch = blob["epoch"]
             return [r.get("epoch") for r in self._records], self._previous_epoch

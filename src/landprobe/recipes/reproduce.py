@@ -17,7 +17,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from landprobe.common.io import load_json, save_json
+from landprobe.common.io import load_json, load_torch, save_json
+from landprobe.common.tempfiles import remove_stale_temps
 from landprobe.recipes._train import SUBNETS, Trainer, TrainSpec
 
 __all__ = ["reproduce", "summarize", "summarize_seeds", "PRESETS", "SETTINGS"]
@@ -231,8 +232,11 @@ def _run_setting(spec: TrainSpec, preset, data_dir, data_desc, val_dir, val_desc
 
     trainer = Trainer(spec, patches.inputs, patches.targets, val=val_pairs, out_dir=out_dir,
                       device=device, progress=progress, callback=callback)
+    if trainer.rank == 0:  # left by a run killed while writing its files
+        for name in ("checkpoint.pt", "history.jsonl", "final.json"):
+            remove_stale_temps(out_dir / name)
     if resume and ckpt.exists():
-        trainer.load_state_dict(torch.load(ckpt, weights_only=True, map_location="cpu"))
+        trainer.load_state_dict(load_torch(ckpt, map_location="cpu"))
     if monitor:
         _install_monitor(trainer, out_dir, monitor if isinstance(monitor, dict) else {}, resume)
     start_step = trainer.step

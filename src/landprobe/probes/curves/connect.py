@@ -22,6 +22,7 @@ from torch import Tensor
 
 from landprobe.common.checks import check_int, check_positive
 from landprobe.common.io import atomic_torch_save
+from landprobe.common.tempfiles import remove_stale_temps
 from landprobe.engine import Engine, HasEngine, as_engine, progress
 from landprobe.params import ParamVector
 from landprobe.probes.curves.common import (all_finite, bezier_coeffs, diverged, endpoints, evaluate_path, grid,
@@ -210,6 +211,8 @@ def _train(engine: Engine, curve: _Curve, fit: _FitOptions, settings: dict[str, 
     fingerprint.update(n=int(sum(t.numel() for t in pa.tensors)), norm_a=float(pa.norm()),
                        norm_b=float(pb.norm()), dot_ab=float(pa.dot(pb)))
     train_losses: list[float] = []
+    if fit.checkpoint is not None and engine.writes_files:
+        remove_stale_temps(fit.checkpoint)      # left by a run killed while writing the checkpoint
     first = read_checkpoint(engine, fit.checkpoint,
                             lambda: resume_connect(fit.checkpoint, fingerprint, leaves, opt, gen, train_losses),
                             lambda step: f"step {step}")

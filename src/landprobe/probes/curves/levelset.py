@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from landprobe.common.checks import check_int, check_positive
-from landprobe.common.io import atomic_torch_save
+from landprobe.common.io import atomic_torch_save, load_torch
+from landprobe.common.tempfiles import remove_stale_temps
 from landprobe.common.results import Result, require_matplotlib
 from landprobe.engine import Engine, HasEngine, Progress, as_engine
 from landprobe.params import ParamVector
@@ -218,6 +219,8 @@ def level_set(engine: Engine | HasEngine, a: Any, b: Any, threshold: float, *, s
                        "max_depth": max_depth, "n": int(sum(t.numel() for t in va.tensors)),
                        "norm_a": float(va.norm()), "norm_b": float(vb.norm()), "dot_ab": float(va.dot(vb))}
         string = _String([va, vb], [la, lb], [0, 0])
+        if checkpoint is not None and engine.writes_files:
+            remove_stale_temps(checkpoint)          # left by a run killed while writing the checkpoint
         resumed = read_checkpoint(engine, checkpoint, lambda: string.resume(checkpoint, fingerprint, va, vb, names),
                                   lambda descents: f"{descents} descents, {string.consumed} batches")
         if resumed is not None:
@@ -265,7 +268,7 @@ class _String:
 
     def resume(self, path: Any, fingerprint: dict[str, Any], va: ParamVector, vb: ParamVector,
                names: list[str]) -> int:
-        state = torch.load(path, weights_only=True)
+        state = load_torch(path)
         check_fingerprint(path, state.get("fingerprint", {}), fingerprint, "level_set()")
         self.beads = [va] + [ParamVector._wrap(list(names), list(ts)) for ts in state["interior"]] + [vb]
         self.losses, self.depth = list(state["bead_losses"]), list(state["depth"])

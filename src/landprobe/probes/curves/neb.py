@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from landprobe.common.checks import check_int, check_positive
-from landprobe.common.io import atomic_torch_save
+from landprobe.common.io import atomic_torch_save, load_torch
+from landprobe.common.tempfiles import remove_stale_temps
 from landprobe.engine import Engine, HasEngine, Part, Progress, as_engine
 from landprobe.params import ParamVector
 from landprobe.probes.curves.common import (all_finite, check_fingerprint, diverged, endpoints, evaluate_path,
@@ -253,6 +254,8 @@ def auto_neb(engine: Engine | HasEngine, a: Any, b: Any, *, images: int | None =
         batches = engine.batch_cycle()
         history: list[dict[str, Any]] = []
         first, consumed = 0, 0
+        if checkpoint is not None and engine.writes_files:
+            remove_stale_temps(checkpoint)          # left by a run killed while writing the checkpoint
         resumed = read_checkpoint(engine, checkpoint, lambda: band.resume(checkpoint, fingerprint),
                                   lambda state: f"cycle {state[0]}, {state[1]} batches")
         if resumed is not None:
@@ -309,7 +312,7 @@ class _Band:
         self.per = sub_points + 1
 
     def resume(self, path: Any, fingerprint: dict[str, Any]) -> tuple[int, int, list[dict[str, Any]]]:
-        state = torch.load(path, weights_only=True)
+        state = load_torch(path)
         check_fingerprint(path, state.get("fingerprint", {}), fingerprint, "auto_neb()")
         self.images = ([self.pa] + [ParamVector._wrap(list(self.pnames), list(ts)) for ts in state["interior"]]
                        + [self.pb])
