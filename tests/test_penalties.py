@@ -508,3 +508,79 @@ def test_l2norm_subnet_reports_a_nan_parameter_instead_of_a_norm_of_zero():
     assert math.isnan(penalty.breakdown()["weight"])
     with pytest.raises(ValueError, match="hold NaN or inf"):
         penalty()
+
+
+# --------------------------------------------------------------------------- shared (tied) parameters
+class Tied(nn.Module):
+    """An embedding whose matrix the output layer reuses (``out.weight = emb.weight``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Linear(3, 4, bias=False)
+        self.out = nn.Linear(3, 4)
+        self.out.weight = self.emb.weight
+
+
+def tied_model():
+    torch.manual_seed(0)
+    return Tied().double()
+
+
+def test_tied_parameter_belongs_to_every_module_that_uses_it():
+    model = tied_model()
+    assert [n for n, _ in model.named_parameters()] == ["emb.weight", "out.bias"]
+    pen = SubnetNormPenalty(model, {"out": "l1"})
+    assert pen.subnets == {"out": ["emb.weight", "out.bias"]}
+    w, b = model.emb.weight.detach(), model.out.bias.detach()
+    assert pen().item() == pytest.approx(float(w.abs().sum() + b.abs().sum()), rel=1e-12)
+    assert SubnetNormPenalty(model, {model.out: "l2"}).subnets == {model.out: ["emb.weight", "out.bias"]}
+    assert SubnetNormPenalty(model, {"out.weight": "l2"}).subnets == {"out.weight": ["emb.weight"]}
+
+
+@pytest.mark.parametrize("weight", [1.0, {"emb": 0.5, "out": 0.5}])
+def test_tied_parameter_with_conflicting_kinds_raises_naming_both(weight):
+    with pytest.raises(ValueError, match=r"'emb' and 'out' both select parameter 'emb\.weight'.*'l2' and 'l1'"):
+        SubnetNormPenalty(tied_model(), {"emb": "l2", "out": "l1"}, weight=weight)
+
+
+def test_tied_parameter_with_conflicting_weights_raises_naming_both():
+    with pytest.raises(ValueError, match=r"'emb' and 'out' both select parameter 'emb\.weight'.*weights \(1\.0 and 2\.0\)"):
+        SubnetNormPenalty(tied_model(), {"emb": "l2", "out": "l2"}, weight={"emb": 1.0, "out": 2.0})
+
+
+@pytest.mark.parametrize("kind", ["l2", "l1", "group"])
+def test_tied_parameter_with_same_kind_counted_once(kind):
+    model = tied_model()
+    pen = SubnetNormPenalty(model, {"emb": kind, "out": kind}, weight=0.5)
+    assert pen.subnets == {"emb": ["emb.weight"], "out": ["out.bias"]}
+    w = model.emb.weight.detach().double()
+    b = model.out.bias.detach().double()
+    by_hand = {
+        "l2": ((w ** 2).sum(), (b ** 2).sum()),
+        "l1": (w.abs().sum(), b.abs().sum()),
+        "group": (w.norm(dim=1).sum(), b.abs().sum()),   # bias elements are groups of one
+    }[kind]
+    emb_v, out_v = float(by_hand[0]), float(by_hand[1])
+    raw = pen.breakdown(weighted=False)
+    assert raw["emb"] == pytest.approx(emb_v, rel=1e-12)
+    assert raw["out"] == pytest.approx(out_v, rel=1e-12)
+    assert pen.breakdown() == pytest.approx({"emb": 0.5 * emb_v, "out": 0.5 * out_v}, rel=1e-12)
+    total = pen()
+    assert total.item() == pytest.approx(0.5 * (emb_v + out_v), rel=1e-12)
+    total.backward()
+    g_w = {"l2": 2 * w, "l1": torch.sign(w), "group": w / w.norm(dim=1, keepdim=True)}[kind]
+    g_b = {"l2": 2 * b, "l1": torch.sign(b), "group": torch.sign(b)}[kind]
+    torch.testing.assert_close(model.emb.weight.grad, 0.5 * g_w, **TOL)
+    torch.testing.assert_close(model.out.bias.grad, 0.5 * g_b, **TOL)
+
+
+def test_subnet_whose_parameters_are_all_counted_earlier_is_zero():
+    model = tied_model()
+    pen = SubnetNormPenalty(model, {"out": "l2", "emb": "l2"}, weight=0.5)
+    assert pen.subnets == {"out": ["emb.weight", "out.bias"], "emb": []}
+    w, b = model.emb.weight.detach(), model.out.bias.detach()
+    expected = float((w ** 2).sum() + (b ** 2).sum())
+    assert pen.breakdown(weighted=False) == pytest.approx({"out": expected, "emb": 0.0}, rel=1e-12)
+    assert pen().item() == pytest.approx(0.5 * expected, rel=1e-12)
+    assert pen.backward().item() == pytest.approx(0.5 * expected, rel=1e-12)
+    torch.testing.assert_close(model.emb.weight.grad, w.clone(), **TOL)

@@ -16,7 +16,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ParamVector", "Selector", "select", "select_subnets", "state_names"]
+__all__ = ["ParamVector", "Selector", "select", "select_subnets", "state_names", "match_selector", "no_match_error"]
 
 Selector = Union[str, nn.Module, Sequence[Union[str, nn.Module]]]
 
@@ -41,7 +41,17 @@ def _module_path(model: nn.Module, module: nn.Module) -> str:
     )
 
 
-def _match_one(model: nn.Module, sel: str | nn.Module, names: list[str]) -> list[str]:
+def match_selector(model: nn.Module, sel: str | nn.Module, names: list[str]) -> list[str]:
+    """The names among ``names`` that one selector (a dotted path, a glob, a module or a module
+    type) matches in ``model``; empty when it matches none.
+
+    Example:
+        >>> import torch
+        >>> from landprobe.params import match_selector
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+        >>> match_selector(net, "1", [n for n, _ in net.named_parameters()])
+        ['1.weight', '1.bias']
+    """
     if isinstance(sel, nn.Module):
         path = _module_path(model, sel)
         if path == "":
@@ -65,7 +75,16 @@ def _match_one(model: nn.Module, sel: str | nn.Module, names: list[str]) -> list
     return [n for n in names if n.startswith(prefix)]
 
 
-def _no_match_error(model: nn.Module, sel: Any, names: list[str], what: str) -> ValueError:
+def no_match_error(model: nn.Module, sel: Any, names: list[str], what: str) -> ValueError:
+    """The error for a selector that matched nothing, naming close candidates.
+
+    Example:
+        >>> import torch
+        >>> from landprobe.params import no_match_error
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 1))
+        >>> str(no_match_error(net, "encoder", ["0.weight", "0.bias"], "parameter"))[:46]
+        "subnet selector 'encoder' matched no parameter"
+    """
     candidates = sorted({n.split(".")[0] for n in names} | {m for m, _ in model.named_modules() if m})
     near = difflib.get_close_matches(str(sel), candidates, n=4, cutoff=0.4) or candidates[:6]
     return ValueError(
@@ -108,9 +127,9 @@ def select(model: nn.Module, selector: Selector | None, *, buffers: bool = False
         raise ValueError("subnet selector is an empty list; pass None to select the whole model.")
     chosen: set[str] = set()
     for sel in sels:
-        got = _match_one(model, sel, names)
+        got = match_selector(model, sel, names)
         if not got and not allow_empty:
-            raise _no_match_error(model, sel, names, "buffer" if buffers else "parameter")
+            raise no_match_error(model, sel, names, "buffer" if buffers else "parameter")
         chosen.update(got)
     return [n for n in names if n in chosen]
 

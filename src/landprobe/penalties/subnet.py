@@ -37,7 +37,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-from landprobe.params import Selector, select_subnets
+from landprobe.params import Selector, match_selector, no_match_error
 
 __all__ = ["KINDS", "PRESETS", "SubnetNormPenalty"]
 
@@ -160,7 +160,10 @@ class SubnetNormPenalty:
         model: The ``nn.Module`` instance whose parameters are penalised.
         norms: Mapping selector → kind. A selector is a dotted module path (``"rnet.expand"``),
             a glob on parameter names (``"inet.*"``), a submodule of ``model``, or a tuple of
-            these (see :func:`landprobe.select`); two selectors may not share a parameter.
+            these (see :func:`landprobe.select`). A selected module brings every parameter
+            it uses, a shared (tied) one included under its canonical name (the first name
+            ``named_parameters()`` gives it). Two selectors may share a parameter only with the
+            same kind and weight; it is then penalised once, in the first of them.
             Kinds: ``"l2"`` (Σθ², weight decay), ``"l1"`` (Σ|θ|), ``"l2norm"`` (√Σθ²),
             ``"group"`` (Σ of output-filter L2 norms), ``"spectral"`` (Σ of per-layer largest
             singular values); see the module's ``Convention``.
@@ -180,8 +183,9 @@ class SubnetNormPenalty:
         TypeError: If ``model`` is a class or not an ``nn.Module``, a kind or weight has the
             wrong type, or ``include_bias`` is not a bool.
         ValueError: On an unknown kind, a negative or non-finite weight, weight keys that differ
-            from ``norms``' keys, a selector that matches nothing or overlaps another, a subnet
-            that ``include_bias=False`` empties, or 1-D parameters under ``"spectral"``.
+            from ``norms``' keys, a selector that matches nothing, two selectors that give one
+            parameter different kinds or weights (the message names both and the parameter),
+            a subnet that ``include_bias=False`` empties, or 1-D parameters under ``"spectral"``.
 
     Example:
         >>> import torch, landprobe as lp
@@ -284,7 +288,7 @@ class SubnetNormPenalty:
         _check_options(model, specs, include_bias, power_iterations, init_power_iterations)
         labels = list(specs)
         weights = _resolve_weights(weight, specs)
-        params, members = _resolve_members(model, specs, include_bias)
+        params, members = _resolve_members(model, specs, include_bias, weights)
 
         self._model_name = type(model).__name__
         self._labels = labels
@@ -360,7 +364,8 @@ class SubnetNormPenalty:
 
     @property
     def subnets(self) -> dict[Hashable, list[str]]:
-        """Subnet label → names of the penalised parameters (after ``include_bias``)."""
+        """Subnet label → names of the parameters it penalises (after ``include_bias``; a
+        parameter that several subnets select is listed under the first of them only)."""
         return {k: list(v) for k, v in self._members.items()}
 
     def __repr__(self) -> str:
@@ -387,10 +392,11 @@ class SubnetNormPenalty:
             per_tensor = torch.cat([self._bucket_values(i) for i in range(len(self._buckets))])
             idx = self._bucket_index.to(per_tensor.device)
             bucketed = per_tensor.new_zeros(len(self._labels)).index_add(0, idx, per_tensor)
+        ref = bucketed if bucketed is not None else next(v for ps in parts for v in ps)
         scalars = []
         for ps in parts:
-            if not ps:          # a subnet made only of bucketed matrices
-                ps = [bucketed.new_zeros(())]
+            if not ps:          # bucketed matrices only, or nothing not already counted elsewhere
+                ps = [ref.new_zeros(())]
             scalars.append(ps[0] if len(ps) == 1 else torch.stack(ps).sum())
         values = torch.stack(scalars)
         if bucketed is not None:
@@ -660,24 +666,57 @@ def _resolve_weights(weight: Weight, specs: Mapping[Hashable, Any]) -> dict[Hash
     return {k: w for k in labels}
 
 
-def _resolve_members(model: nn.Module, specs: dict[Hashable, tuple[Selector, str]], include_bias: bool
+def _select_uses(model: nn.Module, selector: Selector) -> list[str]:
+    """Canonical names of every parameter ``selector`` picks, shared (tied) ones included.
+
+    As :func:`landprobe.select`, but matched against every name a parameter has in ``model``
+    (``named_parameters(remove_duplicate=False)``): with ``m.out.weight = m.emb.weight``,
+    ``"out"`` selects the shared matrix too, reported under its canonical name ``"emb.weight"``
+    (the first name ``named_parameters()`` gives it). Returned in model order.
+    """
+    canonical_of: dict[int, str] = {}
+    alias: dict[str, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        alias[name] = canonical_of.setdefault(id(p), name)
+    canonical = list(canonical_of.values())
+    all_names = list(alias)
+    sels = list(selector) if isinstance(selector, (list, tuple)) else [selector]
+    if not sels:
+        raise ValueError("subnet selector is an empty list; pass None to select the whole model.")
+    chosen: set[str] = set()
+    for sel in sels:
+        got = match_selector(model, sel, all_names)
+        if not got:
+            raise no_match_error(model, sel, canonical, "parameter")
+        chosen.update(alias[n] for n in got)
+    return [n for n in canonical if n in chosen]
+
+
+def _resolve_members(model: nn.Module, specs: dict[Hashable, tuple[Selector, str]], include_bias: bool,
+                     weights: Mapping[Hashable, float] | None = None
                      ) -> tuple[dict[str, nn.Parameter], dict[Hashable, list[str]]]:
-    """The model's parameters by name, and subnet label → names of its penalised parameters."""
-    selectors = {label: (list(sel) if isinstance(sel, tuple) else sel) for label, (sel, _) in specs.items()}
-    resolved = select_subnets(model, selectors)
+    """The model's parameters by name, and subnet label → names of its penalised parameters.
+
+    A selected module brings every parameter it uses, shared (tied) ones included, by canonical
+    name. A parameter selected by several subnets must get the same kind and weight from each
+    (else ``ValueError`` naming both selectors and the parameter); it is then penalised once,
+    in the first of these subnets (in the order of ``specs``).
+    """
     params = dict(model.named_parameters())
     members: dict[Hashable, list[str]] = {}
-    for label in specs:
-        names = resolved[label]
+    owner: dict[str, Hashable] = {}
+    for label, (sel, kind) in specs.items():
+        selected = _select_uses(model, sel)
+        names = selected
         if not include_bias:
             names = [n for n in names if params[n].dim() >= 2 and not n.endswith("bias")]
             if not names:
                 raise ValueError(
                     f"subnet {label!r} selects only biases and 1-D parameters "
-                    f"({resolved[label][:4]}), which include_bias=False leaves out; "
+                    f"({selected[:4]}), which include_bias=False leaves out; "
                     f"drop the subnet or pass include_bias=True."
                 )
-        if specs[label][1] == "spectral":
+        if kind == "spectral":
             flat = [n for n in names if params[n].dim() < 2]
             if flat:
                 raise ValueError(
@@ -685,7 +724,29 @@ def _resolve_members(model: nn.Module, specs: dict[Hashable, tuple[Selector, str
                     f"{label!r} selects 1-D/0-D parameter(s) {flat[:6]}. Pass include_bias=False "
                     f"to leave them out, or narrow the selector (e.g. 'rnet.*.weight')."
                 )
-        members[label] = names
+        own = []
+        for n in names:
+            first = owner.get(n)
+            if first is None:
+                owner[n] = label
+                own.append(n)
+                continue
+            first_kind = specs[first][1]
+            if first_kind != kind:
+                raise ValueError(
+                    f"subnet selectors {first!r} and {label!r} both select parameter {n!r}, with "
+                    f"different kinds ({first_kind!r} and {kind!r}); a parameter (shared ones "
+                    f"included) gets one kind only. Narrow one of the selectors (e.g. a glob such "
+                    f"as 'inet.conv1.*') or give both the same kind."
+                )
+            if weights is not None and weights[first] != weights[label]:
+                raise ValueError(
+                    f"subnet selectors {first!r} and {label!r} both select parameter {n!r}, with "
+                    f"different weights ({weights[first]!r} and {weights[label]!r}); a parameter "
+                    f"(shared ones included) gets one weight only. Narrow one of the selectors or "
+                    f"give both the same weight."
+                )
+        members[label] = own
     return params, members
 
 
@@ -698,6 +759,8 @@ def _sort_tensors(labels: list[Hashable], kinds: dict[Hashable, str], members: d
     buckets: dict[tuple[str, tuple[int, ...], torch.dtype, torch.device], list[tuple[int, str]]] = {}
     for pos, label in enumerate(labels):
         kind, names = kinds[label], members[label]
+        if not names:           # every parameter it selects is penalised in an earlier subnet
+            continue
         if kind in ("l2", "l2norm"):
             fused[2].append((label, names))
         elif kind == "l1":
