@@ -456,6 +456,32 @@ def test_activation_sparseness_errors():
         activation_sparseness(m, [(torch.ones(2, 2), None), (torch.ones(3, 2), None)], {"g": "0"})
 
 
+def test_activation_sparseness_warns_on_signed_activations():
+    import warnings
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 5), nn.ReLU()).to(D)
+    data = [(torch.randn(6, 3, dtype=D), None), (torch.randn(4, 3, dtype=D), None)]
+    with pytest.warns(UserWarning, match=r"'tanh'.*most negative -.*non-negative activations.*ReLU") as rec:
+        out = activation_sparseness(net, data, {"tanh": "1", "relu": "3"})
+    assert [str(w.message) for w in rec if "'relu'" in str(w.message)] == []
+    assert sum("'tanh'" in str(w.message) for w in rec) == 1            # once per module, not per batch
+    tanh = torch.cat([net[1](net[0](x)).detach() for x, _ in data])
+    relu = torch.cat([net(x).detach() for x, _ in data])
+    assert float(tanh.min()) < 0 <= float(relu.min())
+    for key, mat in (("tanh", tanh), ("relu", relu)):                    # values as before: used as they are
+        assert out[key]["population_sparseness"] == pytest.approx(treves_rolls(mat, "population"), rel=1e-12)
+        assert out[key]["lifetime_sparseness"] == pytest.approx(treves_rolls(mat, "lifetime"), rel=1e-12)
+    with pytest.raises(ValueError, match=r"'tanh'.*non-negative"):
+        activation_sparseness(net, data, {"tanh": "1"}, strict=True)
+    with warnings.catch_warnings():                                       # ReLU output (and model = ReLU): silent
+        warnings.simplefilter("error")
+        quiet = activation_sparseness(net, data, {"relu": "3"}, strict=True)
+    assert quiet["relu"] == out["relu"] and quiet["model"] == out["model"]
+    acc = lp.capacity.SparsenessAccumulator()
+    acc.add(torch.tensor([[1.0, -0.5], [0.0, 2.0]]))
+    assert acc.min_value == -0.5
+
+
 # ----------------------------------------------------------------------------- report
 def test_report_all_measures_and_round_trip(tmp_path):
     net = relu_net([3, 4, 2], bias=True)

@@ -14,8 +14,11 @@ Convention:
       ``S = (1 − (Σ r/n)² / (Σ r²/n)) / (1 − 1/n)``: 0 for equal responses, 1 when a single
       one is non-zero. *Population* sparseness: over the units for each stimulus, averaged over
       stimuli; *lifetime* sparseness: over the stimuli for each unit, averaged over units.
-      Responses that are all zero (0/0) are left out of the average; values are used as they are
-      (ReLU outputs are non-negative, the case the measure is meant for).
+      Responses that are all zero (0/0) are left out of the average. The measure assumes
+      non-negative responses (e.g. ReLU outputs), where it lies in [0, 1]; values are used as they
+      are, so :func:`activation_sparseness` warns (or, with ``strict=True``, raises) when a hooked
+      subnet returns a negative value (signed values can give a "sparseness" above 1); the
+      model's own output, often signed by design (logits, regression), is reported unchecked.
     - Under data sharding (``sharding=landprobe.Sharding(data=True)``) each rank runs the
       forwards of its own batches and the accumulators' sums are added over the ranks, so every
       rank returns the one-process values.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -185,6 +189,8 @@ class SparsenessAccumulator:
         population_sum, population_count: Σ of the population sparseness over the stimuli seen,
             and their number.
         stimuli: Stimuli seen (all-zero ones included).
+        min_value: The smallest response seen (``inf`` before any; NaNs are ignored): a negative
+            one means the responses are signed, outside the measure's non-negative domain.
 
     Raises:
         ValueError: (from :meth:`add`) When an output has another number of units than the
@@ -211,6 +217,7 @@ class SparsenessAccumulator:
         self._s1: Tensor | None = None
         self._s2: Tensor | None = None
         self.stimuli = 0
+        self.min_value = math.inf
 
     def __call__(self, _module: Any, _inputs: Any, out: Any) -> None:
         if isinstance(out, (list, tuple)):
@@ -235,6 +242,10 @@ class SparsenessAccumulator:
         self._s1 += r.sum(dim=0)
         self._s2 += r.pow(2).sum(dim=0)
         self.stimuli += r.shape[0]
+        if r.numel():
+            low = float(r.min())
+            if low < self.min_value:            # False for NaN: NaNs leave the minimum as it is
+                self.min_value = low
 
     @staticmethod
     def all_sum(accumulators: Sequence[SparsenessAccumulator], engine: Engine, run: Callable[[], int],
@@ -246,6 +257,8 @@ class SparsenessAccumulator:
         Under data sharding the sums of every rank are then added (``engine.all_sum``; an
         exception in ``run`` on one rank raises on every rank), so each accumulator holds the
         sums over all the ranks' outputs; alone, the accumulators keep what ``run`` added.
+        ``min_value`` becomes the smallest over the ranks when it is negative anywhere (a
+        non-negative minimum is left as this rank's own).
 
         Returns:
             The batches run, over all the ranks.
@@ -279,17 +292,33 @@ class SparsenessAccumulator:
             return [torch.tensor([float(batches)], dtype=torch.float64)] + [a._totals() for a in accs]
         head, *totals = engine.all_sum(local, what)
         units = [_units_of(t) for t in totals]
-        moments = engine.all_sum(lambda: [m for a, u in zip(accs, units) for m in a._moments(u)], what)
+        signed = [float(t[6]) > 0 for t in totals]     # some rank saw a negative response
+        ranks = engine.ranks()
+
+        def second() -> list[Tensor]:
+            out = [m for a, u in zip(accs, units) for m in a._moments(u)]
+            # a minimum is not a sum: each rank puts its (negative) minimum in its own slot
+            for a, neg in zip(accs, signed):
+                if neg:
+                    slots = torch.zeros(ranks.data_world, dtype=torch.float64)
+                    slots[ranks.data_rank] = min(a.min_value, 0.0)
+                    out.append(slots)
+            return out
+        moments = engine.all_sum(second, what)
         it = iter(moments)                     # two per accumulator that saw output anywhere
         for a, t, u in zip(accs, totals, units):
             a._load(t, u, [] if u is None else [next(it), next(it)])
+        for a, neg in zip(accs, signed):       # then one per accumulator with a negative response
+            if neg:
+                a.min_value = float(next(it).min())
         return int(head[0])
 
     def _totals(self) -> Tensor:
-        """``[population_sum, population_count, stimuli, units, units², 1 if units]`` (float64)."""
+        """``[population_sum, population_count, stimuli, units, units², 1 if units, 1 if min < 0]`` (float64)."""
         u = 0 if self._s1 is None else self._s1.shape[0]
         return torch.tensor([self.population_sum, float(self.population_count), float(self.stimuli), float(u),
-                             float(u * u), float(self._s1 is not None)], dtype=torch.float64)
+                             float(u * u), float(self._s1 is not None), float(self.min_value < 0)],
+                            dtype=torch.float64)
 
     def _moments(self, units: int | None) -> list[Tensor]:
         """The units' summed first and second moments (zeros when this one saw no output)."""
@@ -348,7 +377,7 @@ def _module_of(model: nn.Module, key: Any, sel: Selector) -> nn.Module:
 
 def activation_sparseness(model: nn.Module, data: Iterable, subnets: Mapping[Any, Selector] | None = None, *,
                           max_batches: int | None = None, loss_fn: BatchLoss | None = None,
-                          sharding: Sharding | None = None) -> dict[str, dict[str, float]]:
+                          sharding: Sharding | None = None, strict: bool = False) -> dict[str, dict[str, float]]:
     """Population and lifetime Treves–Rolls sparseness of the outputs of the model and of subnets.
 
     See the module's Convention for units and stimuli. The sums are streamed over batches, so
@@ -367,12 +396,19 @@ def activation_sparseness(model: nn.Module, data: Iterable, subnets: Mapping[Any
             rank runs the forwards of its share of the batches, the first ``max_batches`` of
             the whole data, and the sums are added over the ranks: every rank returns the
             one-process values). ``None``: every rank runs all the data.
+        strict: Raise instead of warning when a subnet returns a negative value (the model's
+            own output is not checked).
 
     Returns:
         ``{"model": {"population_sparseness": s, "lifetime_sparseness": s}, <subnet>: {...}}``.
 
     Raises:
-        ValueError: If a subnet is not a submodule (e.g. a glob), or ``data`` is empty.
+        ValueError: If a subnet is not a submodule (e.g. a glob), or ``data`` is empty; with
+            ``strict=True``, if a subnet returned a negative value.
+
+    Warns:
+        UserWarning: Once per hooked module that returned a negative value (the measure assumes
+            non-negative activations, such as ReLU outputs), naming it and its smallest value.
 
     Example:
         >>> import torch
@@ -427,4 +463,14 @@ def activation_sparseness(model: nn.Module, data: Iterable, subnets: Mapping[Any
             h.remove()
     if not batches:
         raise no_batch_error()
+    for k, a in accs.items():
+        # the model's own output is often signed (regression, logits): reported as it is, unchecked
+        if a.min_value < 0 and k != MODEL:
+            where = f"subnet {k!r} ({type(modules[k]).__name__})"
+            msg = (f"activation_sparseness: {where} returned negative values (most negative {a.min_value:.6g}); "
+                   f"the Treves-Rolls sparseness assumes non-negative activations such as ReLU outputs, and on "
+                   f"signed values it can leave [0, 1]: hook the module after the ReLU (post-activation) instead")
+            if strict:
+                raise ValueError(msg)
+            warnings.warn(msg, UserWarning, stacklevel=2)
     return {k: a.result() for k, a in accs.items()}
