@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from landprobe.common.hardware import cpu_has_native_bf16 as _native_bf16
+from landprobe.common.hardware import cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -50,16 +51,6 @@ def paired_ratio(t: dict[str, dict], num: str, den: str, clock: str = "runs") ->
     return float(np.median(np.asarray(t[num][clock]) / np.asarray(t[den][clock])))
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo; platform.processor() elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def environment() -> dict:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import shlex
 import sys
 import time
@@ -31,22 +30,13 @@ import torch
 from torch.utils.data import TensorDataset
 
 import landprobe as lp
-from landprobe.common.hardware import cpu_has_native_bf16
+from landprobe.common.hardware import cpu_has_native_bf16, cpu_model
 from landprobe.generalization.memorization import MemorizationOptions, memorization
 from landprobe.recipes import PRESETS
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def provenance(argv: list[str]) -> dict:

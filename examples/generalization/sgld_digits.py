@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 import landprobe as lp
+from landprobe.common.hardware import cpu_model
 from landprobe.common.io import save_json
 from landprobe.generalization.bounds import BoundTracker, grad_norm_sq
 from landprobe.generalization.langevin import langevin_sample
@@ -39,14 +39,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from digits import load_digits_split
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def error(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -31,19 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from digits import load_digits_split
 
+from landprobe.common.hardware import cpu_model
 from landprobe.common.results import require_matplotlib
 from landprobe.generalization.two_phase import two_phase_experiment
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -14,7 +14,26 @@ import warnings
 
 import torch
 
-__all__ = ["cpu_has_native_bf16", "warn_if_slow_autocast"]
+__all__ = ["cpu_model", "cpu_has_native_bf16", "warn_if_slow_autocast"]
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as a run records where it was measured (Linux ``/proc/cpuinfo``;
+    ``platform.processor()`` elsewhere; ``"unknown"`` if neither says).
+
+    Example:
+        >>> from landprobe.common.hardware import cpu_model
+        >>> isinstance(cpu_model(), str) and cpu_model() != ""
+        True
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def cpu_has_native_bf16() -> bool | None:

@@ -253,12 +253,6 @@ class Engine:
                 write()
         self.ranks().gather(one, what)
 
-    def sync(self, what: str) -> None:
-        """Wait until every rank gets here (e.g. all have read a checkpoint before rank 0 writes
-        the next); nothing without a process group."""
-        if rank_and_world()[1] > 1:
-            self.ranks().sync(what)
-
     # ------------------------------------------------------------------ batches
     def batches(self, dtype: torch.dtype | None = None) -> Iterator[tuple[Any, int]]:
         """Prepared batches of one pass over this rank's data, with their sample counts."""
@@ -298,12 +292,14 @@ class Engine:
 
     def _local_batches(self, ranks: Ranks) -> bool:
         """Whether this rank's shard has a batch; ``ValueError`` on every rank if no rank has one."""
+        mine = [False]
+
         def count() -> list[Tensor]:
-            return [torch.tensor([float(any(True for _ in self.data))], dtype=torch.float64)]
-        mine = bool(count()[0])
+            mine[0] = any(True for _ in self.data)
+            return [torch.tensor([float(mine[0])], dtype=torch.float64)]
         if not int(ranks.all_sum(count, "reading the shards")[0]):
             raise no_batch_error()
-        return mine
+        return mine[0]
 
     def cached_batches(self, dtype: torch.dtype | None = None) -> tuple[list[tuple[Any, float]], int]:
         """This rank's batches on the device (floating tensors in ``dtype``) with their weights

@@ -309,10 +309,6 @@ class Ranks:
             merged.update(part)
         return merged
 
-    def sync(self, what: str) -> None:
-        """Wait for every rank of the world (e.g. before a file one rank writes is read)."""
-        self.gather(lambda: None, what)
-
     # ------------------------------------------------------------------ internals
     def _device(self, group: Any = "data") -> torch.device:
         d = torch.distributed
