@@ -204,6 +204,8 @@ def _groups(measures: Sequence[str] | str) -> list[str]:
     if isinstance(measures, str):
         raise ValueError(f"measures={measures!r}; expected 'all', 'cheap' or a list of {known}")
     groups = list(measures)
+    if not groups:
+        raise ValueError(f"measures={measures!r} names no group; pass 'all', 'cheap' or a non-empty list of {known}")
     unknown = [g for g in groups if not isinstance(g, str) or g not in MEASURE_REGISTRY]
     if unknown:
         raise ValueError(f"measures has unknown group(s) {unknown}; expected a list of {known}, 'all' or "

@@ -72,6 +72,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, binar
     flushed, fsynced and renamed over ``path`` only when ``write`` returns.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {str(path)!r}: it is a folder; pass a file path inside it, e.g. "
+                                f"{str(path / 'result.json')!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -119,7 +122,11 @@ def to_jsonable(obj: Any) -> Any:
 
 def save_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 1) -> Path:
     """Write ``obj`` as JSON atomically (non-finite floats stored as strings)."""
-    text = json.dumps(to_jsonable(obj), indent=indent)
+    try:
+        text = json.dumps(to_jsonable(obj), indent=indent)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"cannot write {str(path)!r}: {exc}; keep the values (settings included) to numbers, "
+                        f"strings, lists, dicts, arrays and tensors") from exc
     return atomic_write(path, lambda fh: fh.write(text + "\n"))
 
 
@@ -238,7 +245,14 @@ def _first_line(exc: BaseException) -> str:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` through :func:`atomic_write`; load back with ``weights_only=True``."""
-    return atomic_write(path, lambda fh: torch.save(obj, fh), binary=True)
+    def write(fh: Any) -> None:
+        try:
+            torch.save(obj, fh)
+        except (AttributeError, TypeError, pickle.PicklingError) as exc:
+            raise TypeError(f"cannot write {str(path)!r}: {exc}; save tensors, numbers, strings and containers of "
+                            f"them (not functions or open resources)") from exc
+
+    return atomic_write(path, write, binary=True)
 
 
 def restore_floats(obj: Any) -> Any:

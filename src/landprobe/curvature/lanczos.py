@@ -87,6 +87,8 @@ def lanczos(matvec: Callable[[Tensor], Tensor], v0: Tensor, steps: int, *, resta
         >>> sorted(round(x, 12) for x in torch.linalg.eigvalsh(torch.from_numpy(run.tridiagonal())).tolist())
         [1.0, 2.0, 3.0]
     """
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps={steps!r}; expected an integer >= 1 (Lanczos steps, at most the dimension)")
     v0 = v0.detach().to(torch.float64).reshape(-1)
     n = v0.numel()
     steps = int(min(steps, n))
@@ -260,6 +262,8 @@ def top_eigenvalues(op, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max
         ([0.666666666667, 2.666666666667], [True, True])
     """
     max_iter = _checked_arguments(op.n, k, which, tol, max_iter, method)
+    if atol is not None and not (isinstance(atol, (int, float)) and math.isfinite(atol) and atol >= 0):
+        raise ValueError(f"atol={atol!r}; expected None (the default floor) or a finite absolute residual >= 0")
     v0, warm = _start_vector(op, k, which, tol, max_iter, seed, method, atol, warm_start)
     eps = torch.finfo(op.dtype).eps
     start = op.matvecs

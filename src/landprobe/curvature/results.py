@@ -41,6 +41,8 @@ class Eigenpairs(Result):
         ([4.0, 1.0], [True, False], False)
     """
 
+    # checked by Result.from_dict when loading
+    _same_length = (("values", "residuals"),)
     values: np.ndarray
     residuals: np.ndarray
     converged: np.ndarray
@@ -135,6 +137,8 @@ class Spectrum(Result):
         1.0
     """
 
+    # checked by Result.from_dict when loading
+    _same_length = (("nodes", "weights"), ("grid", "density"))
     nodes: np.ndarray
     weights: np.ndarray
     grid: np.ndarray

@@ -24,13 +24,18 @@ class PrecisionSampler:
 
     def __init__(self, data: Any, precision: float, min_batches: int, batch_size_: int | None, seed: int,
                  control: Callable | None = None, contract: Contract | None = None):
-        from torch.utils.data import DataLoader, Dataset, IterableDataset
+        from torch.utils.data import DataLoader, IterableDataset
         from torch.utils.data._utils.collate import default_collate
 
         if not (isinstance(precision, (int, float)) and 0 < precision < 1 and math.isfinite(precision)):
             raise ValueError(f"precision={precision!r}; expected a relative error in (0, 1), e.g. 0.01 for ±1% (2σ)")
         if not isinstance(min_batches, int) or min_batches < 2:
             raise ValueError(f"min_batches={min_batches!r}; expected an integer >= 2 (a standard error needs two batches)")
+        if batch_size_ is not None and (isinstance(batch_size_, bool) or not isinstance(batch_size_, int)
+                                        or batch_size_ < 1):
+            raise ValueError(f"batch_size={batch_size_!r}; expected None or an integer >= 1 (samples per batch)")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ValueError(f"seed={seed!r}; expected an integer (the seed of the random order)")
         self.precision, self.min_batches = float(precision), min_batches
         self.control = control
         self.contract = contract
@@ -49,11 +54,15 @@ class PrecisionSampler:
             self._order = torch.randperm(len(data), generator=gen).tolist()
             self.population = sum((contract or Contract(None)).samples(b) for b in data)
             return
-        elif isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+        elif hasattr(data, "__getitem__") and hasattr(data, "__len__"):
             dataset, bs, collate = data, batch_size_ or 64, default_collate
         else:
             raise ValueError(f"precision= needs random access to the data (a list of batches, a map-style "
-                             f"Dataset or a DataLoader over one); got {type(data).__name__}")
+                             f"Dataset with __getitem__ and __len__, or a DataLoader over one); got "
+                             f"{type(data).__name__}")
+        if not hasattr(dataset, "__len__"):
+            raise ValueError(f"precision= needs the number of samples, but the DataLoader's dataset "
+                             f"({type(dataset).__name__}) has no __len__; define __len__ or pass precision=None")
         self._mode = "samples"
         self._dataset, self._bs, self._collate = dataset, int(bs), collate
         self.population = len(dataset)

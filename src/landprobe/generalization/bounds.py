@@ -85,6 +85,8 @@ class BoundTrace(Result):
         0.3
     """
 
+    # checked by Result.from_dict when loading
+    _same_length = (("epochs", "steps", "total_time", "k0", "stability", "pac_bayes", "grad_norm_sq"),)
     epochs: np.ndarray
     steps: np.ndarray
     total_time: np.ndarray
@@ -291,7 +293,8 @@ class BoundTracker:
         """Resume from :meth:`state_dict` (the settings must be this tracker's).
 
         Raises:
-            ValueError: If the state was written with other beta, n, lipschitz or lam.
+            ValueError: If the state lacks an entry of :meth:`state_dict` or was written with
+                other beta, n, lipschitz or lam.
 
         Example:
             >>> from landprobe.generalization.bounds import BoundTracker
@@ -300,6 +303,11 @@ class BoundTracker:
             1
         """
         mine = {"beta": self.beta, "n": self.n, "lipschitz": self.lipschitz, "lam": self.lam}
+        keys = ("settings", "steps", "total_time", "k0", "after_k0", "pac", "epoch_g2", "epoch_steps", "records")
+        missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise ValueError(f"state lacks {', '.join(map(repr, missing))}, so it was not written by "
+                             f"BoundTracker.state_dict(); pass what a tracker's state_dict() returned")
         if state["settings"] != mine:
             raise ValueError(f"the state was written by a tracker with settings {state['settings']}, but this one "
                              f"has {mine}; build the tracker with the same beta, n, lipschitz and lam")

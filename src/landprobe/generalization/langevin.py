@@ -232,8 +232,12 @@ class LangevinSamples(Result):
             >>> _ = r.save(f); LangevinSamples.load(f).samples.tolist()
             [[1.0]]
         """
-        atomic_torch_save({name: getattr(self, name) for name in _TENSOR_FIELDS}, self.tensors_path(path))
-        return super().save(path)
+        tensors = atomic_torch_save({name: getattr(self, name) for name in _TENSOR_FIELDS}, self.tensors_path(path))
+        try:
+            return super().save(path)
+        except BaseException:
+            tensors.unlink(missing_ok=True)  # no tensors without their JSON
+            raise
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LangevinSamples:

@@ -765,6 +765,9 @@ def memorization(
     if isinstance(model_factory, nn.Module) or not callable(model_factory):
         raise TypeError(f"memorization: model_factory is a {type(model_factory).__name__}; pass a function that "
                         f"builds a new model from a seed, e.g. lambda seed: MyNet()")
+    if isinstance(model_factory, type) and issubclass(model_factory, nn.Module):
+        raise TypeError(f"memorization: model_factory is the class {model_factory.__name__}, which would be called "
+                        f"with the seed; pass a function of the seed, e.g. lambda seed: {model_factory.__name__}(...)")
     n_train = len(_check_dataset(train, "train"))
     _check_dataset(test, "test")
     opts = options if options is not None else MemorizationOptions()

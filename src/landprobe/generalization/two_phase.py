@@ -718,6 +718,8 @@ class TwoPhaseResult(Result):
         [1.1, 0.1414]
     """
 
+    # checked by Result.from_dict when loading (the train errors may be empty: files without them)
+    _same_length = (("seeds", "base_error", "two_phase_error", "darc1_error"),)
     seeds: list[int]
     base_error: np.ndarray
     two_phase_error: np.ndarray

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -229,7 +230,8 @@ class PSNRTracker(_EpochTracker):
             epochs 1-15, 16-30, 31-45.
 
     Raises:
-        ValueError: If ``stages`` is malformed, or on ``end_epoch()`` with no update.
+        ValueError: If ``stages``, ``shave`` or ``data_range`` is malformed, or on
+            ``end_epoch()`` with no update.
 
     Example:
         >>> import torch
@@ -248,6 +250,11 @@ class PSNRTracker(_EpochTracker):
 
     def __init__(self, shave: int = 0, data_range: float = 1.0, stages: Sequence[Sequence[int]] = DEFAULT_STAGES) -> None:
         super().__init__(stages)
+        if isinstance(shave, bool) or not isinstance(shave, (int, np.integer)) or shave < 0:
+            raise ValueError(f"PSNRTracker: `shave` must be a non-negative integer (the scale factor), got {shave!r}.")
+        if isinstance(data_range, bool) or not isinstance(data_range, (int, float)) or not 0 < data_range < math.inf:
+            raise ValueError(f"PSNRTracker: `data_range` must be a positive number (1.0 for [0, 1] images, 255 for "
+                             f"[0, 255]), got {data_range!r}.")
         self.shave, self.data_range = int(shave), float(data_range)
 
     def _settings(self) -> dict[str, Any]:
@@ -300,7 +307,8 @@ class EmpiricalErrorTracker(_EpochTracker):
         """Add a batch's mean loss (float or 0-d tensor) over ``n`` samples; return it.
 
         Raises:
-            ValueError: If ``n`` is not a positive integer.
+            ValueError: If ``n`` is not a positive integer or ``loss`` holds more than one number.
+            TypeError: If ``loss`` is not a number.
 
         Example:
             >>> import torch
@@ -310,5 +318,12 @@ class EmpiricalErrorTracker(_EpochTracker):
         """
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"EmpiricalErrorTracker.update: `n` must be the batch size, a positive integer; got {n!r}.")
-        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+        if isinstance(loss, torch.Tensor) and loss.numel() != 1:
+            raise ValueError(f"EmpiricalErrorTracker.update: `loss` has shape {tuple(loss.shape)}; pass the batch's "
+                             f"mean loss, one number (e.g. loss_fn(out, y) with reduction='mean').")
+        try:
+            value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"EmpiricalErrorTracker.update: `loss`={loss!r} is not a number; pass the batch's mean "
+                            f"loss as a float or a 0-d tensor.") from exc
         return self._add(value * n, n)

@@ -97,6 +97,10 @@ class SGLD(torch.optim.Optimizer):
         defaults = {"lr": check_nonnegative("lr", lr, "the step size"), "beta": _check_beta(beta),
                     "weight_decay": check_nonnegative("weight_decay", weight_decay, "the L2 coefficient")}
         self._device: torch.device | None = None
+        params = list(params)
+        if not params:
+            raise ValueError("SGLD: params is empty; pass the parameters to sample, e.g. SGLD(model.parameters(), "
+                             "lr=1e-3, beta=1e4), for a model that has parameters")
         super().__init__(params, defaults)
         self._generator = self._make_generator(generator)
 

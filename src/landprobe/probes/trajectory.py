@@ -56,6 +56,8 @@ class TrajectoryPCA(Result):
         ((-0.5, 2.5), (-1.5, 1.5))
     """
 
+    # checked by Result.from_dict when loading
+    _same_length = (("steps", "coords"), ("explained_variance_ratio", "singular_values"))
     steps: np.ndarray
     coords: np.ndarray
     explained_variance_ratio: np.ndarray
@@ -131,6 +133,8 @@ class TrajectoryMDS(Result):
         (0.0, 5.0)
     """
 
+    # checked by Result.from_dict when loading
+    _same_length = (("steps", "coords", "distances"),)
     steps: np.ndarray
     coords: np.ndarray
     distances: np.ndarray

@@ -23,11 +23,12 @@ import torch
 from torch import Tensor
 
 from landprobe.common.checks import check_int, check_positive
-from landprobe.common.io import atomic_torch_save, load_torch
+from landprobe.common.io import atomic_torch_save
 from landprobe.common.tempfiles import remove_stale_temps
 from landprobe.common.results import Result, require_matplotlib
 from landprobe.engine import Engine, HasEngine, Progress, as_engine
 from landprobe.params import ParamVector
+from landprobe.probes.curves.common import load_checkpoint
 from landprobe.probes.curves.common import (check_fingerprint, diverged, endpoints, make_optimizer,
                                             read_checkpoint)
 
@@ -64,6 +65,8 @@ class LevelSet(Result):
         (True, 0.9)
     """
 
+    # checked by Result.from_dict when loading
+    _same_length = (("ts", "losses"), ("bead_ts", "bead_losses"))
     connected: bool
     reason: str
     threshold: float
@@ -268,8 +271,8 @@ class _String:
 
     def resume(self, path: Any, fingerprint: dict[str, Any], va: ParamVector, vb: ParamVector,
                names: list[str]) -> int:
-        state = load_torch(path)
-        check_fingerprint(path, state.get("fingerprint", {}), fingerprint, "level_set()")
+        state = load_checkpoint(path, "level_set()")
+        check_fingerprint(path, state["fingerprint"], fingerprint, "level_set()")
         self.beads = [va] + [ParamVector._wrap(list(names), list(ts)) for ts in state["interior"]] + [vb]
         self.losses, self.depth = list(state["bead_losses"]), list(state["depth"])
         self.position, self.descents = int(state["position"]), int(state["descents"])

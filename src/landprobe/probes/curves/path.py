@@ -51,6 +51,8 @@ class Path(Result):
         (1.5, 0.5, 3.0)
     """
 
+    # checked by Result.from_dict when loading
+    _same_length = (("ts", "losses", "stderr"), ("knots", "knot_losses"))
     ts: np.ndarray
     losses: np.ndarray
     stderr: np.ndarray
