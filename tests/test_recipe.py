@@ -369,6 +369,27 @@ def test_demo_argument_errors(tmp_path):
         lp.recipes.demo(out=tmp_path, points=1)
     with pytest.raises(ValueError, match="threads=0"):
         lp.recipes.demo(out=tmp_path, threads=0)
+    with pytest.raises(ValueError, match="extend=-0.1"):
+        lp.recipes.demo(out=tmp_path, extend=-0.1)
+    with pytest.raises(ValueError, match="amp='fp16'"):
+        lp.recipes.demo(out=tmp_path, amp="fp16")
+
+
+def test_demo_is_deterministic_for_a_seed(tmp_path):
+    kw = dict(steps=2, points=2, extend=0.0, progress=False, verbose=False)
+    first = lp.recipes.demo(out=tmp_path / "a", seed=3, **kw)
+    again = lp.recipes.demo(out=tmp_path / "b", seed=3, **kw)
+    other = lp.recipes.demo(out=tmp_path / "c", seed=4, **kw)
+
+    def numbers(res):
+        return ([(r["psnr"], r["penalty"]) for r in res["runs"]],
+                [(c["curve"]["losses"], c["distance"]) for c in res["curves"]])
+
+    assert numbers(first) == numbers(again)
+    assert numbers(first) != numbers(other)
+    assert [r["seed"] for r in other["runs"]] == [4, 5, 4]
+    saved = json.loads((tmp_path / "a" / "demo.json").read_text())
+    assert numbers(saved) == numbers(first) and saved["settings"]["seed"] == 3
 
 
 def test_validation_on_centre_crops_and_whole_images_at_the_end(tmp_path):

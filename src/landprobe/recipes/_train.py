@@ -238,12 +238,16 @@ class Trainer:
             ``False`` (default) none, ``True`` always, ``None`` on a terminal only; rank 0 only.
         callback: ``callback(trainer)`` after every optimizer step (logging, tests).
         model: Use this model instead of building one from ``spec`` (same init contract).
+        optimizer: ``optimizer(parameters)`` builds the optimizer instead of the spec's SGD
+            (``lr``, ``momentum``, ``weight_decay``), e.g.
+            ``lambda ps: torch.optim.Adam(ps, lr=1e-3)``; the plateau schedule acts on it.
     """
 
     def __init__(self, spec: TrainSpec, inputs: torch.Tensor, targets: torch.Tensor, val=None,
                  out_dir: str | os.PathLike | None = None, device: torch.device | str | None = None,
                  progress: bool | None = False, callback: Callable[["Trainer"], None] | None = None,
-                 model: nn.Module | None = None):
+                 model: nn.Module | None = None,
+                 optimizer: Callable[[Any], torch.optim.Optimizer] | None = None):
         from landprobe.penalties import SubnetNormPenalty
 
         self.spec = spec
@@ -263,8 +267,9 @@ class Trainer:
         self.model = (model if model is not None else build_model(spec.width, spec.recursions, spec.seed)).to(self.device)
         self.penalty = SubnetNormPenalty.preset(self.model, spec.setting, weight=spec.penalty_weight)
         self.loss = RecipeLoss(spec.alpha, spec.loss_scaling, spec.epochs)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=spec.lr, momentum=spec.momentum,
-                                         weight_decay=spec.weight_decay)
+        self.optimizer = (optimizer(self.model.parameters()) if optimizer is not None else
+                          torch.optim.SGD(self.model.parameters(), lr=spec.lr, momentum=spec.momentum,
+                                          weight_decay=spec.weight_decay))
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=spec.plateau_factor, patience=spec.plateau_patience)
         self.ddp = None
