@@ -48,3 +48,53 @@ def test_distributed_example_under_torchrun_equals_one_process(tmp_path):
     assert two.keys() == one.keys()
     for k in one:
         assert abs(two[k] - one[k]) <= 1e-12 * abs(one[k]), (k, two[k], one[k])
+
+
+def _run_example(name: str, out: Path) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "examples" / name), "--out", str(out), "--quick"],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_own_model_example(tmp_path):
+    """Two seeds with a subnet penalty: curve, plane through both, curvature and capacity written."""
+    import math
+
+    out = tmp_path / "own"
+    proc = _run_example("own_model.py", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "barrier" in proc.stdout and "lambda_max" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    curve = json.loads((out / "curve.json").read_text())
+    plane = json.loads((out / "plane.json").read_text())
+    assert curve["kind"] == "Curve" and len(curve["alphas"]) == summary["points"]
+    assert plane["kind"] == "Surface"
+    assert curve["losses"][0] == summary["curve"]["loss_a"] and curve["losses"][-1] == summary["curve"]["loss_b"]
+    for name in ("a", "b"):
+        s = summary["solutions"][name]
+        assert s["lambda_max"] > 0 and s["trace"] > 0 and math.isfinite(s["trace_stderr"])
+        assert s["train_loss"] == summary["curve"][f"loss_{name}"]           # the probe's loss at each end
+        capacity = json.loads((out / f"capacity_{name}.json").read_text())
+        assert {"model", "features", "head"} <= set(capacity["values"])
+        assert capacity["values"]["model"]["l2"] == s["l2"]
+    assert summary["seconds"] < 120
+
+
+def test_sr_study_example(tmp_path):
+    """The recipe under two settings on the embedded sample, then the segment between them."""
+    out = tmp_path / "sr"
+    proc = _run_example("sr_study.py", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "barrier" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"] == ["all-l2", "all-l1"]
+    for setting in summary["settings"]:
+        final = json.loads((out / "runs" / setting / "final.json").read_text())
+        assert final["spec"]["setting"] == setting and final["psnr"] == summary["runs"][setting]["psnr"]
+        assert (out / "runs" / setting / "checkpoint.pt").is_file()
+    curve = json.loads((out / "curve.json").read_text())
+    assert curve["kind"] == "Curve" and summary["curve"]["barrier"] >= 0
+    assert curve["losses"][0] == summary["curve"]["loss_a"] and curve["losses"][-1] == summary["curve"]["loss_b"]
+    assert curve["losses"][0] != curve["losses"][-1]                        # two different solutions
