@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from einops import rearrange
 import torch
 from torch.utils.data import Dataset
 
@@ -226,8 +227,9 @@ class T91Patches(Dataset):
                         f"scale {s}, smaller than the {p}x{p} patch; remove it or lower `patch`."
                     )
                 x, t = bicubic_pair(y, s, quantize=self.quantize)
-                xw = x.unfold(0, p, st).unfold(1, p, st).reshape(-1, 1, p, p)
-                tw = t.unfold(0, p, st).unfold(1, p, st).reshape(-1, 1, p, p)
+                # every p x p window at stride st, row by row: (rows, cols, p, p) -> (rows*cols, 1, p, p)
+                xw = rearrange(x.unfold(0, p, st).unfold(1, p, st), "r c ph pw -> (r c) 1 ph pw")
+                tw = rearrange(t.unfold(0, p, st).unfold(1, p, st), "r c ph pw -> (r c) 1 ph pw")
                 inputs.append(xw.to(torch.float32))
                 targets.append(tw.to(torch.float32))
                 scales.append(torch.full((xw.shape[0],), s, dtype=torch.int64))

@@ -7,6 +7,7 @@ import math
 from typing import Sequence
 
 import numpy as np
+from einops import rearrange
 import torch
 
 __all__ = ["imresize", "cubic", "resize_weights"]
@@ -249,7 +250,7 @@ def imresize(
         if arr.ndim == 2:
             t = torch.from_numpy(np.ascontiguousarray(arr))
         elif arr.ndim == 3:
-            t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+            t = rearrange(torch.from_numpy(np.ascontiguousarray(arr)), "h w c -> c h w")
         else:
             raise ValueError(
                 f"imresize: a numpy image must be (H, W) or (H, W, C), got shape {arr.shape}."

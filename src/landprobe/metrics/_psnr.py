@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from einops import rearrange
 import torch
 
 __all__ = ["psnr"]
@@ -12,7 +13,7 @@ def _as_nchw(x, name):
     if isinstance(x, np.ndarray):
         t = torch.from_numpy(np.array(x) if not x.flags.writeable else np.ascontiguousarray(x))
         if t.dim() == 3:
-            t = t.permute(2, 0, 1)
+            t = rearrange(t, "h w c -> c h w")
         elif t.dim() != 2:
             raise ValueError(f"psnr: numpy `{name}` must be (H, W) or (H, W, C), got shape {x.shape}.")
     elif isinstance(x, torch.Tensor):
