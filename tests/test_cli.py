@@ -72,12 +72,21 @@ def test_demo_writes_json_and_png(tmp_path, capsys):
     printed = capsys.readouterr().out
     res = json.loads((out / "demo.json").read_text())
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert [r["setting"] for r in res["runs"]] == ["all-l2", "all-l1"]
-    assert res["curve"]["alphas"] == [-0.5, 0.0, 0.5, 1.0, 1.5]
-    # the curve passes through the empirical errors of the two trained models; the table prints them
-    c = res["curve_summary"]
-    assert c["loss_a"] == res["curve"]["losses"][1] and c["loss_b"] == res["curve"]["losses"][3]
-    assert "all-l2" in printed and "barrier" in printed and f"{c['loss_a']:.5g}" in printed
+    assert [(r["name"], r["setting"], r["seed"]) for r in res["runs"]] == [("A", "all-l2", 0), ("B", "all-l2", 1),
+                                                                          ("C", "all-l1", 0)]
+    assert res["settings"]["steps"] == 3 and res["settings"]["threads"] == 1
+    for c in res["curves"]:
+        assert c["curve"]["alphas"] == [-0.5, 0.0, 0.5, 1.0, 1.5]
+        # the curve passes through the empirical errors of the two trained models; the table prints them
+        assert c["loss_a"] == c["curve"]["losses"][1] and c["loss_b"] == c["curve"]["losses"][3]
+        assert f"{c['loss_a']:.4g}" in printed and f"{c['barrier']:.3g}" in printed
+    # A and C start from one init, B from another: only A -> C's ends are close
+    assert res["curves"][1]["distance"] < res["curves"][0]["distance"]
+    # each model is compared with bicubic in words; 3 steps are too few, and the table says why
+    for r in res["runs"]:
+        word = "beats bicubic by" if r["gain_db"] > 0 else "below bicubic by"
+        assert f"{word} {r['gain_db']:+.2f} dB" in printed
+    assert "below bicubic by" in printed and "steps are too few" in printed
 
 
 def test_reproduce_all_through_the_console_script(tmp_path):
@@ -102,11 +111,12 @@ def _one_line_error(err, command):
     assert err.count("\n") == 1 and err.startswith(f"landprobe {command}: error:") and "Traceback" not in err
 
 
-@pytest.mark.parametrize("command", [["reproduce", "--setting", "mix"], ["probe", "interpolate", "a.pt", "b.pt"]])
-def test_bad_device_is_a_usage_error(capsys, command):
+@pytest.mark.parametrize("command, prog", [(["reproduce", "--setting", "mix"], "reproduce"),
+                                           (["probe", "interpolate", "a.pt", "b.pt"], "probe interpolate")])
+def test_bad_device_is_a_usage_error(capsys, command, prog):
     code, err = run_main([*command, "--device", "bogus"], capsys)
     assert code == 2 and "--device 'bogus' is not a device (expected cpu, cuda, cuda:N, mps)" in err
-    _one_line_error(err, command[0])
+    _one_line_error(err, prog)
 
 
 @pytest.mark.parametrize("device", ["cuda", "cuda:{n}", "mps"])
@@ -121,3 +131,32 @@ def test_unavailable_device_names_what_is_available(capsys, device):
     code, err = run_main(["reproduce", "--setting", "mix", "--device", device], capsys)
     assert code == 2 and f"--device '{device}' is not available" in err and "available: cpu" in err
     _one_line_error(err, "reproduce")
+
+
+def _every_subcommand():
+    """Each command line whose --help the ``landprobe`` command answers."""
+    yield []
+    for name in cli.SUBCOMMANDS:
+        yield [name]
+    for kind in ("interpolate", "plane", "connect", "level-set"):
+        yield ["probe", kind]
+
+
+@pytest.mark.parametrize("command", list(_every_subcommand()), ids=lambda c: " ".join(c) or "landprobe")
+def test_help_is_plain_text(capsys, command):
+    import re
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*command, "--help"])
+    text = capsys.readouterr().out
+    assert exc.value.code == 0 and "usage: landprobe" in text
+    assert "``" not in text and not re.search(r":[a-z]+:`", text), text
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out == f"landprobe {lp.__version__}\n"
+    proc = subprocess.run([sys.executable, "-m", "landprobe.cli", "--version"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout == f"landprobe {lp.__version__}\n"

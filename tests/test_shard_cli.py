@@ -53,7 +53,7 @@ def checkpoints(tmp_path_factory):
 
 def _args(checkpoints, out) -> list[str]:
     """A small job: 2 batches of 16 patches, 3 points."""
-    return ["probe", "interpolate", *checkpoints, "--steps", "3", "--model", "test_shard_cli:CountingWarship",
+    return ["probe", "interpolate", *checkpoints, "--points", "3", "--model", "test_shard_cli:CountingWarship",
             "--model-kwargs", '{"width": 0.05}', "--patches", "32", "--batch-size", "16",
             "--data", str(lp.data.sample_dir("train")), "--out", str(out), "--no-progress", "--threads", "1"]
 
@@ -94,4 +94,9 @@ def test_sharding_options_and_help(capsys):
     with pytest.raises(SystemExit):
         main(["probe", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "--sharding {data,points}" in text and "torchrun" in text and "rank 0" in text
+    assert "torchrun" in text and "rank 0" in text
+    for kind in ("interpolate", "plane", "connect", "level-set"):
+        with pytest.raises(SystemExit):
+            main(["probe", kind, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "--sharding {data,points}" in text and "--timeout TIMEOUT" in text and "rank 0" in text

@@ -1,9 +1,13 @@
 """The ``landprobe`` command: ``landprobe demo``, ``landprobe reproduce`` (and more subcommands).
 
-Subcommands are registered through :data:`SUBCOMMANDS`, a dict name → registrar. A registrar
+Subcommands are registered through ``SUBCOMMANDS``, a dict name → registrar. A registrar
 receives the ``argparse`` sub-parsers object, adds its parser and sets ``func``: a callable
 taking the parsed namespace and returning an exit code. Another module adds one with
-``landprobe.cli.SUBCOMMANDS["probe"] = register_probe`` (before :func:`main` runs).
+``landprobe.cli.SUBCOMMANDS["probe"] = register_probe`` (before ``main`` runs).
+``landprobe --version`` prints the version.
+
+Every usage error is one line on standard error, ``<command>: error: <message>``, and exit
+status 2; ``--help`` texts are plain text.
 
 Under ``torchrun`` (``torchrun --nproc_per_node N -m landprobe.cli probe ...``) every rank runs
 the command; rank 0 alone writes the output files and prints the results.
@@ -14,9 +18,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Callable
+from typing import Callable, NoReturn
 
-__all__ = ["main", "SUBCOMMANDS", "build_parser", "check_device"]
+from landprobe.cli.argtypes import nonneg_int as _nonneg_int
+from landprobe.cli.argtypes import positive_float as _positive_float
+from landprobe.cli.argtypes import positive_int as _positive_int
+from landprobe.common.version import __version__
+
+__all__ = ["main", "SUBCOMMANDS", "build_parser", "check_device", "OneLineParser"]
 
 DEVICE_FORMS = "cpu, cuda, cuda:N, mps"
 
@@ -81,34 +90,29 @@ def check_device(text: str):
     return device
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer (>= 1), got {v}")
-    return v
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line: ``<prog>: error: <message>``, exit 2.
 
+    Its sub-parsers are of the same class, so every subcommand reports errors the same way.
 
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
-    return v
+    Example:
+        >>> import contextlib, io
+        >>> from landprobe.cli.main import OneLineParser
+        >>> p = OneLineParser(prog="tool")
+        >>> _ = p.add_argument("--n", type=int)
+        >>> err = io.StringIO()
+        >>> with contextlib.redirect_stderr(err):
+        ...     try:
+        ...         p.parse_args(["--n", "x"])
+        ...     except SystemExit as exc:
+        ...         print(exc.code)
+        2
+        >>> err.getvalue()
+        "tool: error: argument --n: invalid int value: 'x' (see tool --help)\\n"
+    """
 
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not v > 0 or v != v or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
-    return v
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 # ----------------------------------------------------------------------------- reproduce
@@ -194,7 +198,7 @@ def _format_summary(s: dict) -> str:
 def _register_summarize(sub) -> None:
     p = sub.add_parser(
         "summarize", help="stage table and the study's comparisons of one run, or over several seeds",
-        description="Summarise `landprobe reproduce --setting all` runs. One OUT folder: its stage table and the "
+        description="Summarise the runs of landprobe reproduce --setting all. One OUT folder: its stage table and the "
                     "study's two comparisons (summary.json, figures). Several (one per seed): per-seed "
                     "differences, mean, sd and a one-sample t-test (seeds_summary.json, psnr_seeds.png).")
     p.add_argument("outs", nargs="+", metavar="OUT", help="the --out folder(s) of reproduce runs")
@@ -221,15 +225,16 @@ def _run_summarize(args) -> int:
 # ----------------------------------------------------------------------------- demo
 def _register_demo(sub) -> None:
     p = sub.add_parser(
-        "demo", help="one-minute demo: train a tiny WARSHIP under two penalties and interpolate",
-        description="On the embedded sample: train a tiny WARSHIP-XZNet beta under two penalty settings from "
-                    "the same initialisation, interpolate between the two solutions, print a table and write "
-                    "JSON and PNG.")
+        "demo", help="one-minute demo: train three tiny WARSHIPs, compare with bicubic, interpolate",
+        description="On the embedded sample: train a tiny WARSHIP-XZNet beta three times (setting A from two "
+                    "seeds, setting B from the first seed), compare each with bicubic, interpolate between "
+                    "the two seeds and between the two settings, print a table and write JSON and PNG.")
     p.add_argument("--out", default="landprobe-demo", help="output folder (default landprobe-demo)")
-    p.add_argument("--steps", type=_positive_int, default=None, help="training steps per setting")
-    p.add_argument("--points", type=_positive_int, default=None, help="points on the segment [0, 1] (>= 2)")
-    p.add_argument("--extend", type=float, default=None, help="evaluate past both ends by this fraction (default 0.5)")
-    p.add_argument("--settings", nargs=2, default=None, metavar=("A", "B"), help="two of all-l2, mix, all-l1")
+    p.add_argument("--steps", type=_positive_int, default=None, help="training steps per model (default 50)")
+    p.add_argument("--points", type=_positive_int, default=None, help="points on each segment [0, 1] (>= 2, default 11)")
+    p.add_argument("--extend", type=float, default=None, help="evaluate past both ends by this fraction (default 0.2)")
+    p.add_argument("--settings", nargs=2, default=None, metavar=("A", "B"),
+                   help="two of all-l2, mix, all-l1 (default all-l2 all-l1)")
     p.add_argument("--seed", type=_nonneg_int, default=0)
     p.add_argument("--threads", type=_positive_int, default=1,
                    help="torch CPU threads (default 1: fastest on a busy shared CPU)")
@@ -252,9 +257,16 @@ def _register_probe(sub) -> None:
     register_probe(sub)
 
 
+def _register_align(sub) -> None:
+    from landprobe.cli.align import register_align
+
+    register_align(sub)
+
+
 #: name → registrar(subparsers); other modules may add entries.
 SUBCOMMANDS: dict[str, Callable] = {"demo": _register_demo, "reproduce": _register_reproduce,
-                                    "summarize": _register_summarize, "probe": _register_probe}
+                                    "summarize": _register_summarize, "probe": _register_probe,
+                                    "align": _register_align}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,7 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
         >>> args.setting, args.max_steps, args.preset, args.amp
         ('mix', 5, 'cpu', 'off')
     """
-    parser = argparse.ArgumentParser(prog="landprobe", description="Landscape probes for PyTorch.")
+    parser = OneLineParser(prog="landprobe", description="Landscape probes for PyTorch.")
+    parser.add_argument("--version", action="version", version=f"landprobe {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, register in SUBCOMMANDS.items():
@@ -274,18 +288,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``landprobe`` console script.
 
-    Argument errors exit with status 2 and a usage message (argparse); a ``ValueError`` from
+    Argument errors exit with status 2 and one line on standard error; a ``ValueError`` from
     the library (e.g. a data folder that does not exist), a ``--device`` this process cannot
-    use (:func:`check_device`) or a checkpoint that does not fit the model is printed as
-    ``landprobe <command>: error: <message>`` and also exits with status 2. Under
-    ``torchrun``, a rank whose peers failed (:class:`landprobe.RankFailedError`) prints the
+    use (``check_device``) or a checkpoint that does not fit the model is printed as
+    ``landprobe <command>: error: <message>`` (one line) and also exits with status 2. Under
+    ``torchrun``, a rank whose peers failed (``landprobe.RankFailedError``) prints the
     same line, naming the rank that failed, and exits with status 1.
 
     Args:
-        argv: Arguments (default ``sys.argv[1:]``).
+        argv: Arguments (default ``sys.argv[1:]``). The parsed namespace carries the command
+            line as ``command_line``: ``sys.argv`` itself, or ``["landprobe", *argv]``.
 
     Returns:
         The exit status (0 on success).
@@ -297,19 +316,23 @@ def main(argv: list[str] | None = None) -> int:
         SystemExit: 2
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    name = getattr(args, "prog_name", None) or f"landprobe {args.command}"
+    if unknown:  # reported by the subcommand that did not take them
+        print(f"{name}: error: unrecognized arguments: {' '.join(unknown)} (see {name} --help)", file=sys.stderr)
+        raise SystemExit(2)
+    args.command_line = list(sys.argv) if argv is None else ["landprobe", *argv]
     try:
         if isinstance(getattr(args, "device", None), str):
             check_device(args.device)
         return int(args.func(args) or 0)
     except ValueError as exc:
-        print(f"landprobe {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {_one_line(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
     except RuntimeError as exc:
         from landprobe.engine import RankFailedError
 
         if not isinstance(exc, RankFailedError):
             raise
-        print(f"landprobe {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {_one_line(exc)}", file=sys.stderr)
         raise SystemExit(1) from None
-
