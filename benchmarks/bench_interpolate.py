@@ -122,7 +122,7 @@ def memory_child(points: int) -> None:
     a, b = big_cheap().state_dict(), big_cheap().state_dict()
     floor(model, data, loss_fn, 2)  # warm the allocator
     plain = _peak_growth(lambda: floor(model, data, loss_fn, 2))
-    probe = _peak_growth(lambda: lp.LandscapeProbe(model, loss_fn, data).interpolate(a, b, steps=points))
+    probe = _peak_growth(lambda: lp.LandscapeProbe(model, loss_fn, data).interpolate(a, b, points=points))
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     print(json.dumps({"plain_pass_growth_bytes": plain, "probe_growth_bytes": probe, "param_bytes": param_bytes}))
 
@@ -151,13 +151,13 @@ def main() -> None:
             "floor": lambda: floor(model, data, loss_fn, args.points),
             "floor_with_writes": lambda: floor_with_writes(model, data, loss_fn, args.points, pa, pb),
             "floor_inference_mode": lambda: floor_inference_mode(model, data, loss_fn, args.points),
-            "landprobe": lambda: probe.interpolate(ma, mb, steps=args.points),
+            "landprobe": lambda: probe.interpolate(ma, mb, points=args.points),
             "loss_landscapes": lambda: loss_landscapes_curve(ma, mb, data, loss_fn, args.points),
         }
         t = timeit(fns, repeats=args.repeats)
         sda, sdb = ma.state_dict(), mb.state_dict()
         tv = timeit({"floor": fns["floor"],
-                     "landprobe_batch_points3": lambda: probe.interpolate(ma, mb, steps=args.points, batch_points=3),
+                     "landprobe_batch_points3": lambda: probe.interpolate(ma, mb, points=args.points, batch_points=3),
                      "vmap_chunk3_plain": lambda: vmapped(model, sda, sdb, data, loss_fn, args.points, 3)},
                     repeats=max(2, args.repeats // 2))
         f = t["floor"]["median_s"]

@@ -50,7 +50,7 @@ def make_mlp100() -> tuple[nn.Module, torch.Tensor]:
 
 
 def naive_norm(kind: str, params: list[torch.Tensor]) -> torch.Tensor:
-    if kind == "l2":
+    if kind == "l2_squared":
         return sum(p.pow(2).sum() for p in params)
     if kind == "l1":
         return sum(p.abs().sum() for p in params)
@@ -121,18 +121,18 @@ def bench_model(name, model, x, repeats, warmup) -> dict:
     thirds = [f"{2 * i}" for i in range(n)]
     a, b = thirds[: n // 3], thirds[n // 3: 2 * n // 3]
     c = thirds[2 * n // 3:]
-    mix_sel = {tuple(a): "l2", tuple(b): "l1", tuple(c): "l2"}
+    mix_sel = {tuple(a): "l2_squared", tuple(b): "l1", tuple(c): "l2_squared"}
     mix = SubnetNormPenalty(model, mix_sel, weight=2e-4)
     groups = [[p for i in sel for p in model[int(i)].parameters()] for sel in (a, b, c)]
 
     def naive_mix():
-        return 2e-4 * (naive_norm("l2", groups[0]) + naive_norm("l1", groups[1]) + naive_norm("l2", groups[2]))
+        return 2e-4 * (naive_norm("l2_squared", groups[0]) + naive_norm("l1", groups[1]) + naive_norm("l2_squared", groups[2]))
 
     res = {"n_tensors": len(params), "n_params": sum(p.numel() for p in params),
            "input_shape": list(x.shape)}
     res["mix"] = time_pair(params, mix, naive_mix, repeats, warmup)
     res["kinds"] = {}
-    for kind in ("l2", "l1", "l2norm", "group", "spectral"):
+    for kind in ("l2_squared", "l1", "l2norm", "group", "spectral"):
         pen = SubnetNormPenalty(model, {"*": kind}, weight=2e-4, include_bias=kind != "spectral")
         sel = params if kind != "spectral" else [p for p in params if p.dim() >= 2]
         reps = repeats if kind != "spectral" else max(repeats // 4, 10)

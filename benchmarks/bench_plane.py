@@ -74,7 +74,7 @@ def main() -> None:
     points = args.steps**2
     fns = {
         "floor": lambda: floor(model, data, loss_fn, points),
-        "landprobe_plane": lambda: plane(probe, steps=args.steps, span=1.0, seed=0),
+        "landprobe_plane": lambda: plane(probe, points=args.steps, span=1.0, seed=0),
     }
     t = timeit_both(fns, repeats=args.repeats, warmup=1)
     ratio = {c: t["landprobe_plane"][c]["median_s"] / t["floor"][c]["median_s"] for c in ("wall", "cpu")}
@@ -85,7 +85,7 @@ def main() -> None:
     tiny = [(data[0][0][:1], data[0][1][:1])]
     tiny_probe = lp.LandscapeProbe(model, loss_fn, tiny)
     iso = timeit_both({"floor": lambda: floor(model, tiny, loss_fn, points),
-                       "landprobe_plane": lambda: plane(tiny_probe, steps=args.steps, span=1.0, seed=0)},
+                       "landprobe_plane": lambda: plane(tiny_probe, points=args.steps, span=1.0, seed=0)},
                       repeats=args.repeats, warmup=1)
     overhead_ms = 1000 * (iso["landprobe_plane"]["cpu"]["median_s"] - iso["floor"]["cpu"]["median_s"]) / points
     floor_ms = 1000 * t["floor"]["cpu"]["median_s"] / points

@@ -95,7 +95,7 @@ def main() -> None:
     naive = lp.LandscapeProbe(model, loss_fn, [next(iter(loader))] * args.naive_batches)
     naive.loss(a)  # warm-up
     t = time.perf_counter()
-    naive.interpolate(a, b, steps=2)
+    naive.interpolate(a, b, points=2)
     per_batch = (time.perf_counter() - t) / (2 * args.naive_batches)
     n_batches = len(loader)
     naive_s = per_batch * n_batches * args.points
@@ -104,7 +104,7 @@ def main() -> None:
     probe = lp.LandscapeProbe(model, loss_fn, patches, precision=args.precision, dtype=torch.bfloat16,
                               seed=0, progress=True, batch_size=args.batch_size, control=control)
     t = time.perf_counter()
-    curve = probe.interpolate(a, b, steps=args.points)
+    curve = probe.interpolate(a, b, points=args.points)
     ours_s = time.perf_counter() - t
     used = np.array(curve.settings["samples_per_point"])
     rel = 2 * curve.stderr / curve.losses

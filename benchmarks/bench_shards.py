@@ -79,7 +79,7 @@ def worker(rank: int, world: int, steps: int) -> dict:
         out[name] = {"seconds": time.perf_counter() - t0,
                      "bytes": counter.bytes if counter is not None else 0}
         return value
-    surface = timed("plane", lambda: probe.plane(steps=steps, seed=1))
+    surface = timed("plane", lambda: probe.plane(points=steps, seed=1))
     out["plane_points"] = steps * steps
     op = probe.hessian()
     eig = timed("top_eigenvalues", lambda: op.top_eigenvalues(k=1, tol=1e-4, max_iter=20))

@@ -9,7 +9,7 @@ components, ``SubnetNormPenalty`` and per-epoch accumulators); the reference is 
 a user would write, with the penalty as ``sum(p.pow(2).sum())`` / ``sum(p.abs().sum())``.
 Runs are interleaved (recipe, reference, recipe, ...), after warm-up; median and IQR.
 
-Reported: the recipe's overhead (median ratio − 1; target ≤ 3 %) and the fp32 / bf16 step-time
+Reported: the recipe's overhead (median ratio − 1) and the fp32 / bf16 step-time
 ratio on this CPU.
 
 Run:  python benchmarks/bench_train_step.py [--width 0.25] [--repeats 7] [--threads 1]

@@ -64,9 +64,9 @@ def main(argv=None) -> dict:
     b = {k: v + 0.1 * torch.ones_like(v) for k, v in a.items()}
     numbers = {
         "loss": probe.loss(a),
-        "plane_min": float(probe.plane(a, steps=5, seed=1).losses.min()),
+        "plane_min": float(probe.plane(a, points=5, seed=1).losses.min()),
         "top_eigenvalue": float(probe.hessian(a).top_eigenvalues(k=1).values[0]),
-        "curve_max": float(probe.connect(a, b, bends=1, steps=20, lr=0.05, eval_points=11).losses.max()),
+        "curve_max": float(probe.connect(a, b, bends=1, steps=20, lr=0.05, points=11).losses.max()),
     }
     if not dist.is_initialized() or dist.get_rank() == 0:
         print(json.dumps(numbers, indent=1))

@@ -38,7 +38,7 @@ def train(seed: int, data, steps: int = 150) -> nn.Module:
     torch.manual_seed(seed)
     model = make_model()
     # L2 (weight decay) on the two convs, L1 on the head; selectors are module paths or globs
-    penalty = lp.SubnetNormPenalty(model, {"0": "l2", "2": "l2", "5": "l1"}, weight=1e-4)
+    penalty = lp.SubnetNormPenalty(model, {"0": "l2_squared", "2": "l2_squared", "5": "l1"}, weight=1e-4)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     criterion = nn.MSELoss()
     for step in range(steps):
@@ -58,7 +58,7 @@ def main() -> None:
     data = make_data()
     a, b = train(0, data, args.steps), train(1, data, args.steps)
     probe = lp.LandscapeProbe(make_model(), nn.MSELoss(), data)
-    curve = probe.interpolate(a, b, steps=21)
+    curve = probe.interpolate(a, b, points=21)
     print(f"L(a) = {curve.loss_a:.4f}  L(b) = {curve.loss_b:.4f}  barrier = {curve.barrier:.4f} "
           f"at alpha = {curve.argmax_alpha:.2f}")
     out = Path(args.out)

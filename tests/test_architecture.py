@@ -26,10 +26,10 @@ RANKS = {
     "models": 2, "losses": 2, "metrics": 2, "penalties": 2, "darc1": 2, "optim": 2,
     "data": 3,
     "engine": 4,
-    "curvature": 5, "capacity": 5,
+    "curvature": 5, "capacity": 5, "symmetry": 5,
     "probes": 6, "generalization": 6,
     "monitor": 7,
-    "recipes": 8,
+    "recipes": 8, "integrations": 8,
     "cli": 9,
     ROOT_PACKAGE: 10,
 }

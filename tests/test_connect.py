@@ -29,7 +29,7 @@ def by_hand(points, coeffs):
 
 def test_straight_line_of_curvy_valley_peaks_at_2977(valley):
     probe, a, b = valley
-    curve = probe.interpolate(a, b, steps=2001)
+    curve = probe.interpolate(a, b, points=2001)
     x0 = 5 * math.pi / 2                                # E on y = x/x0: (x/x0 − sin x)² + (x²/x0² − 1)²
     xs = np.linspace(-x0, x0, 2001)
     expected = ((xs / x0 - np.sin(xs)) ** 2 + (xs**2 / x0**2 - 1) ** 2).max()
@@ -60,7 +60,7 @@ def test_losses_equal_probe_loss_at_the_curve_by_hand(method):
     model, data = case.build(dtype=torch.float64)
     probe = lp.LandscapeProbe(model, case.loss_fn, data)
     a, b = perturbed(model, 1), perturbed(model, 2)
-    path = connect(probe, a, b, method=method, bends=2, steps=20, lr=0.05, eval_points=5)
+    path = connect(probe, a, b, method=method, bends=2, steps=20, lr=0.05, points=5)
     pts = [p.state_dict() for p in path.points]
     assert path.losses[0] == probe.loss(a) and path.losses[-1] == probe.loss(b)
     assert path.loss_a == probe.loss(a) and path.loss_b == probe.loss(b)
@@ -82,10 +82,10 @@ def test_training_lowers_the_mean_loss_and_steps_zero_is_the_segment():
     model, data = case.build(dtype=torch.float64)
     probe = lp.LandscapeProbe(model, case.loss_fn, data)
     a, b = perturbed(model, 1, 1.0), perturbed(model, 2, 1.0)
-    seg = connect(probe, a, b, method="polychain", bends=1, steps=0, eval_points=11)
-    line = probe.interpolate(a, b, steps=11)
+    seg = connect(probe, a, b, method="polychain", bends=1, steps=0, points=11)
+    line = probe.interpolate(a, b, points=11)
     np.testing.assert_allclose(seg.losses, line.losses, rtol=1e-12)
-    fit = connect(probe, a, b, method="bezier", bends=1, steps=200, lr=0.05, eval_points=11)
+    fit = connect(probe, a, b, method="bezier", bends=1, steps=200, lr=0.05, points=11)
     assert fit.losses.mean() < 0.8 * line.losses.mean()
     tl = fit.settings["train_losses"]
     assert len(tl) == 200 and np.mean(tl[-20:]) < np.mean(tl[:20])
@@ -99,7 +99,7 @@ def test_batchnorm_model_endpoints_and_restoration(bn):
     probe = lp.LandscapeProbe(model, case.loss_fn, data, bn=bn)
     a, b = perturbed(model, 1), perturbed(model, 2)
     before = snapshot(model)
-    path = connect(probe, a, b, method="bezier", bends=1, steps=5, lr=0.01, eval_points=4)
+    path = connect(probe, a, b, method="bezier", bends=1, steps=5, lr=0.01, points=4)
     assert_same_snapshot(before, snapshot(model))
     assert path.losses[0] == probe.loss(a) and path.losses[-1] == probe.loss(b)
 
@@ -136,7 +136,7 @@ def test_interrupted_connect_restores_the_model(exc, after):
 
     probe = lp.LandscapeProbe(model, loss_fn, data, bn="recompute")
     with pytest.raises(exc):
-        connect(probe, a, b, method="polychain", bends=1, steps=10, eval_points=5)
+        connect(probe, a, b, method="polychain", bends=1, steps=10, points=5)
     assert calls["n"] == after + 1
     assert_same_snapshot(before, snapshot(model))
 
@@ -156,7 +156,7 @@ def test_training_goes_through_functional_call_not_the_model():
         return nn.functional.mse_loss(out, y)
 
     probe = lp.LandscapeProbe(model, loss_fn, data)
-    connect(probe, perturbed(model, 1), perturbed(model, 2), method="bezier", steps=6, t_samples=2, eval_points=3)
+    connect(probe, perturbed(model, 1), perturbed(model, 2), method="bezier", steps=6, t_samples=2, points=3)
     assert seen["train"] == 12
     assert all(p.grad is None for p in model.parameters())
 
@@ -174,7 +174,7 @@ def test_seeded_and_rng_neutral(valley):
 
 def test_json_round_trip_and_points(tmp_path, valley):
     probe, a, b = valley
-    path = connect(probe, a, b, method="polychain", bends=2, steps=5, eval_points=7)
+    path = connect(probe, a, b, method="polychain", bends=2, steps=5, points=7)
     f = path.save(tmp_path / "path.json")
     back = Path.load(f)
     np.testing.assert_array_equal(back.losses, path.losses)
@@ -192,7 +192,7 @@ def test_json_round_trip_and_points(tmp_path, valley):
     (dict(bends=0), "bends=0"),
     (dict(steps=-1), "steps=-1"),
     (dict(t_samples=0), "t_samples=0"),
-    (dict(eval_points=1), "eval_points=1"),
+    (dict(points=1), "points=1"),
     (dict(lr=0.0), "lr=0.0"),
     (dict(optimizer="lbfgs"), "optimizer='lbfgs'"),
 ])

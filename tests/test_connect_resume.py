@@ -24,7 +24,7 @@ class Interrupting:
 def fit(loss, checkpoint=None, **kw):
     model, data = CASES[0].build(dtype=torch.float64)
     probe = lp.LandscapeProbe(model, loss, data)
-    args = dict(method="bezier", bends=2, steps=12, lr=0.01, optimizer="adam", t_samples=2, eval_points=5, seed=3,
+    args = dict(method="bezier", bends=2, steps=12, lr=0.01, optimizer="adam", t_samples=2, points=5, seed=3,
                 checkpoint_every=4)
     args.update(kw)
     return model, probe.connect(perturbed(model, 1), perturbed(model, 2), checkpoint=checkpoint, **args)
@@ -39,7 +39,7 @@ def test_interrupted_fit_resumes_to_the_uninterrupted_result(tmp_path):
     probe = lp.LandscapeProbe(model, loss, data)
     with pytest.raises(KeyboardInterrupt):
         probe.connect(perturbed(model, 1), perturbed(model, 2), method="bezier", bends=2, steps=12, lr=0.01,
-                      optimizer="adam", t_samples=2, eval_points=5, seed=3, checkpoint=ck, checkpoint_every=4)
+                      optimizer="adam", t_samples=2, points=5, seed=3, checkpoint=ck, checkpoint_every=4)
     assert_same_snapshot(before, snapshot(model))
     state = torch.load(ck, weights_only=True)
     assert state["step"] == 8 and len(state["train_losses"]) == 8
@@ -66,7 +66,7 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path):
     probe = lp.LandscapeProbe(model, CASES[0].loss_fn, data)
     with pytest.raises(ValueError, match="norm_b"):                          # other endpoints
         probe.connect(perturbed(model, 1), perturbed(model, 5), method="bezier", bends=2, steps=12, lr=0.01,
-                      optimizer="adam", t_samples=2, eval_points=5, seed=3, checkpoint=ck, checkpoint_every=4)
+                      optimizer="adam", t_samples=2, points=5, seed=3, checkpoint=ck, checkpoint_every=4)
     with pytest.raises(ValueError, match="checkpoint_every"):
         fit(Interrupting(CASES[0].loss_fn), checkpoint=ck, checkpoint_every=0)
 
@@ -84,7 +84,7 @@ def neb(loss, checkpoint=None, **kw):
     probe = lp.LandscapeProbe(valley, loss, data)
     a, b = valley.minima()
     return valley, probe.connect(a, b, method="neb", schedule=[dict(c) for c in SCHEDULE], sub_points=3,
-                                 eval_points=9, checkpoint=checkpoint, **kw)
+                                 points=9, checkpoint=checkpoint, **kw)
 
 
 def test_auto_neb_resumes_after_the_last_finished_cycle(tmp_path):
@@ -110,7 +110,7 @@ def test_auto_neb_resumes_after_the_last_finished_cycle(tmp_path):
 def level(loss, checkpoint=None):
     p = toys.deep_linear(seed=0)
     probe = lp.LandscapeProbe(p["model"], loss, p["data"])
-    line = probe.interpolate(p["a"], p["b"], steps=21)
+    line = probe.interpolate(p["a"], p["b"], points=21)
     threshold = p["minimum"] + 0.1 * (line.losses.max() - p["minimum"])
     return p["model"], probe.level_set(p["a"], p["b"], threshold=threshold, steps=300, lr=0.2,
                                        checkpoint=checkpoint)

@@ -180,7 +180,7 @@ def test_the_pair_form_of_the_same_loss_gives_the_same_numbers(setup):
     pair_probe = lp.LandscapeProbe(model, ce, pairs)
     assert pair_probe.loss(b) == probe.loss(b)
     np.testing.assert_array_equal(pair_probe.evaluate(a).batch_losses, probe.evaluate(a).batch_losses)
-    curve, pair_curve = probe.interpolate(a, b, steps=3), pair_probe.interpolate(a, b, steps=3)
+    curve, pair_curve = probe.interpolate(a, b, points=3), pair_probe.interpolate(a, b, points=3)
     np.testing.assert_array_equal(curve.losses, pair_curve.losses)
 
 
@@ -188,7 +188,7 @@ def test_the_pair_form_of_the_same_loss_gives_the_same_numbers(setup):
 def test_interpolate_ends_at_the_endpoint_losses_and_reports_the_chord_barrier(setup):
     model, data, probe, a, b = setup
     before = snapshot(model)
-    curve = probe.interpolate(a, b, steps=5)
+    curve = probe.interpolate(a, b, points=5)
     assert curve.alphas.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert curve.losses[0] == probe.loss(a) and curve.loss_a == probe.loss(a)
     assert curve.losses[-1] == probe.loss(b) and curve.loss_b == probe.loss(b)
@@ -206,7 +206,7 @@ def test_interpolate_ends_at_the_endpoint_losses_and_reports_the_chord_barrier(s
 def test_interpolate_with_batch_points_asks_for_pairs(setup):
     _, _, probe, a, b = setup
     with pytest.raises(ValueError, match="BatchLoss"):
-        probe.interpolate(a, b, steps=3, batch_points=2)
+        probe.interpolate(a, b, points=3, batch_points=2)
 
 
 def test_plane_along_given_directions(setup):
@@ -214,7 +214,7 @@ def test_plane_along_given_directions(setup):
     g = torch.Generator().manual_seed(3)
     d1 = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in a.items()}
     d2 = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in a.items()}
-    s = probe.plane(a, directions=(d1, d2), span=0.5, steps=3)
+    s = probe.plane(a, directions=(d1, d2), span=0.5, points=3)
     assert s.losses.shape == (3, 3) and s.xs.tolist() == [-0.5, 0.0, 0.5] and s.ys.tolist() == [-0.5, 0.0, 0.5]
     assert s.center_loss == probe.loss(a) and s.losses[1, 1] == s.center_loss
     for i, y in enumerate(s.ys):
@@ -222,8 +222,8 @@ def test_plane_along_given_directions(setup):
             ref, _, _ = loss_at(mix((1.0, a), (x, d1), (y, d2)), data)
             assert rel(s.losses[i, j], ref) <= 1e-10, (i, j)
     # a random filter-normalised plane: seeded, and centred on the model's own loss
-    r1 = probe.plane(None, span=0.2, steps=3, seed=5)
-    r2 = probe.plane(None, span=0.2, steps=3, seed=5)
+    r1 = probe.plane(None, span=0.2, points=3, seed=5)
+    r2 = probe.plane(None, span=0.2, points=3, seed=5)
     np.testing.assert_array_equal(r1.losses, r2.losses)
     assert r1.losses[1, 1] == probe.loss() and np.all(np.isfinite(r1.losses))
     assert len(np.unique(r1.losses)) > 1
@@ -232,7 +232,7 @@ def test_plane_along_given_directions(setup):
 def test_connect_bezier_fits_the_bend_through_the_batch_loss(setup):
     model, data, probe, a, b = setup
     before = snapshot(model)
-    path = probe.connect(a, b, method="bezier", bends=1, steps=6, lr=0.05, eval_points=5)
+    path = probe.connect(a, b, method="bezier", bends=1, steps=6, lr=0.05, points=5)
     assert path.ts.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert path.losses[0] == probe.loss(a) and path.losses[-1] == probe.loss(b)
     assert len(path.settings["train_losses"]) == 6 and np.all(np.isfinite(path.settings["train_losses"]))
@@ -253,7 +253,7 @@ def test_connect_bezier_fits_the_bend_through_the_batch_loss(setup):
 def test_auto_neb_with_a_tiny_schedule(setup):
     model, data, probe, a, b = setup
     before = snapshot(model)
-    path = probe.auto_neb(a, b, schedule=[dict(steps=3, lr=0.01, insert=1)], sub_points=1, eval_points=3)
+    path = probe.auto_neb(a, b, schedule=[dict(steps=3, lr=0.01, insert=1)], sub_points=1, points=3)
     assert path.method == "neb" and len(path.points) == 3
     assert path.knots[0] == 0.0 and path.knots[-1] == 1.0
     assert path.loss_a == probe.loss(a) and path.loss_b == probe.loss(b)
@@ -271,7 +271,7 @@ def test_auto_neb_with_a_tiny_schedule(setup):
 def test_level_set_above_both_endpoints_is_connected(setup):
     model, data, probe, a, b = setup
     before = snapshot(model)
-    line = probe.interpolate(a, b, steps=9)
+    line = probe.interpolate(a, b, points=9)
     threshold = float(line.losses.max()) + 0.05
     r = probe.level_set(a, b, threshold=threshold, steps=5, lr=0.05)
     assert r.connected and r.reason == ""
@@ -430,7 +430,7 @@ def test_monitor_records_with_a_batch_loss(tiny, math_attention):
     model = TinyLM(**TINY)
     model.load_state_dict(state)
     probe = lp.LandscapeProbe(model, BATCH_LOSS, data)
-    monitor = lp.LandscapeMonitor(probe, hessian="model", trace_matvecs=4, capacity=["norms"], interpolate_steps=3)
+    monitor = lp.LandscapeMonitor(probe, hessian="model", trace_matvecs=4, capacity=["norms"], interpolate_points=3)
     r1 = monitor(1)
     assert r1["loss"] == probe.loss()
     lam = float(torch.linalg.eigvalsh(H)[-1])
@@ -446,7 +446,7 @@ def test_monitor_records_with_a_batch_loss(tiny, math_attention):
     second = {k: v.clone() for k, v in model.state_dict().items()}
     r2 = monitor(2)
     assert r2["loss"] == probe.loss() and r2["loss"] != r1["loss"]
-    curve = probe.interpolate(first, second, steps=3)
+    curve = probe.interpolate(first, second, points=3)
     assert r2["barrier"] == curve.barrier
     assert r2["interpolation"]["losses"] == curve.losses.tolist()
     dist = math.sqrt(sum(float((second[k] - first[k]).pow(2).sum()) for k in first))
@@ -553,7 +553,7 @@ def test_a_pair_loss_on_dict_batches_names_batch_loss(setup):
         probe.loss()
     assert "dict" in str(info.value)
     with pytest.raises(ValueError, match="BatchLoss"):
-        probe.interpolate(a, b, steps=3)
+        probe.interpolate(a, b, points=3)
     with pytest.raises(ValueError, match="BatchLoss"):
         probe.hessian()
     assert_same_snapshot(before, snapshot(model))

@@ -41,7 +41,7 @@ def test_in_a_training_loop_with_subnet_penalty():
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
     x, y = torch.randn(16, 3), torch.randn(16, 2)
     darc1 = DARC1Penalty(0.05)
-    l2 = lp.SubnetNormPenalty(net, {"0": "l2", "2": "l2"}, weight=1e-3)
+    l2 = lp.SubnetNormPenalty(net, {"0": "l2_squared", "2": "l2_squared"}, weight=1e-3)
     opt = torch.optim.SGD(net.parameters(), lr=0.05)
     values = []
     for _ in range(20):

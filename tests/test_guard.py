@@ -66,15 +66,15 @@ def _probe(model, loss_fn, data):
 
 FAMILIES = [
     Family("loss", lambda m, l, d, c: _probe(m, l, d).loss(c["a"]), problems()),
-    Family("interpolate", lambda m, l, d, c: _probe(m, l, d).interpolate(c["a"], c["b"], steps=4), problems()),
-    Family("plane", lambda m, l, d, c: _probe(m, l, d).plane(c["a"], span=0.5, steps=3),
+    Family("interpolate", lambda m, l, d, c: _probe(m, l, d).interpolate(c["a"], c["b"], points=4), problems()),
+    Family("plane", lambda m, l, d, c: _probe(m, l, d).plane(c["a"], span=0.5, points=3),
            problems("mlp", "conv_bn", "tied")),
     Family("connect", lambda m, l, d, c: _probe(m, l, d).connect(c["a"], c["b"], method="bezier", steps=4, lr=0.01,
-                                                                 eval_points=5),
+                                                                 points=5),
            problems("mlp", "dropout", "eval_child")),
     Family("auto_neb", lambda m, l, d, c: _probe(m, l, d).auto_neb(
         c["a"], c["b"], schedule=[dict(steps=2, lr=0.01, insert=1), dict(steps=2, lr=0.01)], sub_points=3,
-        eval_points=5), problems("mlp")),
+        points=5), problems("mlp")),
     Family("level_set", lambda m, l, d, c: _probe(m, l, d).level_set(
         c["a"], c["b"], c["threshold"], steps=4, lr=0.05, check_points=3, check_every=2, max_beads=4),
         problems("mlp"), _level_set_setup),
@@ -89,7 +89,7 @@ FAMILIES = [
                                                                      pac_bayes_samples=2),
            problems("mlp", "conv_bn")),
     Family("monitor", lambda m, l, d, c: lp.LandscapeMonitor(m, l, d, hessian=True, trace_matvecs=4,
-                                                             interpolate_steps=3)(1),
+                                                             interpolate_points=3)(1),
            problems("mlp", "conv_bn")),
 ]
 
@@ -201,9 +201,9 @@ def test_a_tensor_replaced_during_a_pass_is_put_back(what):
     probe = _probe(model, _replacing(model, loss_fn, what, at=2), batches)
     if what == "parameter":
         with pytest.raises(ModelChangedError, match="changed during a pass"):
-            probe.interpolate(point(model, 1), point(model, 2), steps=3)
+            probe.interpolate(point(model, 1), point(model, 2), points=3)
     else:
-        probe.interpolate(point(model, 1), point(model, 2), steps=3)
+        probe.interpolate(point(model, 1), point(model, 2), points=3)
     assert_restored(model, snap)
     assert not any(t.is_inference() for t in list(model.parameters()) + list(model.buffers()))
     x, y = batches[0]
@@ -218,7 +218,7 @@ def test_a_parameter_replaced_during_a_fit_is_refused_and_put_back():
     snap = snapshot(model)
     with pytest.raises(ModelChangedError, match="must not be trained while it is probed"):
         _probe(model, _replacing(model, loss_fn, "parameter", at=1), batches).connect(
-            point(model, 1), point(model, 2), steps=2, eval_points=3)
+            point(model, 1), point(model, 2), steps=2, points=3)
     assert_restored(model, snap)
 
 

@@ -50,7 +50,7 @@ def lerp_state(a, b, alpha):
 def test_interpolate_equals_float64_brute_force(case, bn):
     model, data = case.build(dtype=torch.float64)
     a, b = perturbed(model, 1), perturbed(model, 2)
-    curve = lp.LandscapeProbe(model, case.loss_fn, data, bn=bn).interpolate(a, b, steps=7)
+    curve = lp.LandscapeProbe(model, case.loss_fn, data, bn=bn).interpolate(a, b, points=7)
     expected = [brute_force_loss(case.make_model, lerp_state(a, b, al), data, case.loss_fn, bn) for al in curve.alphas]
     np.testing.assert_allclose(curve.losses, expected, rtol=1e-10, atol=1e-12)
     assert curve.loss_a == pytest.approx(brute_force_loss(case.make_model, a, data, case.loss_fn, bn), rel=1e-12)
@@ -60,7 +60,7 @@ def test_interpolate_equals_float64_brute_force(case, bn):
 def test_interpolate_float32_close_to_brute_force(case):
     model, data = case.build()
     a, b = perturbed(model, 1), perturbed(model, 2)
-    curve = lp.LandscapeProbe(model, case.loss_fn, data).interpolate(a, b, steps=5)
+    curve = lp.LandscapeProbe(model, case.loss_fn, data).interpolate(a, b, points=5)
     expected = [brute_force_loss(case.make_model, lerp_state(a, b, al), data, case.loss_fn) for al in curve.alphas]
     np.testing.assert_allclose(curve.losses, expected, rtol=1e-6)
 
@@ -71,7 +71,7 @@ def test_endpoints_are_the_models_themselves_with_batchnorm():
     ma.load_state_dict(perturbed(model, 1))
     mb.load_state_dict(perturbed(model, 2))
     probe = lp.LandscapeProbe(model, CASES[1].loss_fn, data)
-    curve = probe.interpolate(ma, mb, steps=3)
+    curve = probe.interpolate(ma, mb, points=3)
     assert curve.loss_a == probe.loss(ma) and curve.loss_b == probe.loss(mb)
     assert curve.losses[0] == curve.loss_a and curve.losses[-1] == curve.loss_b
 
@@ -115,7 +115,7 @@ def test_quadratic_parabola_barrier_closed_form(seed):
     probe = lp.LandscapeProbe(model, lambda out, y: out, [(torch.zeros(1), None)])
     a = {"theta": torch.randn(n, generator=g, dtype=torch.float64)}
     b = {"theta": torch.randn(n, generator=g, dtype=torch.float64)}
-    curve = probe.interpolate(a, b, steps=101)
+    curve = probe.interpolate(a, b, points=101)
 
     d = b["theta"] - a["theta"]
     L = lambda t: float(0.5 * (t - c) @ H @ (t - c))
@@ -134,14 +134,14 @@ def test_quadratic_has_some_positive_barrier_case():
     H = torch.diag(torch.tensor([-1.0, 2.0], dtype=torch.float64))
     model = Quadratic(H, torch.zeros(2, dtype=torch.float64)).double()
     probe = lp.LandscapeProbe(model, lambda out, y: out, [(torch.zeros(1), None)])
-    curve = probe.interpolate({"theta": torch.tensor([-1.0, 0.0])}, {"theta": torch.tensor([1.0, 0.0])}, steps=11)
+    curve = probe.interpolate({"theta": torch.tensor([-1.0, 0.0])}, {"theta": torch.tensor([1.0, 0.0])}, points=11)
     assert curve.barrier == pytest.approx(4 / 8) and curve.argmax_alpha == 0.5
 
 
 def test_subnet_moves_only_the_subnet():
     model, data = CASES[0].build(dtype=torch.float64)
     a, b = perturbed(model, 1), perturbed(model, 2)
-    curve = lp.LandscapeProbe(model, CASES[0].loss_fn, data).interpolate(a, b, steps=5, subnet="fc2")
+    curve = lp.LandscapeProbe(model, CASES[0].loss_fn, data).interpolate(a, b, points=5, subnet="fc2")
     for al, got in zip(curve.alphas, curve.losses):
         st = {k: (a[k] + al * (b[k] - a[k]) if k.startswith("fc2.") else a[k]) for k in a}
         assert got == pytest.approx(brute_force_loss(MLP, st, data, CASES[0].loss_fn), rel=1e-12)
@@ -152,7 +152,7 @@ def test_extend_keeps_zero_and_one_on_the_grid():
     model, data = CASES[0].build(dtype=torch.float64)
     a, b = perturbed(model, 1), perturbed(model, 2)
     probe = lp.LandscapeProbe(model, CASES[0].loss_fn, data)
-    curve = probe.interpolate(a, b, steps=5, extend=0.3)  # spacing 0.25 -> two extra steps each side
+    curve = probe.interpolate(a, b, points=5, extend=0.3)  # spacing 0.25 -> two extra steps each side
     np.testing.assert_allclose(curve.alphas, np.arange(-2, 7) * 0.25)
     assert 0.0 in curve.alphas and 1.0 in curve.alphas
     assert curve.losses[0] == pytest.approx(brute_force_loss(MLP, lerp_state(a, b, -0.5), data, CASES[0].loss_fn), rel=1e-12)
@@ -163,8 +163,8 @@ def test_argument_errors():
     model, data = CASES[0].build()
     probe = lp.LandscapeProbe(model, CASES[0].loss_fn, data)
     sd = model.state_dict()
-    with pytest.raises(ValueError, match="steps=1; an interpolation needs an integer of at least 2"):
-        probe.interpolate(sd, sd, steps=1)
+    with pytest.raises(ValueError, match="points=1; an interpolation needs an integer of at least 2"):
+        probe.interpolate(sd, sd, points=1)
     with pytest.raises(ValueError, match="extend=-0.1"):
         probe.interpolate(sd, sd, extend=-0.1)
     bad = {k: v for k, v in sd.items() if k != "fc1.bias"}
@@ -235,7 +235,7 @@ def test_interrupted_probe_restores_everything(exc, where, after, bn):
 
     probe = lp.LandscapeProbe(model, loss_fn, Data(), bn=bn)
     with pytest.raises(exc):
-        probe.interpolate(a, b, steps=11)
+        probe.interpolate(a, b, points=11)
     assert calls["n"] == after + 1
     assert_same_snapshot(before, snapshot(model))
 
@@ -245,7 +245,7 @@ def test_completed_probe_restores_everything(bn):
     model, data = _user_model()
     before = snapshot(model)
     probe = lp.LandscapeProbe(model, lambda o, y: torch.rand(()) * 0 + nn.functional.l1_loss(o, y), data, bn=bn)
-    probe.interpolate(perturbed(model, 1), perturbed(model, 2), steps=4)
+    probe.interpolate(perturbed(model, 1), perturbed(model, 2), points=4)
     probe.loss(perturbed(model, 3))
     assert_same_snapshot(before, snapshot(model))
     assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
@@ -256,7 +256,7 @@ def test_no_deep_copy_of_the_model(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("the probe deep-copied something")
     monkeypatch.setattr(copy, "deepcopy", refuse)
-    curve = lp.LandscapeProbe(model, CASES[2].loss_fn, data).interpolate(perturbed(model, 1), perturbed(model, 2), steps=5)
+    curve = lp.LandscapeProbe(model, CASES[2].loss_fn, data).interpolate(perturbed(model, 1), perturbed(model, 2), points=5)
     assert np.isfinite(curve.losses).all()
 
 
@@ -271,14 +271,14 @@ def test_dropout_is_off_while_probing():
 # ---------------------------------------------------------------- results
 def test_curve_save_load_plot(tmp_path):
     model, data = CASES[0].build()
-    curve = lp.LandscapeProbe(model, CASES[0].loss_fn, data).interpolate(perturbed(model, 1), perturbed(model, 2), steps=6)
+    curve = lp.LandscapeProbe(model, CASES[0].loss_fn, data).interpolate(perturbed(model, 1), perturbed(model, 2), points=6)
     path = curve.save(tmp_path / "sub" / "curve.json")
     back = lp.Curve.load(path)
     np.testing.assert_array_equal(back.alphas, curve.alphas)
     np.testing.assert_array_equal(back.losses, curve.losses)
     assert back.barrier == curve.barrier and back.settings == curve.settings
     assert not list((tmp_path / "sub").glob("*.tmp"))
-    one = lp.LandscapeProbe(model, CASES[0].loss_fn, data[:1]).interpolate(perturbed(model, 1), perturbed(model, 2), steps=3)
+    one = lp.LandscapeProbe(model, CASES[0].loss_fn, data[:1]).interpolate(perturbed(model, 1), perturbed(model, 2), points=3)
     back = lp.Curve.load(one.save(tmp_path / "nan.json"))
     assert np.isnan(back.stderr).all()
     ax = curve.plot()
@@ -306,7 +306,7 @@ def test_matches_loss_landscapes_linear_interpolation():
     theirs = loss_landscapes.linear_interpolation(ma, mb, MeanOverBatches(), steps=steps, deepcopy_model=True)
     # Their alphas are k/steps for k = 1..steps (alpha = 0 is never evaluated); ours are
     # k/(steps' - 1) for k = 0..steps'-1, so steps' = steps + 1 and we drop our first point.
-    ours = lp.LandscapeProbe(model, CASES[0].loss_fn, data).interpolate(ma, mb, steps=steps + 1)
+    ours = lp.LandscapeProbe(model, CASES[0].loss_fn, data).interpolate(ma, mb, points=steps + 1)
     np.testing.assert_allclose(ours.losses[1:], theirs, rtol=1e-6)
 
 
@@ -316,8 +316,8 @@ def test_batch_points_vmap_path_matches(case):
     a, b = perturbed(model, 1), perturbed(model, 2)
     probe = lp.LandscapeProbe(model, case.loss_fn, data)
     before = snapshot(model)
-    one = probe.interpolate(a, b, steps=7)
-    many = probe.interpolate(a, b, steps=7, batch_points=3)  # chunks of 3, 3, 1
+    one = probe.interpolate(a, b, points=7)
+    many = probe.interpolate(a, b, points=7, batch_points=3)  # chunks of 3, 3, 1
     np.testing.assert_allclose(many.losses, one.losses, rtol=1e-12)
     np.testing.assert_allclose(many.stderr, one.stderr, rtol=1e-9)
     assert many.loss_a == pytest.approx(one.loss_a, rel=1e-13)
@@ -326,6 +326,27 @@ def test_batch_points_vmap_path_matches(case):
         probe.interpolate(a, b, batch_points=0)
     with pytest.raises(ValueError, match="batch_points > 1 needs bn='eval'"):
         lp.LandscapeProbe(model, case.loss_fn, data, bn="train").interpolate(a, b, batch_points=2)
+
+
+def test_batch_points_holds_k_copies_allocated_once(monkeypatch):
+    # the memory claim's logic: one stack of batch_points copies per tensor for the whole call,
+    # each chunk a view of it (benchmarks/bench_batch_points_memory.py measures the bytes)
+    model, data = CASES[0].build(dtype=torch.float64)
+    a, b = perturbed(model, 1), perturbed(model, 2)
+    probe = lp.LandscapeProbe(model, CASES[0].loss_fn, data)
+    seen = []
+    original = type(probe.engine)._chunk
+
+    def spy(self, ranks, names, stacked):
+        seen.append([(t.shape, t.untyped_storage().data_ptr()) for t in stacked])
+        return original(self, ranks, names, stacked)
+    monkeypatch.setattr(type(probe.engine), "_chunk", spy)
+    probe.interpolate(a, b, points=7, batch_points=3)
+    names = probe.engine.state_names()
+    sizes = [t.shape for t in probe.engine.targets(names)]
+    assert [[shape[0] for shape, _ in chunk] for chunk in seen] == [[3] * len(names), [3] * len(names), [1] * len(names)]
+    assert all([shape[1:] for shape, _ in chunk] == sizes for chunk in seen)
+    assert seen[0] == seen[1] and [p for _, p in seen[2]] == [p for _, p in seen[0]]    # the same storage
 
 
 @pytest.mark.parametrize("as_", ["module", "state_dict", "vector_view"])
@@ -338,7 +359,7 @@ def test_endpoint_that_is_the_probed_model_itself(as_):
     probe = lp.LandscapeProbe(model, nn.MSELoss(), data)
     a = {"module": model, "state_dict": model.state_dict(),
          "vector_view": lp.ParamVector.from_module(model, copy=False)}[as_]
-    curve = probe.interpolate(a, {"weight": torch.tensor([[3.0]])}, steps=5)
+    curve = probe.interpolate(a, {"weight": torch.tensor([[3.0]])}, points=5)
     np.testing.assert_allclose(curve.losses, [1.0, 2.25, 4.0, 6.25, 9.0], rtol=1e-6)
     assert model.weight.item() == 1.0
 
@@ -370,7 +391,7 @@ def test_module_tensor_attributes_set_while_probing_are_put_back(lazy):
     before = model.__dict__.get("_scale")
     data = [(torch.randn(4, 3), torch.randn(4, 1))]
     probe = lp.LandscapeProbe(model, nn.MSELoss(), data)
-    probe.interpolate(model, perturbed(model, 0, 0.1), steps=3)
+    probe.interpolate(model, perturbed(model, 0, 0.1), points=3)
     assert model.__dict__.get("_scale") is before
     x, y = data[0]
     nn.functional.mse_loss(model(x), y).backward()      # training still works
@@ -383,8 +404,8 @@ def test_a_huge_grid_is_refused_with_its_size():
     before = snapshot(model)
     a, b = {"weight": torch.tensor([[-1.0]])}, {"weight": torch.tensor([[1.0]])}
     with pytest.raises(ValueError, match=r"would evaluate 4,000,003 points .*MAX_POINTS = 100,000.*smaller extend"):
-        probe.interpolate(a, b, steps=3, extend=1e6)
-    with pytest.raises(ValueError, match=r"200,001 points .*fewer steps"):
-        probe.interpolate(a, b, steps=200_001)
+        probe.interpolate(a, b, points=3, extend=1e6)
+    with pytest.raises(ValueError, match=r"200,001 points .*fewer points"):
+        probe.interpolate(a, b, points=200_001)
     assert_same_snapshot(before, snapshot(model))
-    assert len(probe.interpolate(a, b, steps=3, extend=1.0).alphas) == 7     # small grids are untouched
+    assert len(probe.interpolate(a, b, points=3, extend=1.0).alphas) == 7     # small grids are untouched

@@ -21,7 +21,7 @@ def test_deep_linear_minima_are_connected_above_the_minimum(seed, frac):
     # Freeman & Bruna Thm 2.3: deep linear nets (widths >= min(in, out)) have connected level sets.
     p = toys.deep_linear(seed=seed)
     probe = probe_of(p)
-    line = probe.interpolate(p["a"], p["b"], steps=51)
+    line = probe.interpolate(p["a"], p["b"], points=51)
     assert line.loss_a == pytest.approx(p["minimum"], rel=1e-12)
     assert line.loss_b == pytest.approx(p["minimum"], rel=1e-12)
     threshold = p["minimum"] + frac * (line.losses.max() - p["minimum"])   # the segment leaves the level set
@@ -69,7 +69,7 @@ def test_identical_models_give_a_zero_length_path():
 def test_budgets_end_the_search_with_a_reason():
     p = toys.deep_linear(seed=0)
     probe = probe_of(p)
-    line = probe.interpolate(p["a"], p["b"], steps=51)
+    line = probe.interpolate(p["a"], p["b"], points=51)
     threshold = p["minimum"] + 0.1 * (line.losses.max() - p["minimum"])
     r = level_set(probe, p["a"], p["b"], threshold=threshold, steps=300, lr=0.2, max_beads=2)
     assert not r.connected and "max_beads=2" in r.reason
@@ -147,7 +147,7 @@ def test_bad_arguments_raise(kwargs, match):
 def test_pull_keeps_the_new_bead_near_the_midpoint(optimizer):
     p = toys.deep_linear(seed=0)
     probe = probe_of(p)
-    line = probe.interpolate(p["a"], p["b"], steps=51)
+    line = probe.interpolate(p["a"], p["b"], points=51)
     threshold = p["minimum"] + 0.3 * (line.losses.max() - p["minimum"])
     lr = 0.2 if optimizer == "sgd" else 0.01
     free = level_set(probe, p["a"], p["b"], threshold=threshold, steps=300, lr=lr, optimizer=optimizer)

@@ -55,7 +55,7 @@ def test_good_torch_file_still_loads(tmp_path):
 def test_connect_resume_from_a_truncated_checkpoint_raises_load_error(tmp_path):
     model, data = CASES[0].build(dtype=torch.float64)
     probe = lp.LandscapeProbe(model, CASES[0].loss_fn, data)
-    args = dict(method="bezier", bends=2, steps=4, lr=0.01, optimizer="adam", t_samples=2, eval_points=3, seed=3,
+    args = dict(method="bezier", bends=2, steps=4, lr=0.01, optimizer="adam", t_samples=2, points=3, seed=3,
                 checkpoint_every=2)
     ck = tmp_path / "connect.pt"
     probe.connect(perturbed(model, 1), perturbed(model, 2), checkpoint=ck, **args)

@@ -189,5 +189,5 @@ def test_penalty_preset_applies_to_both():
     import landprobe as lp
     for m in (WarshipXZNetBeta(width=0.1), DRCN(width=0.05, recursions=2)):
         pen = lp.SubnetNormPenalty.preset(m, "mix")
-        assert pen.kinds == {"enet": "l2", "inet": "l1", "rnet": "l2"}
+        assert pen.kinds == {"enet": "l2_squared", "inet": "l1", "rnet": "l2_squared"}
         assert torch.isfinite(pen())

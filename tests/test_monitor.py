@@ -62,7 +62,7 @@ def test_three_epochs_records_and_model_untouched(tmp_path, hessian):
     net, data = setup()
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     monitor = LandscapeMonitor(net, nn.MSELoss(), data, hessian=hessian, trace_matvecs=30,
-                               subnets={"first": "0", "last": "2"}, interpolate_steps=5, directory=tmp_path)
+                               subnets={"first": "0", "last": "2"}, interpolate_points=5, directory=tmp_path)
     for epoch in range(1, 4):
         train_epoch(net, data, opt)
         snap = snapshot(net)
@@ -116,7 +116,7 @@ def test_hessian_values_match_dense_blocks():
 
 def test_barrier_between_identical_checkpoints_is_zero_and_matches_probe():
     net, data = setup(2)
-    monitor = LandscapeMonitor(net, nn.MSELoss(), data, hessian=False, capacity=False, interpolate_steps=7)
+    monitor = LandscapeMonitor(net, nn.MSELoss(), data, hessian=False, capacity=False, interpolate_points=7)
     monitor(0)
     same = monitor(1)
     assert same["barrier"] == 0.0 and same["distance"] == 0.0
@@ -125,7 +125,7 @@ def test_barrier_between_identical_checkpoints_is_zero_and_matches_probe():
     with torch.no_grad():
         net[0].weight.mul_(-1.5)
     moved = monitor(2)
-    curve = lp.LandscapeProbe(net, nn.MSELoss(), data).interpolate(prev, net, steps=7)
+    curve = lp.LandscapeProbe(net, nn.MSELoss(), data).interpolate(prev, net, points=7)
     assert moved["barrier"] == curve.barrier and moved["barrier_alpha"] == curve.argmax_alpha
 
 
@@ -152,7 +152,7 @@ def test_every_resume_plot_and_messages(tmp_path, capsys, caplog):
 
 @pytest.mark.parametrize("kwargs,exc,match", [
     ({"every": 0}, ValueError, "every=0"),
-    ({"interpolate_steps": 1}, ValueError, "interpolate_steps=1"),
+    ({"interpolate_points": 1}, ValueError, "interpolate_points=1"),
     ({"trace_matvecs": 3}, ValueError, "trace_matvecs=3"),
     ({"eig_tol": 0}, ValueError, "eig_tol=0"),
     ({"hessian": "blocks"}, ValueError, "hessian='blocks'"),

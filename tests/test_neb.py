@@ -31,7 +31,7 @@ def valley():
 @pytest.mark.parametrize("spring", [math.inf, 1.0])
 def test_curvy_valley_saddle_within_two_percent(valley, spring):
     probe, a, b = valley
-    straight = probe.interpolate(a, b, steps=401)
+    straight = probe.interpolate(a, b, points=401)
     assert straight.barrier == pytest.approx(2.977, abs=1e-3)
     path = auto_neb(probe, a, b, schedule=QUICK, spring=spring)
     assert path.max_loss == pytest.approx(1.0, rel=0.02)          # the saddle (0, 0), E = 1 exactly
@@ -45,7 +45,7 @@ def test_eggcarton_barrier_two_and_flat_zero():
     a, b = egg.minima()                                            # neighbours: the segment is the MEP
     assert auto_neb(probe, a, b, schedule=QUICK).barrier == pytest.approx(2.0, abs=1e-9)
     a, b = loc(0.5, 0.5), loc(1.5, 2.5)                            # the segment crosses two ridges
-    assert probe.interpolate(a, b, steps=201).barrier > 3.1
+    assert probe.interpolate(a, b, points=201).barrier > 3.1
     assert auto_neb(probe, a, b, schedule=QUICK).barrier == pytest.approx(2.0, rel=0.02)
     flat = toys.Flat()
     fp = toys.toy_probe(flat)
@@ -55,7 +55,7 @@ def test_eggcarton_barrier_two_and_flat_zero():
 
 def test_images_are_knots_and_losses_match_probe_loss(valley):
     probe, a, b = valley
-    path = auto_neb(probe, a, b, schedule=QUICK[:3], sub_points=3, eval_points=5)
+    path = auto_neb(probe, a, b, schedule=QUICK[:3], sub_points=3, points=5)
     assert path.losses[0] == probe.loss(a) and path.losses[-1] == probe.loss(b)
     images = [p.state_dict() for p in path.points]
     assert len(images) == len(path.knots)
@@ -98,7 +98,7 @@ def test_network_band_descends_and_restores_the_model():
     sched = [dict(steps=15, lr=0.05, insert=3), dict(steps=15, lr=0.05, insert=2)]
     path = auto_neb(probe, a, b, schedule=sched, sub_points=2)
     assert_same_snapshot(before, snapshot(model))
-    line = probe.interpolate(a, b, steps=21)
+    line = probe.interpolate(a, b, points=21)
     assert path.losses.mean() < 0.5 * line.losses.mean()           # the images descended into the valley
     assert path.knot_losses[1:-1].max() < line.losses.min()
     assert path.losses[0] == probe.loss(a) and path.losses[-1] == probe.loss(b)
@@ -139,7 +139,7 @@ def test_interrupted_neb_restores_the_model(exc, after):
     (dict(images=0), "images=0"),
     (dict(spring=0.0), "spring=0.0"),
     (dict(sub_points=0), "sub_points=0"),
-    (dict(eval_points=1), "eval_points=1"),
+    (dict(points=1), "points=1"),
 ])
 def test_bad_arguments_raise(valley, kwargs, match):
     probe, a, b = valley

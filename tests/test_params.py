@@ -192,9 +192,14 @@ def test_apply_to_and_state_dict_checks():
     del bad["head.bias"]
     with pytest.raises(ValueError, match=r"lacks 1 entries of MLP: \['head.bias'\]"):
         lp.ParamVector.from_state_dict(bad, m)
-    wrapped = {"module." + k: v for k, v in sd.items()}
-    with pytest.raises(ValueError, match="unexpected keys.*'module."):
-        lp.ParamVector.from_state_dict(wrapped, m)
+    for prefix in ("module.", "_orig_mod.", "module._orig_mod."):   # DDP, torch.compile, both
+        wrapped = {prefix + k: v for k, v in sd.items()}
+        with pytest.warns(UserWarning, match=f"'{prefix}fc1.weight' -> 'fc1.weight'"):
+            got = lp.ParamVector.from_state_dict(wrapped, m)
+        assert got.names == lp.select(m, None) and all(torch.equal(got[n], sd[n]) for n in got.names)
+    foreign = {"encoder." + k: v for k, v in sd.items()}
+    with pytest.raises(ValueError, match="unexpected keys.*'encoder."):
+        lp.ParamVector.from_state_dict(foreign, m)
     bad = dict(sd, **{"head.weight": torch.zeros(3, 6)})
     with pytest.raises(ValueError, match=r"head.weight: \(3, 6\) vs model \(2, 6\)"):
         lp.ParamVector.from_state_dict(bad, m)

@@ -12,7 +12,7 @@ import landprobe as lp
 from landprobe.penalties import SubnetNormPenalty
 
 TOL = dict(rtol=1e-10, atol=1e-10)
-KINDS = ["l2", "l1", "l2norm", "group", "spectral"]
+KINDS = ["l2_squared", "l1", "l2norm", "group", "spectral"]
 
 
 # --------------------------------------------------------------------------- architectures
@@ -71,7 +71,7 @@ def keep(name, p, include_bias):
 
 
 def naive_norm(kind, tensors):
-    if kind == "l2":
+    if kind == "l2_squared":
         return sum(t.pow(2).sum() for t in tensors)
     if kind == "l1":
         return sum(t.abs().sum() for t in tensors)
@@ -152,7 +152,7 @@ def test_value_and_gradient_match_naive_float64(arch, kind, include_bias):
     check_against_naive(model, selectors, {k: kind for k in keys}, weights, include_bias)
 
 
-MIXED = [("l1", "group"), ("l2norm", "l2"), ("group", "l1"), ("l2", "l1")]
+MIXED = [("l1", "group"), ("l2norm", "l2_squared"), ("group", "l1"), ("l2_squared", "l1")]
 
 
 @pytest.mark.parametrize("arch", ARCHS, ids=[f"arch={a[0]}" for a in ARCHS])
@@ -167,17 +167,17 @@ def test_mixed_kinds_per_subnet_weights(arch, pair):
 def test_spectral_and_l2_subnets_together_on_transformer():
     model = build(Transformer, seed=2)
     sel = {"a": "encoder.self_attn", "b": ["encoder.linear*", "out", "embed"]}
-    check_against_naive(model, sel, {"a": "spectral", "b": "l2"}, {"a": 0.5, "b": 0.25}, False)
+    check_against_naive(model, sel, {"a": "spectral", "b": "l2_squared"}, {"a": 0.5, "b": 0.25}, False)
 
 
 def test_include_bias_false_drops_biases_and_1d_parameters():
     model = build(Transformer)
-    pen = SubnetNormPenalty(model, {"encoder": "l2"}, include_bias=False)
+    pen = SubnetNormPenalty(model, {"encoder": "l2_squared"}, include_bias=False)
     assert pen.subnets["encoder"] == [
         "encoder.self_attn.in_proj_weight", "encoder.self_attn.out_proj.weight",
         "encoder.linear1.weight", "encoder.linear2.weight",
     ]
-    full = SubnetNormPenalty(model, {"encoder": "l2"}).subnets["encoder"]
+    full = SubnetNormPenalty(model, {"encoder": "l2_squared"}).subnets["encoder"]
     assert "encoder.norm1.weight" in full and "encoder.self_attn.in_proj_bias" in full
 
 
@@ -192,7 +192,7 @@ def test_zero_parameters_give_zero_gradient_not_nan():
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
-    for kind in ("l2", "l1", "l2norm", "group"):
+    for kind in ("l2_squared", "l1", "l2norm", "group"):
         pen = SubnetNormPenalty(model, {"fc1": kind, "fc2": "l2norm"})
         out = pen()
         assert out.item() == 0.0
@@ -201,7 +201,7 @@ def test_zero_parameters_give_zero_gradient_not_nan():
 
 def test_module_selector_key_and_model_level_doubles():
     model = build(MLP)
-    pen = SubnetNormPenalty(model, {model.fc1: "l2"}, weight=2.0)
+    pen = SubnetNormPenalty(model, {model.fc1: "l2_squared"}, weight=2.0)
     torch.testing.assert_close(pen(), 2 * model.fc1.weight.pow(2).sum() + 2 * model.fc1.bias.pow(2).sum(), **TOL)
 
 
@@ -209,9 +209,9 @@ def test_second_order_hessian_vector_product_matches_naive():
     model = build(MLP)
     params = list(model.parameters())
     vec = [torch.randn_like(p) for p in params]
-    for kind in ("l2", "l1"):
-        pen = SubnetNormPenalty(model, {"fc1": kind, "fc2": "l2"}, weight={"fc1": 0.7, "fc2": 1.3})
-        ref = 0.7 * naive_norm(kind, list(model.fc1.parameters())) + 1.3 * naive_norm("l2", list(model.fc2.parameters()))
+    for kind in ("l2_squared", "l1"):
+        pen = SubnetNormPenalty(model, {"fc1": kind, "fc2": "l2_squared"}, weight={"fc1": 0.7, "fc2": 1.3})
+        ref = 0.7 * naive_norm(kind, list(model.fc1.parameters())) + 1.3 * naive_norm("l2_squared", list(model.fc2.parameters()))
         for total in (pen(), ref):
             g = torch.autograd.grad(total, params, create_graph=True, allow_unused=True)
             dot = sum((gi * v).sum() for gi, v in zip(g, vec) if gi is not None and gi.requires_grad)
@@ -227,8 +227,8 @@ def test_second_order_hessian_vector_product_matches_naive():
 
 def test_float32_model_agrees_with_float64_reference():
     model = build(SmallResNet).float()
-    pen = SubnetNormPenalty(model, {"stem": "l2", "layer1": "l1", "fc": "group"})
-    ref = SubnetNormPenalty(build(SmallResNet), {"stem": "l2", "layer1": "l1", "fc": "group"})
+    pen = SubnetNormPenalty(model, {"stem": "l2_squared", "layer1": "l1", "fc": "group"})
+    ref = SubnetNormPenalty(build(SmallResNet), {"stem": "l2_squared", "layer1": "l1", "fc": "group"})
     assert pen().dtype == torch.float32
     torch.testing.assert_close(pen().double(), ref(), rtol=1e-5, atol=1e-6)
 
@@ -243,7 +243,7 @@ class Toy(nn.Module):
         self.extra = nn.Linear(2, 2)     # in no subnet: never penalised
 
 
-TABLE_II = {"all-l2": ("l2", "l2", "l2"), "mix": ("l2", "l1", "l2"), "all-l1": ("l1", "l1", "l1")}
+TABLE_II = {"all-l2": ("l2_squared", "l2_squared", "l2_squared"), "mix": ("l2_squared", "l1", "l2_squared"), "all-l1": ("l1", "l1", "l1")}
 
 
 @pytest.mark.parametrize("setting", list(TABLE_II))
@@ -269,9 +269,9 @@ def test_preset_penalises_exactly_table_ii(setting, via):
             assert torch.equal(gs[name], torch.zeros_like(p)), name
             continue
         kind = TABLE_II[setting][prefix.index(top)]
-        want = 2 * lam * p if kind == "l2" else lam * p.sign()
+        want = 2 * lam * p if kind == "l2_squared" else lam * p.sign()
         torch.testing.assert_close(gs[name], want, **TOL)
-        expected_total += lam * (p.pow(2).sum() if kind == "l2" else p.abs().sum()).item()
+        expected_total += lam * (p.pow(2).sum() if kind == "l2_squared" else p.abs().sum()).item()
     assert total.item() == pytest.approx(expected_total, rel=1e-12)
     assert list(pen.breakdown()) == ["enet", "inet", "rnet"]
 
@@ -334,14 +334,14 @@ def test_spectral_does_not_touch_global_rng_and_is_seeded():
 # --------------------------------------------------------------------------- errors
 def test_model_class_instead_of_instance():
     with pytest.raises(TypeError, match=r"class MLP, not a model; instantiate it"):
-        SubnetNormPenalty(MLP, {"fc1": "l2"})
+        SubnetNormPenalty(MLP, {"fc1": "l2_squared"})
     with pytest.raises(TypeError, match=r"class MLP, not a model; instantiate it"):
         SubnetNormPenalty.preset(MLP, "mix")
 
 
 def test_model_not_a_module():
     with pytest.raises(TypeError, match=r"model has type dict; expected a torch.nn.Module"):
-        SubnetNormPenalty({"w": torch.ones(1)}, {"w": "l2"})
+        SubnetNormPenalty({"w": torch.ones(1)}, {"w": "l2_squared"})
 
 
 def test_norms_errors():
@@ -350,7 +350,7 @@ def test_norms_errors():
         SubnetNormPenalty(model, ["fc1"])
     with pytest.raises(ValueError, match=r"norms is empty"):
         SubnetNormPenalty(model, {})
-    with pytest.raises(ValueError, match=r"unknown kind 'L3' for subnet 'fc1'; expected one of \['l2', 'l1', 'l2norm', 'group', 'spectral'\]"):
+    with pytest.raises(ValueError, match=r"unknown kind 'L3' for subnet 'fc1'; expected one of \['l2_squared', 'l1', 'l2norm', 'group', 'spectral'\]"):
         SubnetNormPenalty(model, {"fc1": "L3"})
     with pytest.raises(TypeError, match=r"kind for subnet 'fc1' is 2 \(int\)"):
         SubnetNormPenalty(model, {"fc1": 2})
@@ -359,25 +359,25 @@ def test_norms_errors():
 @pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")], ids=["negative", "nan", "inf"])
 def test_weight_value_errors(bad):
     with pytest.raises(ValueError, match=r"weight=.*expected a finite, non-negative float"):
-        SubnetNormPenalty(MLP(), {"fc1": "l2"}, weight=bad)
+        SubnetNormPenalty(MLP(), {"fc1": "l2_squared"}, weight=bad)
     with pytest.raises(ValueError, match=r"weight\['fc1'\]=.*expected a finite, non-negative float"):
-        SubnetNormPenalty(MLP(), {"fc1": "l2"}, weight={"fc1": bad})
+        SubnetNormPenalty(MLP(), {"fc1": "l2_squared"}, weight={"fc1": bad})
 
 
 @pytest.mark.parametrize("bad", ["2e-4", True, None], ids=["str", "bool", "none"])
 def test_weight_type_errors(bad):
     with pytest.raises(TypeError, match=r"weight=.* has type .*; expected a non-negative float"):
-        SubnetNormPenalty(MLP(), {"fc1": "l2"}, weight=bad)
+        SubnetNormPenalty(MLP(), {"fc1": "l2_squared"}, weight=bad)
 
 
 def test_weight_mapping_keys_must_match_norms():
     with pytest.raises(ValueError, match=r"weight mapping keys differ.*missing \['fc2'\], unexpected \['head'\]"):
-        SubnetNormPenalty(MLP(), {"fc1": "l2", "fc2": "l1"}, weight={"fc1": 1.0, "head": 1.0})
+        SubnetNormPenalty(MLP(), {"fc1": "l2_squared", "fc2": "l1"}, weight={"fc1": 1.0, "head": 1.0})
 
 
 def test_other_argument_errors():
     with pytest.raises(TypeError, match=r"include_bias='no'; expected True or False"):
-        SubnetNormPenalty(MLP(), {"fc1": "l2"}, include_bias="no")
+        SubnetNormPenalty(MLP(), {"fc1": "l2_squared"}, include_bias="no")
     with pytest.raises(ValueError, match=r"power_iterations=0; expected an int >= 1"):
         SubnetNormPenalty(MLP(), {"fc1": "spectral"}, include_bias=False, power_iterations=0)
     with pytest.raises(ValueError, match=r"init_power_iterations=2.5; expected an int >= 1"):
@@ -386,14 +386,14 @@ def test_other_argument_errors():
 
 def test_selector_errors_come_from_select_subnets():
     with pytest.raises(ValueError, match=r"subnet selector 'fc9' matched no parameter of MLP"):
-        SubnetNormPenalty(MLP(), {"fc9": "l2"})
+        SubnetNormPenalty(MLP(), {"fc9": "l2_squared"})
     with pytest.raises(ValueError, match=r"subnet selectors 'fc1' and '\*.weight' both select parameter 'fc1.weight'"):
-        SubnetNormPenalty(MLP(), {"fc1": "l2", "*.weight": "l1"})
+        SubnetNormPenalty(MLP(), {"fc1": "l2_squared", "*.weight": "l1"})
 
 
 def test_include_bias_false_emptying_a_subnet():
     with pytest.raises(ValueError, match=r"subnet '\*.bias' selects only biases and 1-D parameters.*include_bias=False"):
-        SubnetNormPenalty(MLP(), {"*.bias": "l2"}, include_bias=False)
+        SubnetNormPenalty(MLP(), {"*.bias": "l2_squared"}, include_bias=False)
 
 
 def test_spectral_on_1d_parameters_names_them():
@@ -403,7 +403,7 @@ def test_spectral_on_1d_parameters_names_them():
 
 def test_non_finite_parameter_is_named_at_call_time():
     model = build(MLP)
-    pen = SubnetNormPenalty(model, {"fc1": "l2", "head": "l1"})
+    pen = SubnetNormPenalty(model, {"fc1": "l2_squared", "head": "l1"})
     with torch.no_grad():
         model.head.bias[1] = float("nan")
     with pytest.raises(ValueError, match=r"parameter\(s\) 'head.bias' \(subnet 'head'\) of MLP hold NaN or inf"):
@@ -416,10 +416,10 @@ def test_overflow_with_finite_parameters():
     with torch.no_grad():
         model.fc1.weight.fill_(1e30)                      # finite in float32, but its square is not
     with pytest.raises(ValueError, match=r"parameters are finite but the penalty of subnet\(s\) \['fc1'\] overflowed"):
-        SubnetNormPenalty(model, {"fc1": "l2"})()
+        SubnetNormPenalty(model, {"fc1": "l2_squared"})()
     model = build(MLP)
     with pytest.raises(ValueError, match=r"weighted total is not finite.*Lower the weights"):
-        SubnetNormPenalty(model, {"fc1": "l2"}, weight=1e308)()
+        SubnetNormPenalty(model, {"fc1": "l2_squared"}, weight=1e308)()
 
 
 def test_preset_errors():
@@ -454,7 +454,7 @@ class Deep(nn.Module):
 
 
 @pytest.mark.parametrize("limits", [None, (10, 60)], ids=["default", "tiny-limits"])
-@pytest.mark.parametrize("kinds", [("l2", "l1"), ("l1", "l2norm"), ("l2norm", "l2")], ids=lambda k: "+".join(k))
+@pytest.mark.parametrize("kinds", [("l2_squared", "l1"), ("l1", "l2norm"), ("l2norm", "l2_squared")], ids=lambda k: "+".join(k))
 def test_stacked_buckets_match_naive(monkeypatch, limits, kinds):
     # tiny limits: tensors above 10 elements are not stacked, buckets split every 60 elements
     import landprobe.penalties.subnet as pmod
@@ -474,7 +474,7 @@ def test_backward_skips_frozen_parameters_and_matches_autograd():
     model = build(Deep)
     for p in model.b.parameters():
         p.requires_grad_(False)
-    pen = SubnetNormPenalty(model, {"a": "l2", "b": "l1"}, weight=0.1)
+    pen = SubnetNormPenalty(model, {"a": "l2_squared", "b": "l1"}, weight=0.1)
     pen().backward()
     auto = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
     for p in model.parameters():
@@ -489,7 +489,7 @@ def test_backward_skips_frozen_parameters_and_matches_autograd():
 
 def test_backward_checks_scale_and_finiteness():
     model = build(Deep)
-    pen = SubnetNormPenalty(model, {"a": "l2"})
+    pen = SubnetNormPenalty(model, {"a": "l2_squared"})
     for bad in (float("nan"), "1", True):
         with pytest.raises(ValueError, match="scale="):
             pen.backward(scale=bad)
@@ -502,7 +502,7 @@ def test_backward_checks_scale_and_finiteness():
 
 def test_l2norm_subnet_reports_a_nan_parameter_instead_of_a_norm_of_zero():
     model = nn.Linear(2, 1)
-    penalty = lp.SubnetNormPenalty(model, {"weight": "l2norm", "bias": "l2"}, weight=1.0)
+    penalty = lp.SubnetNormPenalty(model, {"weight": "l2norm", "bias": "l2_squared"}, weight=1.0)
     with torch.no_grad():
         model.weight[0, 0] = float("nan")
     assert math.isnan(penalty.breakdown()["weight"])
@@ -533,22 +533,22 @@ def test_tied_parameter_belongs_to_every_module_that_uses_it():
     assert pen.subnets == {"out": ["emb.weight", "out.bias"]}
     w, b = model.emb.weight.detach(), model.out.bias.detach()
     assert pen().item() == pytest.approx(float(w.abs().sum() + b.abs().sum()), rel=1e-12)
-    assert SubnetNormPenalty(model, {model.out: "l2"}).subnets == {model.out: ["emb.weight", "out.bias"]}
-    assert SubnetNormPenalty(model, {"out.weight": "l2"}).subnets == {"out.weight": ["emb.weight"]}
+    assert SubnetNormPenalty(model, {model.out: "l2_squared"}).subnets == {model.out: ["emb.weight", "out.bias"]}
+    assert SubnetNormPenalty(model, {"out.weight": "l2_squared"}).subnets == {"out.weight": ["emb.weight"]}
 
 
 @pytest.mark.parametrize("weight", [1.0, {"emb": 0.5, "out": 0.5}])
 def test_tied_parameter_with_conflicting_kinds_raises_naming_both(weight):
-    with pytest.raises(ValueError, match=r"'emb' and 'out' both select parameter 'emb\.weight'.*'l2' and 'l1'"):
-        SubnetNormPenalty(tied_model(), {"emb": "l2", "out": "l1"}, weight=weight)
+    with pytest.raises(ValueError, match=r"'emb' and 'out' both select parameter 'emb\.weight'.*'l2_squared' and 'l1'"):
+        SubnetNormPenalty(tied_model(), {"emb": "l2_squared", "out": "l1"}, weight=weight)
 
 
 def test_tied_parameter_with_conflicting_weights_raises_naming_both():
     with pytest.raises(ValueError, match=r"'emb' and 'out' both select parameter 'emb\.weight'.*weights \(1\.0 and 2\.0\)"):
-        SubnetNormPenalty(tied_model(), {"emb": "l2", "out": "l2"}, weight={"emb": 1.0, "out": 2.0})
+        SubnetNormPenalty(tied_model(), {"emb": "l2_squared", "out": "l2_squared"}, weight={"emb": 1.0, "out": 2.0})
 
 
-@pytest.mark.parametrize("kind", ["l2", "l1", "group"])
+@pytest.mark.parametrize("kind", ["l2_squared", "l1", "group"])
 def test_tied_parameter_with_same_kind_counted_once(kind):
     model = tied_model()
     pen = SubnetNormPenalty(model, {"emb": kind, "out": kind}, weight=0.5)
@@ -556,7 +556,7 @@ def test_tied_parameter_with_same_kind_counted_once(kind):
     w = model.emb.weight.detach().double()
     b = model.out.bias.detach().double()
     by_hand = {
-        "l2": ((w ** 2).sum(), (b ** 2).sum()),
+        "l2_squared": ((w ** 2).sum(), (b ** 2).sum()),
         "l1": (w.abs().sum(), b.abs().sum()),
         "group": (w.norm(dim=1).sum(), b.abs().sum()),   # bias elements are groups of one
     }[kind]
@@ -568,15 +568,15 @@ def test_tied_parameter_with_same_kind_counted_once(kind):
     total = pen()
     assert total.item() == pytest.approx(0.5 * (emb_v + out_v), rel=1e-12)
     total.backward()
-    g_w = {"l2": 2 * w, "l1": torch.sign(w), "group": w / w.norm(dim=1, keepdim=True)}[kind]
-    g_b = {"l2": 2 * b, "l1": torch.sign(b), "group": torch.sign(b)}[kind]
+    g_w = {"l2_squared": 2 * w, "l1": torch.sign(w), "group": w / w.norm(dim=1, keepdim=True)}[kind]
+    g_b = {"l2_squared": 2 * b, "l1": torch.sign(b), "group": torch.sign(b)}[kind]
     torch.testing.assert_close(model.emb.weight.grad, 0.5 * g_w, **TOL)
     torch.testing.assert_close(model.out.bias.grad, 0.5 * g_b, **TOL)
 
 
 def test_subnet_whose_parameters_are_all_counted_earlier_is_zero():
     model = tied_model()
-    pen = SubnetNormPenalty(model, {"out": "l2", "emb": "l2"}, weight=0.5)
+    pen = SubnetNormPenalty(model, {"out": "l2_squared", "emb": "l2_squared"}, weight=0.5)
     assert pen.subnets == {"out": ["emb.weight", "out.bias"], "emb": []}
     w, b = model.emb.weight.detach(), model.out.bias.detach()
     expected = float((w ** 2).sum() + (b ** 2).sum())

@@ -59,7 +59,7 @@ def test_every_grid_value_equals_float64_brute_force(case):
     model, data = case.build(dtype=torch.float64)
     center = perturbed(model, 3, scale=0.2)
     probe = lp.LandscapeProbe(model, case.loss_fn, data)
-    s = plane(probe, center, span=0.6, steps=(3, 4), seed=5)
+    s = plane(probe, center, span=0.6, points=(3, 4), seed=5)
     d1, d2 = li_directions(model, center, 5)
     assert s.losses.shape == (4, 3)
     for i, y in enumerate(s.ys):
@@ -76,7 +76,7 @@ def test_center_value_is_probe_loss_and_model_restored(case):
     center = perturbed(model, 1, scale=0.1)
     probe = lp.LandscapeProbe(model, case.loss_fn, data)
     before = snapshot(model)
-    s = plane(probe, center, steps=3)
+    s = plane(probe, center, points=3)
     assert_same_snapshot(before, snapshot(model))
     assert s.center_loss == probe.loss(center)
     assert s.at(0.0, 0.0) == s.center_loss
@@ -86,11 +86,11 @@ def test_center_value_is_probe_loss_and_model_restored(case):
 def test_odd_steps_put_center_exactly_at_zero_and_even_steps_measure_it_anyway():
     model, data = CASES[0].build()
     probe = lp.LandscapeProbe(model, CASES[0].loss_fn, data)
-    s = plane(probe, steps=7, span=0.3)
+    s = plane(probe, points=7, span=0.3)
     assert s.xs[3] == 0.0 and s.ys[3] == 0.0
     assert s.xs[0] == -0.3 and s.xs[-1] == 0.3
     assert s.center_loss == probe.loss() == s.losses[3, 3]
-    e = plane(probe, steps=4, span=0.3)
+    e = plane(probe, points=4, span=0.3)
     assert 0.0 not in e.xs
     assert e.center_loss == probe.loss()
     assert grid_axis(-1.0, 2.0, 4).tolist() == [-1.0, 0.0, 1.0, 2.0]
@@ -99,7 +99,7 @@ def test_odd_steps_put_center_exactly_at_zero_and_even_steps_measure_it_anyway()
 def test_span_ranges_give_explicit_coordinates():
     model, data = CASES[0].build()
     probe = lp.LandscapeProbe(model, CASES[0].loss_fn, data)
-    s = plane(probe, span=((-1.0, 0.5), (0.0, 2.0)), steps=(4, 3))
+    s = plane(probe, span=((-1.0, 0.5), (0.0, 2.0)), points=(4, 3))
     np.testing.assert_array_equal(s.xs, np.linspace(-1.0, 0.5, 4))
     np.testing.assert_array_equal(s.ys, [0.0, 1.0, 2.0])
     assert s.losses.shape == (3, 4)
@@ -126,11 +126,11 @@ def test_filter_normalised_surface_is_invariant_to_relu_rescaling_raw_is_not():
     c = 5.0
     scaled = dict(sd, **{"l1.weight": sd["l1.weight"] * c, "l2.weight": sd["l2.weight"] / c})
     assert probe.loss(scaled) == pytest.approx(probe.loss(sd), rel=1e-12)      # same function
-    f0 = plane(probe, sd, span=1.0, steps=5, normalization="filter", seed=2)
-    f1 = plane(probe, scaled, span=1.0, steps=5, normalization="filter", seed=2)
+    f0 = plane(probe, sd, span=1.0, points=5, normalization="filter", seed=2)
+    f1 = plane(probe, scaled, span=1.0, points=5, normalization="filter", seed=2)
     np.testing.assert_allclose(f1.losses, f0.losses, rtol=1e-9)
-    r0 = plane(probe, sd, span=1.0, steps=5, normalization=None, seed=2)
-    r1 = plane(probe, scaled, span=1.0, steps=5, normalization=None, seed=2)
+    r0 = plane(probe, sd, span=1.0, points=5, normalization=None, seed=2)
+    r1 = plane(probe, scaled, span=1.0, points=5, normalization=None, seed=2)
     assert np.max(np.abs(r1.losses - r0.losses) / r0.losses) > 0.1
     assert r0.settings["normalization"] is None and f0.settings["normalization"] == "filter"
 
@@ -142,12 +142,12 @@ def test_directions_reproducible_under_seed_and_global_rng_untouched():
     np.random.seed(3)
     random.seed(4)
     states = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
-    a = plane(probe, steps=3, seed=7)
+    a = plane(probe, points=3, seed=7)
     assert torch.equal(states[0], torch.get_rng_state())
     assert np.array_equal(states[1], np.random.get_state()[1]) and states[2] == random.getstate()
     torch.manual_seed(99)
-    b = plane(probe, steps=3, seed=7)
-    c = plane(probe, steps=3, seed=8)
+    b = plane(probe, points=3, seed=7)
+    c = plane(probe, points=3, seed=8)
     np.testing.assert_array_equal(a.losses, b.losses)
     assert not np.array_equal(a.losses, c.losses)
 
@@ -167,13 +167,13 @@ def test_subnet_moves_only_the_subnet():
     model = WithSpare().double()
     data = [(torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64))]
     probe = lp.LandscapeProbe(model, nn.MSELoss(), data)
-    s = plane(probe, steps=3, subnet="spare")           # moving only unused weights changes nothing
+    s = plane(probe, points=3, subnet="spare")           # moving only unused weights changes nothing
     np.testing.assert_array_equal(s.losses, np.full((3, 3), probe.loss()))
     assert s.settings["subnet"] == "spare"
     # given directions nonzero everywhere, masked to the subnet: brute force moves only 'used.weight'
     d1 = {k: torch.ones_like(v) for k, v in model.state_dict().items()}
     d2 = {k: torch.linspace(-1, 1, v.numel(), dtype=torch.float64).view_as(v) for k, v in model.state_dict().items()}
-    t = plane(probe, directions=(d1, d2), steps=3, span=0.5, subnet="used.weight")
+    t = plane(probe, directions=(d1, d2), points=3, span=0.5, subnet="used.weight")
     center = {k: v.clone() for k, v in model.state_dict().items()}
     for i, y in enumerate(t.ys):
         for j, x in enumerate(t.xs):
@@ -187,12 +187,12 @@ def test_given_directions_used_as_given_unless_normalization_passed():
     probe = lp.LandscapeProbe(model, CASES[0].loss_fn, data)
     center = {k: v.clone() for k, v in model.state_dict().items()}
     d1, d2 = (lp.ParamVector.from_module(model).randn_like(s) for s in (1, 2))
-    raw = plane(probe, directions=(d1, d2), steps=3)
+    raw = plane(probe, directions=(d1, d2), points=3)
     assert raw.settings["normalization"] is None
     x = raw.xs[2]
     expected = brute_force_loss(MLP, state_at(center, d1, d2, x, 0.0), data, CASES[0].loss_fn)
     assert raw.losses[1, 2] == pytest.approx(expected, rel=1e-10)
-    fil = plane(probe, directions=(d1, d2), steps=3, normalization="filter")
+    fil = plane(probe, directions=(d1, d2), points=3, normalization="filter")
     n1 = d1.clone().normalize_(lp.ParamVector.from_module(model), "filter")
     n2 = d2.clone().normalize_(lp.ParamVector.from_module(model), "filter")
     expected = brute_force_loss(MLP, state_at(center, n1, n2, x, 0.0), data, CASES[0].loss_fn)
@@ -207,7 +207,7 @@ def test_plane_through_three_models_puts_each_at_its_anchor(case):
     ma = case.make_model().double()
     ma.load_state_dict(a)
     probe = lp.LandscapeProbe(model, case.loss_fn, data)
-    s = plane(probe, through=(ma, b, lp.ParamVector.from_state_dict(c)), steps=5)
+    s = plane(probe, through=(ma, b, lp.ParamVector.from_state_dict(c)), points=5)
     pn = [n for n, _ in model.named_parameters()]
     u = torch.cat([(b[n] - a[n]).reshape(-1) for n in pn])
     w = torch.cat([(c[n] - a[n]).reshape(-1) for n in pn])
@@ -243,7 +243,7 @@ def test_plane_through_three_models_puts_each_at_its_anchor(case):
 def test_save_load_round_trip(tmp_path):
     model, data = CASES[0].build()
     probe = lp.LandscapeProbe(model, CASES[0].loss_fn, data)
-    s = plane(probe, through=(perturbed(model, 1), perturbed(model, 2), perturbed(model, 3)), steps=3)
+    s = plane(probe, through=(perturbed(model, 1), perturbed(model, 2), perturbed(model, 3)), points=3)
     back = Surface.load(s.save(tmp_path / "s.json"))
     for f in ("xs", "ys", "losses", "stderr"):
         np.testing.assert_array_equal(getattr(back, f), getattr(s, f))
@@ -254,7 +254,7 @@ def test_save_load_round_trip(tmp_path):
 def test_plot_contour_and_surface():
     model, data = CASES[0].build()
     probe = lp.LandscapeProbe(model, CASES[0].loss_fn, data)
-    s = plane(probe, steps=5)
+    s = plane(probe, points=5)
     ax = s.plot(levels=5)
     assert len(ax.collections) > 0 and ax.get_xlabel() == "direction 1"
     ax3 = s.plot(kind="surface", log=True)
@@ -277,7 +277,7 @@ def test_interrupted_plane_restores_model():
 
     before = snapshot(model)
     with pytest.raises(KeyboardInterrupt):
-        plane(lp.LandscapeProbe(model, loss_fn, data), perturbed(model, 1), steps=3)
+        plane(lp.LandscapeProbe(model, loss_fn, data), perturbed(model, 1), points=3)
     assert_same_snapshot(before, snapshot(model))
 
 
@@ -285,10 +285,10 @@ def test_errors():
     model, data = CASES[0].build()
     probe = lp.LandscapeProbe(model, CASES[0].loss_fn, data)
     a, b, c = perturbed(model, 1), perturbed(model, 2), perturbed(model, 3)
-    with pytest.raises(ValueError, match="steps=1"):
-        plane(probe, steps=1)
-    with pytest.raises(ValueError, match=r"steps=\(3,\)"):
-        plane(probe, steps=(3,))
+    with pytest.raises(ValueError, match="points=1"):
+        plane(probe, points=1)
+    with pytest.raises(ValueError, match=r"points=\(3,\)"):
+        plane(probe, points=(3,))
     with pytest.raises(ValueError, match="span=-1"):
         plane(probe, span=-1)
     with pytest.raises(ValueError, match="finite min < max"):
@@ -328,7 +328,7 @@ def test_errors():
     mid = {k: (v + b[k]) / 2 if v.is_floating_point() else v for k, v in a.items()}
     with pytest.raises(ValueError, match="c lies on the line"):
         plane(probe, through=(a, b, mid))
-    s = plane(probe, through=(a, b, c), span=((-0.5, 1.5), (-0.5, 1.5)), margin=0, steps=3)
+    s = plane(probe, through=(a, b, c), span=((-0.5, 1.5), (-0.5, 1.5)), margin=0, points=3)
     assert s.xs.tolist() == [-0.5, 0.5, 1.5]
 
 
@@ -339,8 +339,9 @@ def _plane_for_ranks(calls=None):
         if calls is not None:
             calls.append(1)
         return CASES[1].loss_fn(out, y)
+    loss_fn.reduction = "mean"     # stated, so the engine's reduction check makes no extra call to count
 
-    return plane(lp.LandscapeProbe(model, loss_fn, data), perturbed(model, 1), steps=3, seed=2)
+    return plane(lp.LandscapeProbe(model, loss_fn, data), perturbed(model, 1), points=3, seed=2)
 
 
 def _worker(rank, world, init_file, out_dir):
@@ -378,6 +379,6 @@ def test_a_huge_grid_is_refused_with_its_size():
     model = nn.Linear(2, 1, bias=False)
     probe = lp.LandscapeProbe(model, nn.MSELoss(), [(torch.eye(2), torch.zeros(2, 1))])
     with pytest.raises(ValueError, match=r"would evaluate 1,000,000 points \(1,000 × 1,000\).*MAX_POINTS = 100,000"):
-        plane(probe, steps=1000)
-    with pytest.raises(ValueError, match=r"100,002 points \(2 × 50,001\).*fewer steps"):
-        plane(probe, steps=(2, 50_001))
+        plane(probe, points=1000)
+    with pytest.raises(ValueError, match=r"100,002 points \(2 × 50,001\).*fewer points"):
+        plane(probe, points=(2, 50_001))

@@ -59,7 +59,7 @@ def test_interpolate_with_precision_reports_per_point_error_and_restores():
     model, data = CASES[1].build()
     before = snapshot(model)
     probe = lp.LandscapeProbe(model, CASES[1].loss_fn, data * 10, precision=0.2, min_batches=3)
-    curve = probe.interpolate(perturbed(model, 1), perturbed(model, 2), steps=5)
+    curve = probe.interpolate(perturbed(model, 1), perturbed(model, 2), points=5)
     assert len(curve.settings["samples_per_point"]) == 5 and curve.settings["precision"] == 0.2
     used = np.array(curve.settings["samples_per_point"])
     assert ((2 * curve.stderr <= 0.2 * curve.losses) | (used == 60)).all()
@@ -166,7 +166,7 @@ def test_control_on_a_curve_records_the_setting_and_restores_the_model():
     model = nn.Linear(3, 1).double()
     before = snapshot(model)
     probe = lp.LandscapeProbe(model, nn.MSELoss(), ds, precision=0.05, batch_size=25, control=y_squared)
-    curve = probe.interpolate(model, perturbed(model, 1, 0.3), steps=3)
+    curve = probe.interpolate(model, perturbed(model, 1, 0.3), points=3)
     assert curve.settings["control"] == "y_squared"
     assert np.all(2 * curve.stderr <= 0.05 * curve.losses)
     assert_same_snapshot(before, snapshot(model))

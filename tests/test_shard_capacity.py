@@ -55,7 +55,7 @@ def _records(directory: str | None, sharding, batches: int | None) -> list:
     measures, barrier) with a change of its parameters before each."""
     model, loss_fn, data = _build("mlp", batches)
     monitor = LandscapeMonitor(model, loss_fn, data, sharding=sharding, trace_matvecs=8, subnets={"fc1": "fc1"},
-                               interpolate_steps=3, directory=directory)
+                               interpolate_points=3, directory=directory)
     for epoch in (1, 2):
         _step(model, epoch)
         monitor.epoch_end(epoch)

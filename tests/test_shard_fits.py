@@ -80,13 +80,13 @@ def curve_fits(sharding: Any) -> dict[str, np.ndarray]:
     probe = lp.LandscapeProbe(model, loss_fn, data, sharding=sharding)
     a, b = point(model, 1), point(model, 2)
     out: dict[str, np.ndarray] = {}
-    bez = probe.connect(a, b, method="bezier", bends=2, steps=8, lr=0.05, t_samples=2, eval_points=5, seed=3)
-    poly = probe.connect(a, b, method="polychain", bends=2, steps=8, lr=0.05, eval_points=5)
+    bez = probe.connect(a, b, method="bezier", bends=2, steps=8, lr=0.05, t_samples=2, points=5, seed=3)
+    poly = probe.connect(a, b, method="polychain", bends=2, steps=8, lr=0.05, points=5)
     for name, path in (("bezier", bez), ("polychain", poly)):
         out[f"{name}.bends"] = flat(path.points[1:-1])
         out[f"{name}.losses"] = path.losses
         out[f"{name}.train"] = np.array(path.settings["train_losses"])
-    neb = probe.connect(a, b, method="neb", schedule=NEB_SCHEDULE, sub_points=2, eval_points=5)
+    neb = probe.connect(a, b, method="neb", schedule=NEB_SCHEDULE, sub_points=2, points=5)
     out["neb.images"], out["neb.energies"] = flat(neb.points), neb.knot_losses
     out["neb.losses"], out["neb.knots"] = neb.losses, neb.knots
     out["neb.climbing"] = np.array([-1 if c.get("climbing_image") is None else c["climbing_image"]
@@ -117,7 +117,7 @@ def bn_fits(sharding: Any) -> dict[str, np.ndarray]:
     model, loss_fn, data = problems("conv_bn")[0].build()
     probe = lp.LandscapeProbe(model, loss_fn, data, sharding=sharding)
     path = probe.connect(point(model, 1), point(model, 2), method="polychain", bends=1, steps=6, lr=0.05,
-                         eval_points=4)
+                         points=4)
     r = probe.perturb(lambda p: torch.optim.SGD(p, lr=0.05), scale=0.1, steps=3, repeats=1, seed=2)
     return {"bn.bends": flat(path.points[1:-1]), "bn.losses": path.losses,
             "bn.train": np.array(path.settings["train_losses"]), "bn.perturb": r.losses,
@@ -139,7 +139,7 @@ def given_fit(data: list, sharding: Any) -> dict[str, np.ndarray]:
     model, loss_fn, _ = problems("mlp")[0].build()
     probe = lp.LandscapeProbe(model, loss_fn, data, sharding=sharding)
     path = probe.connect(point(model, 1), point(model, 2), method="polychain", bends=2, steps=6, lr=0.05,
-                         eval_points=5)
+                         points=5)
     # the losses only: the per-batch standard errors depend on how the samples fall into batches
     return {"given.bends": flat(path.points[1:-1]), "given.losses": path.losses,
             "given.train": np.array(path.settings["train_losses"])}
@@ -151,7 +151,7 @@ def float32_neb(sharding: Any) -> dict[str, np.ndarray]:
     model = model.float()
     probe = lp.LandscapeProbe(model, loss_fn, [(x.float(), y.float()) for x, y in data], sharding=sharding)
     a, b = ({k: v.float() for k, v in point(model, seed).items()} for seed in (1, 2))
-    path = probe.connect(a, b, method="neb", schedule=NEB_SCHEDULE, sub_points=2, eval_points=5)
+    path = probe.connect(a, b, method="neb", schedule=NEB_SCHEDULE, sub_points=2, points=5)
     return {"f32.images": flat(path.points).astype(np.float64), "f32.losses": path.losses}
 
 
@@ -215,7 +215,7 @@ def checkpointed(kind: str, loss_fn: Any, path: Any) -> tuple[dict[str, np.ndarr
         return {"bends": flat(p.points[1:-1]), "losses": p.losses}, p.settings.get("resumed_at_step")
     if kind == "neb":
         p = probe.connect(a, b, method="neb", schedule=NEB_SCHEDULE + [dict(steps=3, lr=0.02, climbing=True)],
-                          sub_points=2, eval_points=5, checkpoint=path)
+                          sub_points=2, points=5, checkpoint=path)
         return {"images": flat(p.points), "losses": p.losses}, p.settings.get("resumed_at_cycle")
     return level_fit(probe, model, checkpoint=path)
 

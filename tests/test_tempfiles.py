@@ -85,7 +85,7 @@ def connect_run(checkpoint, steps=4):
     model, data = CASES[0].build(dtype=torch.float64)
     probe = lp.LandscapeProbe(model, CASES[0].loss_fn, data)
     return probe.connect(perturbed(model, 1), perturbed(model, 2), method="bezier", bends=1, steps=steps, lr=0.01,
-                         t_samples=1, eval_points=3, seed=0, checkpoint=checkpoint, checkpoint_every=2)
+                         t_samples=1, points=3, seed=0, checkpoint=checkpoint, checkpoint_every=2)
 
 
 def test_connect_removes_stale_temps_at_start_and_on_resume(tmp_path):

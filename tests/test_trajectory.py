@@ -95,7 +95,7 @@ def test_pca_directions_draw_a_plane_under_the_path():
     assert pca.directions[0].names == [n for n, _ in model.named_parameters()]
     assert float(pca.directions[0]["fc1.weight"].abs().sum()) == 0.0      # zero outside the subnet
     probe = lp.LandscapeProbe(model, loss_fn, data)
-    s = plane(probe, pca.center, directions=pca.directions, span=pca.span(), steps=3)
+    s = plane(probe, pca.center, directions=pca.directions, span=pca.span(), points=3)
     assert s.settings["normalization"] is None and s.center_loss == probe.loss()
     (x0, x1), (y0, y1) = pca.span()
     assert x0 <= pca.coords[:, 0].min() and x1 >= pca.coords[:, 0].max()

@@ -125,9 +125,9 @@ def test_mypy_catches_a_wrong_use(tmp_path):
         import landprobe as lp
         probe = lp.LandscapeProbe(torch.nn.Linear(1, 1), torch.nn.MSELoss(), [])
         barrier: str = probe.interpolate({}, {}).barrier
-        probe.interpolate({}, {}, steps="five")
+        probe.interpolate({}, {}, points="five")
     """))
     stdout, _, status = run_mypy(bad)
     assert status == 1
     assert 'misuse.py:4: error: Incompatible types in assignment (expression has type "float"' in stdout
-    assert "misuse.py:5: error: Argument \"steps\"" in stdout
+    assert "misuse.py:5: error: Argument \"points\"" in stdout

@@ -33,6 +33,9 @@ from landprobe import curvature
 from landprobe.curvature import Eigenpairs, HessianOperator, Spectrum, TraceEstimate
 
 
+# permutation symmetry: align two networks, barriers modulo symmetry, merging
+from landprobe import symmetry
+
 # training-time monitoring
 from landprobe.monitor import LandscapeMonitor, MonitorHistory
 
@@ -78,6 +81,7 @@ __all__ = [
     "Spectrum",
     "probes",
     "curvature",
+    "symmetry",
     "optim",
     "generalization",
     # subpackages

@@ -10,13 +10,15 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import math
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Union
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ParamVector", "Selector", "select", "select_subnets", "state_names", "match_selector", "no_match_error"]
+__all__ = ["ParamVector", "Selector", "select", "select_subnets", "state_names", "match_selector", "no_match_error",
+           "unwrap_state_dict", "unwrapped_key", "WRAPPER_PREFIXES", "as_param_vector", "check_finite"]
 
 Selector = Union[str, nn.Module, Sequence[Union[str, nn.Module]]]
 
@@ -259,6 +261,7 @@ class ParamVector(Mapping[str, Tensor]):
         if model is None:
             return cls({k: v.detach() for k, v in state_dict.items()
                         if isinstance(v, Tensor) and v.is_floating_point()})
+        state_dict = unwrap_state_dict(state_dict, model)
         ref = cls.from_module(model, subnet, buffers=buffers, copy=False)
         _check_keys_and_shapes(state_dict, ref, model)
         return cls({n: state_dict[n].detach() for n in ref.names})
@@ -539,40 +542,113 @@ def _check_keys_and_shapes(state_dict: Mapping[str, Tensor], ref: ParamVector, m
         raise ValueError(f"state_dict shapes differ from {type(model).__name__}: {desc}")
 
 
-def as_param_vector(theta: Any, model: nn.Module, *, names: Sequence[str], what: str = "theta") -> ParamVector:
-    """Turn a state_dict, a module or a ParamVector into a ParamVector over ``names`` of ``model``.
+#: Prefixes that wrappers add to every key of a state_dict: DistributedDataParallel / DataParallel
+#: (``module.``) and ``torch.compile`` (``_orig_mod.``).
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def unwrapped_key(name: str) -> str:
+    """``name`` without the prefixes wrappers add (:data:`WRAPPER_PREFIXES`, repeated).
+
+    Example:
+        >>> from landprobe.params import unwrapped_key
+        >>> unwrapped_key("module._orig_mod.enet.conv1.weight")
+        'enet.conv1.weight'
+    """
+    changed = True
+    while changed:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name, changed = name[len(prefix):], True
+    return name
+
+
+def unwrap_state_dict(state_dict: Mapping[str, Any], model: nn.Module, what: str = "state_dict") -> dict[str, Any]:
+    """``state_dict`` with its keys spelled as ``model`` spells them, when the two differ only by
+    the prefixes a wrapper adds (``module.`` from DDP/DataParallel, ``_orig_mod.`` from
+    ``torch.compile``, in either direction); otherwise ``state_dict`` unchanged. A rename
+    warns once, saying which prefix it stripped or added.
+
+    Example:
+        >>> import torch, warnings
+        >>> from landprobe.params import unwrap_state_dict
+        >>> net = torch.nn.Linear(1, 1)
+        >>> saved = {"module." + k: v for k, v in net.state_dict().items()}
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     sorted(unwrap_state_dict(saved, net))
+        ['bias', 'weight']
+    """
+    own = list(model.state_dict().keys())
+    keys = list(state_dict.keys())
+    if not keys or not all(isinstance(k, str) for k in keys) or set(keys) <= set(own):
+        return dict(state_dict)
+    by_bare = {unwrapped_key(k): k for k in own}
+    if len(by_bare) != len(own):
+        return dict(state_dict)
+    renamed = {}
+    for key in keys:
+        target = by_bare.get(unwrapped_key(key))
+        if target is None:
+            return dict(state_dict)           # not a wrapper's renaming: let the caller name the keys
+        renamed[target] = state_dict[key]
+    if len(renamed) != len(keys):
+        return dict(state_dict)
+    example = keys[0]
+    warnings.warn(f"{what}: keys renamed to the model's (e.g. {example!r} -> {_target_of(example, by_bare)!r}); "
+                  f"they carried a wrapper's prefix (DDP 'module.' or torch.compile '_orig_mod.')",
+                  UserWarning, stacklevel=3)
+    return renamed
+
+
+def _target_of(key: str, by_bare: Mapping[str, str]) -> str:
+    return by_bare[unwrapped_key(key)]
+
+
+def as_param_vector(theta: Any, model: nn.Module, *, names: Sequence[str], what: str = "theta",
+                    strict: bool = False, finite: bool = True) -> ParamVector:
+    """Turn a state_dict, a module or a ParamVector into a ParamVector over ``names`` of ``model``,
+    as strictly as ``load_state_dict(strict=True)``.
 
     ``names`` are parameter and floating-buffer names of ``model``; an endpoint that lacks a
-    buffer falls back to the model's current value (parameters are required). Tensors that
-    share memory with the model's own (the probed model's state_dict or the model itself) are
-    cloned, so that probes may write into the model; others are used without a copy.
+    buffer falls back to the model's current value (parameters are required). Keys carrying a
+    wrapper's prefix (``module.``, ``_orig_mod.``) are renamed with a warning. Tensors that share
+    memory with the model's own (the probed model's state_dict or the model itself) are cloned,
+    so that probes may write into the model; others are used without a copy.
+
+    Raises:
+        ValueError: On a key that is neither a parameter nor a buffer of ``model``, a missing
+            parameter, another shape, or (with ``finite=True``) a non-finite parameter (NaN or
+            inf; a buffer may hold infinities, as attention masks do, but not NaN).
+        TypeError: On a value that is not a tensor, or a non-floating tensor for a floating
+            parameter or buffer; with ``strict=True`` also on another floating dtype, which is
+            otherwise cast to the model's dtype with one warning that names the keys.
+
+    Example:
+        >>> import torch
+        >>> from landprobe.params import as_param_vector
+        >>> net = torch.nn.Linear(2, 1)
+        >>> as_param_vector({"weight": torch.ones(1, 2), "bias": torch.zeros(1)}, net, names=["weight", "bias"]).numel()
+        3
+        >>> as_param_vector({"weight": torch.ones(1, 2), "bias": torch.zeros(1), "scale": torch.ones(1)}, net,
+        ...                 names=["weight", "bias"])
+        Traceback (most recent call last):
+        ValueError: theta has 1 key(s) that Linear does not have: ['scale']. Pass a state_dict or model of the probed...
     """
-    if isinstance(theta, type) and issubclass(theta, nn.Module):
-        raise TypeError(f"{what} is the class {theta.__name__}; pass an instance (a trained model) or its state_dict.")
-    if isinstance(theta, nn.Module):
-        source: Mapping[str, Tensor] = _named_state(theta)
-    elif isinstance(theta, (ParamVector, Mapping)):
-        source = theta
-    else:
-        raise TypeError(f"{what} must be a state_dict, an nn.Module or a ParamVector, not {type(theta).__name__}")
+    source = _endpoint_source(theta, model, what)
     current = _named_state(model)
-    params = dict(model.named_parameters())
-    missing = [n for n in names if n in params and n not in source]
-    if missing:
-        raise ValueError(
-            f"{what} lacks {len(missing)} parameter(s) of {type(model).__name__}: {missing[:6]}. "
-            f"Pass a state_dict/model of the same architecture (strip a DDP 'module.' prefix if present)."
-        )
-    bad = [(n, tuple(source[n].shape), tuple(current[n].shape)) for n in names
-           if n in source and tuple(source[n].shape) != tuple(current[n].shape)]
-    if bad:
-        desc = ", ".join(f"{n}: {s} vs model {m}" for n, s, m in bad[:6])
-        raise ValueError(f"{what} has shapes that differ from {type(model).__name__}: {desc}")
-    out = {}
+    _check_endpoint_keys(source, current, model, names, what)
+    out: dict[str, Tensor] = {}
+    cast: list[str] = []
     for n in names:
-        t = source[n] if n in source else current[n]
-        t = t.detach()
         ref = current[n]
+        if n not in source:
+            out[n] = ref.detach().clone()          # a missing buffer: the model's value, copied
+            continue
+        t = _checked_value(source[n], ref, n, what).detach()
+        if t.dtype != ref.dtype:
+            cast.append(f"{n} ({str(t.dtype).replace('torch.', '')})")
         if t.device != ref.device or t.dtype != ref.dtype:
             t = t.to(device=ref.device, dtype=ref.dtype)
         elif _shares_memory(t, ref):
@@ -580,19 +656,89 @@ def as_param_vector(theta: Any, model: nn.Module, *, names: Sequence[str], what:
             # model's tensors, so the endpoint must not be a view of them.
             t = t.clone()
         out[n] = t
+    if cast:
+        target = str(current[names[0]].dtype if names else "").replace("torch.", "")
+        message = (f"{what} has {len(cast)} tensor(s) of another floating dtype than the model's: {cast[:6]}")
+        if strict:
+            raise TypeError(message + "; convert them (or the model) first, or pass strict=False to cast them")
+        warnings.warn(message + f"; cast to the model's dtype ({target})", UserWarning, stacklevel=3)
+    if finite:
+        check_finite(out, what, params=set(dict(model.named_parameters())))
     return ParamVector(out)
+
+
+def _endpoint_source(theta: Any, model: nn.Module, what: str) -> Mapping[str, Any]:
+    if isinstance(theta, type) and issubclass(theta, nn.Module):
+        raise TypeError(f"{what} is the class {theta.__name__}; pass an instance (a trained model) or its state_dict.")
+    if isinstance(theta, ParamVector):
+        return theta
+    if isinstance(theta, nn.Module):
+        return unwrap_state_dict(_named_state(theta), model, what)
+    if isinstance(theta, Mapping):
+        return unwrap_state_dict(theta, model, what)
+    raise TypeError(f"{what} must be a state_dict, an nn.Module or a ParamVector, not {type(theta).__name__}")
+
+
+def _check_endpoint_keys(source: Mapping[str, Any], current: Mapping[str, Tensor], model: nn.Module,
+                         names: Sequence[str], what: str) -> None:
+    arch = type(model).__name__
+    known = set(current) | {n for n, _ in model.named_parameters(remove_duplicate=False)} | {
+        n for n, _ in model.named_buffers(remove_duplicate=False)}              # tied tensors under every name
+    extra = [k for k in source if k not in known]
+    params = dict(model.named_parameters())
+    missing = [n for n in names if n in params and n not in source]
+    if missing or extra:
+        parts = [f"{what} lacks {len(missing)} parameter(s) of {arch}: {missing[:6]}"] if missing else []
+        if extra:
+            parts.append(f"{what} has {len(extra)} key(s) that {arch} does not have: {extra[:6]}")
+        raise ValueError("; ".join(parts) + ". Pass a state_dict or model of the probed architecture (a checkpoint "
+                         "dict that holds one, e.g. ckpt['model'], must be unpacked first).")
+    bad = [(n, tuple(source[n].shape), tuple(current[n].shape)) for n in names
+           if n in source and isinstance(source[n], Tensor) and tuple(source[n].shape) != tuple(current[n].shape)]
+    if bad:
+        desc = ", ".join(f"{n}: {s} vs model {m}" for n, s, m in bad[:6])
+        raise ValueError(f"{what} has shapes that differ from {arch}: {desc}")
+
+
+def _checked_value(value: Any, ref: Tensor, name: str, what: str) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{what}[{name!r}] is a {type(value).__name__}, not a tensor; pass tensors "
+                        f"(torch.as_tensor(...)) of the model's dtype {ref.dtype}")
+    if ref.is_floating_point() and not value.is_floating_point():
+        raise TypeError(f"{what}[{name!r}] has dtype {value.dtype}, but the model's tensor is {ref.dtype}; a "
+                        f"non-floating tensor would be rounded. Pass floating values (e.g. .to({ref.dtype}))")
+    return value
+
+
+def check_finite(tensors: Mapping[str, Tensor], what: str, params: Any = None) -> None:
+    """Raise a ValueError naming the tensors of ``tensors`` that hold NaN or inf (those in
+    ``params``, default all) or NaN (the others: buffers may hold infinities, as masks do).
+
+    Example:
+        >>> import torch
+        >>> from landprobe.params import check_finite
+        >>> check_finite({"w": torch.ones(2)}, "theta")
+        >>> check_finite({"w": torch.tensor([1.0, float("nan")])}, "theta")
+        Traceback (most recent call last):
+        ValueError: theta has non-finite values (NaN or inf) in ['w']; probing it would give NaN losses...
+    """
+    floats = [(n, t) for n, t in tensors.items() if t.is_floating_point() and t.numel()]
+    if not floats:
+        return
+    peaks = torch._foreach_norm([t for _, t in floats], float("inf"))
+    if bool(torch.isfinite(torch.stack([p.float().cpu() for p in peaks])).all()):
+        return
+    bad = [n for (n, t), peak in zip(floats, peaks) if not bool(torch.isfinite(peak))
+           and (params is None or n in params or bool(torch.isnan(t).any()))]
+    if bad:
+        raise ValueError(f"{what} has non-finite values (NaN or inf) in {bad[:6]}; probing it would give NaN "
+                         f"losses. Pass finite values (of a run that diverged, an earlier checkpoint).")
 
 
 def _shares_memory(a: Tensor, b: Tensor) -> bool:
     if a.device != b.device or a.numel() == 0 or b.numel() == 0:
         return False
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
-
-
-def _finite_check(vec: ParamVector, what: str) -> None:
-    bad = [n for n, t in vec.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if bad:
-        raise ValueError(f"{what} has non-finite values (NaN or inf) in {bad[:6]}")
 
 
 def _prod(shape) -> int:

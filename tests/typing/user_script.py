@@ -48,7 +48,7 @@ def single_points(probe: lp.LandscapeProbe, a: dict[str, Tensor]) -> None:
 
 
 def many_points(probe: lp.LandscapeProbe, a: dict[str, Tensor], b: dict[str, Tensor]) -> None:
-    curve = probe.interpolate(a, b, steps=5)
+    curve = probe.interpolate(a, b, points=5)
     assert_type(curve, lp.Curve)
     barrier: float = curve.barrier
     where: float = curve.argmax_alpha
@@ -56,14 +56,14 @@ def many_points(probe: lp.LandscapeProbe, a: dict[str, Tensor], b: dict[str, Ten
     losses: np.ndarray = curve.losses
     assert barrier >= 0.0 and 0.0 <= where <= 1.0 and len(alphas) == len(losses) == 5
 
-    surface = probe.plane(a, span=0.5, steps=3, seed=1)
+    surface = probe.plane(a, span=0.5, points=3, seed=1)
     assert_type(surface, lp.Surface)
     grid: np.ndarray = surface.losses
     lowest, x, y = surface.min()
     centre: float = surface.at(0.0, 0.0)
     assert grid.shape == (3, 3) and centre == surface.center_loss and lowest <= centre and abs(x) <= 0.5
 
-    path = probe.connect(a, b, method="bezier", bends=1, steps=3, lr=0.01, eval_points=5)
+    path = probe.connect(a, b, method="bezier", bends=1, steps=3, lr=0.01, points=5)
     assert_type(path, lp.Path)
     top: float = path.max_loss
     path_barrier: float = path.barrier
@@ -71,7 +71,7 @@ def many_points(probe: lp.LandscapeProbe, a: dict[str, Tensor], b: dict[str, Ten
     length: float = path.length
     assert top >= path_barrier >= 0.0 and ts[0] == 0.0 and length > 0
 
-    neb = probe.auto_neb(a, b, schedule=[{"steps": 2, "lr": 0.01, "insert": 1}], eval_points=3)
+    neb = probe.auto_neb(a, b, schedule=[{"steps": 2, "lr": 0.01, "insert": 1}], points=3)
     assert_type(neb, lp.Path)
     knots: np.ndarray = neb.knots
     energies: np.ndarray = neb.knot_losses
@@ -129,7 +129,7 @@ def batch_loss() -> None:
 
 
 def monitor_and_capacity(probe: lp.LandscapeProbe) -> None:
-    monitor = lp.LandscapeMonitor(probe, hessian=False, capacity=["norms"], interpolate_steps=3)
+    monitor = lp.LandscapeMonitor(probe, hessian=False, capacity=["norms"], interpolate_points=3)
     record = monitor(1)
     if record is not None:
         first_loss: float = record["loss"]

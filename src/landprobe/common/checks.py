@@ -47,11 +47,25 @@ def check_nonnegative(name: str, value: Any, what: str = "") -> float:
 
 
 def check_module(model: Any, who: str = "model") -> nn.Module:
-    """``model`` if it is an ``nn.Module`` instance; a ``TypeError`` that says the fix otherwise."""
+    """``model`` if it is an ``nn.Module`` instance with values (not on the ``meta`` device); a
+    ``TypeError`` or ``ValueError`` that says the fix otherwise.
+
+    Example:
+        >>> import torch
+        >>> from landprobe.common.checks import check_module
+        >>> check_module(torch.nn.Linear(1, 1, device="meta"))
+        Traceback (most recent call last):
+        ValueError: model (Linear) is on the meta device ('weight' has a shape but no values); materialise it...
+    """
     if isinstance(model, type) and issubclass(model, nn.Module):
         raise TypeError(f"{who}: received the class {model.__name__}; instantiate it: {model.__name__}(...)")
     if not isinstance(model, nn.Module):
         raise TypeError(f"{who} has type {type(model).__name__}; expected a torch.nn.Module instance")
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.device.type == "meta":
+            raise ValueError(f"{who} ({type(model).__name__}) is on the meta device ({name!r} has a shape but no "
+                             f"values); materialise it first, e.g. model.to_empty(device='cpu') and then "
+                             f"model.load_state_dict(...)")
     return model
 
 

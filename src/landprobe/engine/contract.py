@@ -16,6 +16,7 @@ Every error about the contract is raised here, once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -234,12 +235,23 @@ class Contract:
             return self.loss_fn(model, batch)
         return call_model(model, batch[0])
 
-    def loss(self, model: Callable, batch: Any) -> Tensor:
-        """The loss of a prepared batch, checked to be one number, as a 0-d tensor (graph kept)."""
+    def loss(self, model: Callable, batch: Any, outputs: list | None = None) -> Tensor:
+        """The loss of a prepared batch, checked to be one number, as a 0-d tensor (graph kept);
+        the model's output is appended to ``outputs`` when given (pair form)."""
         if self.whole:
             return check_loss(self.loss_fn(model, batch))
         x, y = batch
-        return check_loss(self.loss_fn(call_model(model, x), y))
+        try:
+            out = call_model(model, x)
+            if outputs is not None:
+                outputs.append(out)
+            return check_loss(self.loss_fn(out, y))
+        except RuntimeError as exc:
+            if type(exc) is RuntimeError:  # torch's shape and dtype errors; not the probe's own errors
+                exc.add_note(f"raised by loss_fn(model(inputs), targets) on a batch with inputs {_shapes(x)} and "
+                             f"targets {_shapes(y)}: check that the data's shapes and dtypes fit the model and "
+                             f"the loss")
+            raise
 
     def inputs(self, batch: Any) -> Any:
         """The model inputs of a prepared batch (pair form only; what ``control`` and
@@ -248,6 +260,50 @@ class Contract:
             raise ValueError("this measure needs (inputs, targets) pairs and loss_fn(output, target); it cannot "
                              "be used with a BatchLoss")
         return batch[0]
+
+
+def looks_sum_reduced(loss_fn: Callable, output: Any, target: Any, whole: float | None = None) -> bool:
+    """Whether ``loss_fn`` adds up (rather than averages) its samples. A torch loss module says so
+    itself (``reduction="sum"``); any other callable is judged on one batch's model ``output``
+    and ``target`` (``whole``: its loss, if already known): the loss of the batch equals the sum
+    of the losses of its two halves and not their sample-weighted mean. Needs tensors with at
+    least 2 samples (else False). Costs two calls of ``loss_fn`` on halves of the batch, no
+    forward of the model.
+
+    Example:
+        >>> import torch
+        >>> from landprobe.engine.contract import looks_sum_reduced
+        >>> out, y = torch.randn(8, 1), torch.randn(8, 1)
+        >>> looks_sum_reduced(torch.nn.MSELoss(reduction="sum"), out, y)
+        True
+        >>> looks_sum_reduced(torch.nn.MSELoss(), out, y)
+        False
+    """
+    if isinstance(getattr(loss_fn, "reduction", None), str):
+        return loss_fn.reduction == "sum"                # type: ignore[attr-defined]
+    if not (isinstance(output, Tensor) and isinstance(target, Tensor) and output.dim() and target.dim()
+            and output.shape[0] == target.shape[0] >= 2):
+        return False
+    n = output.shape[0]
+    h = n // 2
+    with torch.no_grad():
+        first, second = float(loss_fn(output[:h], target[:h])), float(loss_fn(output[h:], target[h:]))
+        whole = float(loss_fn(output, target)) if whole is None else float(whole)
+    mean, total = (h * first + (n - h) * second) / n, first + second
+    if not all(math.isfinite(v) for v in (whole, mean, total)) or abs(total - mean) <= 1e-3 * abs(total):
+        return False                                     # a zero loss, or halves that cannot tell
+    return abs(whole - total) <= 1e-3 * abs(total) and abs(whole - mean) > 1e-2 * abs(whole)
+
+
+def _shapes(x: Any) -> Any:
+    """The shapes in a batch part, for error messages: ``(4, 3)`` for a tensor, nested for tuples and dicts."""
+    if isinstance(x, Tensor):
+        return tuple(x.shape)
+    if isinstance(x, (list, tuple)):
+        return [_shapes(v) for v in x]
+    if isinstance(x, Mapping):
+        return {k: _shapes(v) for k, v in x.items()}
+    return type(x).__name__
 
 
 def check_loss(loss: Any) -> Tensor:

@@ -13,6 +13,7 @@ the draws a shuffling loader makes are undone with everything else.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -24,13 +25,14 @@ from landprobe.common.checks import check_loss_fn, check_module
 from landprobe.common.distributed import rank_and_world
 from landprobe.common.version import __version__
 from landprobe.engine.contract import (Contract, FunctionalModel, batch_size, call_model, check_loss, cycle,
+                                       looks_sum_reduced,
                                        is_batchnorm, no_batch_error)
 from landprobe.engine.guard import ModelGuard, ParameterWatch, data_pass
 from landprobe.engine.progress import progress
 from landprobe.engine.sampler import PrecisionSampler
 from landprobe.engine.shards import Part, Ranks, Sharding, owned_rounds, sliceable
 from landprobe.engine.statistics import Evaluation
-from landprobe.params import ParamVector, Selector, as_param_vector, select
+from landprobe.params import ParamVector, Selector, as_param_vector, check_finite, select
 
 __all__ = ["Engine", "BN_MODES", "Writer", "HasEngine", "as_engine", "as_array"]
 
@@ -59,8 +61,11 @@ class Engine:
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                  precision: float | None = None, min_batches: int = 4, batch_size: int | None = None,
                  seed: int = 0, control: Callable | None = None, progress: bool | None = None,
-                 sharding: Sharding | None = None):
+                 sharding: Sharding | None = None, strict: bool = False):
         self.model = check_module(model)
+        if not isinstance(strict, bool):
+            raise TypeError(f"strict={strict!r}; expected True (endpoints must have the model's dtypes) or False")
+        self.strict = strict
         if sharding is not None and not isinstance(sharding, Sharding):
             raise TypeError(f"sharding={sharding!r}; expected None or a landprobe.Sharding")
         self.sharding = sharding if sharding is not None else Sharding()
@@ -85,9 +90,17 @@ class Engine:
                 f"callable control(x, y) -> per-sample covariates; got control={control!r}, precision={precision!r}"
             )
         self.control = control
+        if batch_size is not None and precision is None:
+            raise ValueError(f"batch_size={batch_size!r} applies only with precision= (random batches of a "
+                             f"Dataset); without it every pass uses the data's own batches: pass a DataLoader "
+                             f"(DataLoader(dataset, batch_size={batch_size!r})) or a list of batches instead")
         self.progress = progress
         self._watch: ParameterWatch | None = None
         self._names: list[str] | None = None
+        self._reduction_checked = False
+        #: Refuse NaN or inf in the model (at the start of every probe call) and in endpoints (set by
+        #: LandscapeProbe; engines that train, as memorization's, report divergence themselves).
+        self.finite_model = False
         self._sampler = (None if precision is None else
                          PrecisionSampler(data, precision, min_batches, batch_size, seed, control, self.contract))
         self._population: int | None = None
@@ -98,8 +111,12 @@ class Engine:
         if first is not None and first.device.type == "meta":
             raise ValueError(f"{type(model).__name__} is on the meta device (no values to evaluate); materialise it "
                              f"first, e.g. model.to_empty(device='cpu') and load a state_dict")
-        dev = torch.device(device) if device is not None else (first.device if first is not None
-                                                                else torch.device("cpu"))
+        try:
+            dev = torch.device(device) if device is not None else (first.device if first is not None
+                                                                    else torch.device("cpu"))
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device={device!r} is not a torch device; expected e.g. 'cpu', 'cuda', 'cuda:1' "
+                             f"or torch.device(...)") from None
         if first is not None and first.device != dev:
             raise ValueError(
                 f"the model lives on {first.device} but device={dev} was asked for; move the model first "
@@ -125,7 +142,9 @@ class Engine:
         inside it (listing the parameter slots once per call, not once per pass)."""
         with ModelGuard(self.model, owner=self, label=label) as g:
             outer = self._watch is None
-            if outer:
+            if outer and self.finite_model:
+                check_finite({n: p.detach() for n, p in self.model.named_parameters()},
+                             f"the model ({type(self.model).__name__})")
                 self._watch = g.watch
                 self._names = [n for n, _ in self.model.named_parameters()]
             try:
@@ -200,7 +219,7 @@ class Engine:
     def as_point(self, theta: Any, what: str = "theta", names: Sequence[str] | None = None) -> ParamVector:
         """``theta`` (a state_dict, module or ParamVector) over ``names`` (default :meth:`state_names`)."""
         return as_param_vector(theta, self.model, names=list(names) if names is not None else self.state_names(),
-                               what=what)
+                               what=what, strict=self.strict, finite=self.finite_model)
 
     def settings(self, **kw: Any) -> dict[str, Any]:
         """What a result records besides its own settings: bn, device, dtype, model, version."""
@@ -421,6 +440,19 @@ class Engine:
         watch.check(versions)
         return ev
 
+    def _check_reduction(self, batch: Any, outputs: list, loss: Tensor) -> None:
+        """Warn once if ``loss_fn`` sums over samples: every probe assumes a mean-reduced loss.
+        Two extra calls of a plain-function loss on the halves of the first batch (none for a
+        torch loss module, which states its reduction)."""
+        self._reduction_checked = True
+        if self.contract.whole or not outputs:
+            return
+        if looks_sum_reduced(self.loss_fn, outputs[0], batch[1], float(loss)):
+            warnings.warn(f"loss_fn {self.loss_fn!r} looks sum-reduced (on one batch the loss equals the sum of its "
+                          f"halves' losses, not their mean); probes weight each batch by its sample count and "
+                          f"assume a mean, so losses would scale with the batch size. Use a mean-reduced loss "
+                          f"(e.g. reduction='mean')", UserWarning, stacklevel=2)
+
     def _evaluate_all(self, desc: str | None = None) -> Evaluation:
         ranks = self.ranks()
         losses: list[Tensor] = []
@@ -436,7 +468,12 @@ class Engine:
                 batches = progress(batches, desc, total=total, enabled=self.progress, unit="batch")
             with torch.inference_mode(), self.autocast(), data_pass(self.model):
                 for slot, batch, n in batches:
-                    losses.append(self.contract.loss(self.model, batch))
+                    if self._reduction_checked:
+                        losses.append(self.contract.loss(self.model, batch))
+                    else:
+                        outputs: list = []
+                        losses.append(self.contract.loss(self.model, batch, outputs))
+                        self._check_reduction(batch, outputs, losses[-1])
                     sizes.append(n)
                     slots.append(slot)
             if losses and any(l.dtype != losses[0].dtype for l in losses):
@@ -573,9 +610,12 @@ class Engine:
         results = ranks.merge(run, desc)
         return [results[i] for i in range(len(points))]
 
-    def sweep_batched(self, names: Sequence[str], values: Sequence[Callable[[], list[Tensor]]], chunk: int,
+    def sweep_batched(self, names: Sequence[str], points: Sequence[Writer], chunk: int,
                       desc: str) -> list[Evaluation]:
-        """Evaluate ``chunk`` points per model call: ``functional_call`` under ``vmap``."""
+        """Evaluate ``chunk`` points per model call: ``functional_call`` under ``vmap``. Each point
+        is a writer (as in :meth:`sweep`) that fills one slice of stacked tensors allocated once
+        per call: ``chunk`` copies of the ``names`` tensors, besides ``chunk`` times the
+        activations of one batch's forward."""
         if self.bn != "eval":
             raise ValueError(f"batch_points > 1 needs bn='eval' (got bn={self.bn!r}); use batch_points=1")
         if self.precision is not None:
@@ -584,23 +624,27 @@ class Engine:
         if self.contract.whole:
             raise ValueError("batch_points > 1 needs (inputs, targets) pairs; use batch_points=1 with a BatchLoss")
         ranks = self.ranks()
-        chunks = [list(range(i, min(i + chunk, len(values)))) for i in range(0, len(values), chunk)]
+        chunks = [list(range(i, min(i + chunk, len(points)))) for i in range(0, len(points), chunk)]
         mine = [chunks[c] for c in ranks.points(len(chunks))]
 
         def run() -> dict[int, Evaluation]:
             results: dict[int, Evaluation] = {}
             with self.guard(desc):
                 self.set_eval_modes()
+                stacks = [torch.empty((chunk, *t.shape), dtype=t.dtype, device=t.device)
+                          for t in self.targets(names)]
                 for idx in progress(mine, desc, enabled=self.progress, unit="chunk"):
-                    evals = self._chunk(ranks, names, [values[i] for i in idx])
+                    for j, i in enumerate(idx):
+                        points[i]([s[j] for s in stacks])
+                    evals = self._chunk(ranks, names, [s[:len(idx)] for s in stacks])
                     results.update(zip(idx, evals))
             return results
         results = ranks.merge(run, desc)
-        return [results[i] for i in range(len(values))]
+        return [results[i] for i in range(len(points))]
 
-    def _chunk(self, ranks: Ranks, names: Sequence[str], values: Sequence[Callable[[], list[Tensor]]]
-               ) -> list[Evaluation]:
-        """One chunk of points in one vmapped call per batch: each point's evaluation."""
+    def _chunk(self, ranks: Ranks, names: Sequence[str], stacked_values: Sequence[Tensor]) -> list[Evaluation]:
+        """One chunk of points (``stacked_values``: per name, the points along dim 0) in one
+        vmapped call per batch: each point's evaluation."""
         from torch.func import vmap
         from torch.utils._pytree import tree_map
 
@@ -610,8 +654,9 @@ class Engine:
             return self.contract.forward(FunctionalModel(model, params), (x, None))
 
         batched = vmap(one, in_dims=(0, None))
-        stacked = {n: torch.stack(ts) for n, ts in zip(names, zip(*(v() for v in values)))}
-        per_point: list[list[Tensor]] = [[] for _ in values]
+        stacked = dict(zip(names, stacked_values))
+        count = stacked_values[0].shape[0] if stacked_values else 0
+        per_point: list[list[Tensor]] = [[] for _ in range(count)]
         sizes: list[int] = []
         slots: list[int] = []
 
@@ -623,26 +668,26 @@ class Engine:
                     except RuntimeError as exc:
                         raise RuntimeError(f"this model cannot be evaluated under torch.func.vmap ({exc}); "
                                            f"use batch_points=1") from exc
-                    for j in range(len(values)):
+                    for j in range(count):
                         out_j = tree_map(lambda t, j=j: t[j], outs)
                         per_point[j].append(check_loss(self.loss_fn(out_j, y)).detach().double())
                     sizes.append(n)
                     slots.append(slot)
             if not sizes:
-                return torch.zeros(0, len(values) + 2, dtype=torch.float64)
+                return torch.zeros(0, count + 2, dtype=torch.float64)
             return torch.stack([torch.stack(p) for p in per_point], 1).cpu()
         if not ranks.sharded:
             vals = local()
             if not sizes:
                 raise no_batch_error()
-            return [Evaluation.from_batches(vals[:, j].numpy(), sizes) for j in range(len(values))]
+            return [Evaluation.from_batches(vals[:, j].numpy(), sizes) for j in range(count)]
 
         def table() -> Tensor:
             vals = local()
-            rows = torch.zeros(max(slots) + 1 if slots else 0, len(values) + 2, dtype=torch.float64)
+            rows = torch.zeros(max(slots) + 1 if slots else 0, count + 2, dtype=torch.float64)
             if slots:
                 idx = torch.tensor(slots, dtype=torch.long)
-                rows[idx, : len(values)] = vals
+                rows[idx, : count] = vals
                 rows[idx, -2], rows[idx, -1] = torch.tensor(sizes, dtype=torch.float64), 1.0
             return rows
         full = ranks.all_sum_rows(table, "an evaluation")
@@ -650,7 +695,7 @@ class Engine:
         if not bool(present.any()):
             raise no_batch_error()
         counts = full[present, -2].long().tolist()
-        return [Evaluation.from_batches(full[present, j].numpy(), counts) for j in range(len(values))]
+        return [Evaluation.from_batches(full[present, j].numpy(), counts) for j in range(count)]
 
     def train_step(self, part: Part, optimizer: torch.optim.Optimizer, loss_fn: Callable | None = None) -> float:
         """One step of the user's training on this rank's part of a batch (from

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from landprobe.common.deprecation import renamed_keywords
 from landprobe.common.io import atomic_torch_save, load_torch
 from landprobe.common.results import Result, require_matplotlib
 from landprobe.common.tempfiles import remove_stale_temps
@@ -148,6 +149,21 @@ class MonitorHistory(Result):
         return axes
 
 
+def _capacity_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``options`` as a dict, checked against the keywords of :func:`landprobe.capacity.report`
+    that the monitor does not set itself."""
+    import inspect
+
+    out = dict(options or {})
+    allowed = sorted(set(inspect.signature(report).parameters)
+                     - {"model", "data", "subnets", "loss_fn", "measures", "progress"})
+    unknown = sorted(k for k in out if k not in allowed)
+    if unknown:
+        raise ValueError(f"capacity_options has unknown key(s) {unknown}; expected keywords of "
+                         f"landprobe.capacity.report: {allowed}")
+    return out
+
+
 class LandscapeMonitor:
     """Record the landscape at the end of epochs, in any training loop.
 
@@ -159,7 +175,7 @@ class LandscapeMonitor:
       Hessian-vector products, seed 0) for the whole model and each subnet (diagonal blocks),
       through ``probe.hessian(subnet=...)`` (:mod:`landprobe.curvature`);
     - ``capacity``: :func:`landprobe.capacity.report` on the probe's data and loss;
-    - the interpolation ``probe.interpolate(previous, current, steps=interpolate_steps)`` from the
+    - the interpolation ``probe.interpolate(previous, current, points=interpolate_points)`` from the
       previous recorded checkpoint (kept as one cloned ParamVector, with the floating buffers
       when the probe's ``bn="eval"``) and its barrier.
 
@@ -194,7 +210,7 @@ class LandscapeMonitor:
         capacity: ``True`` (the groups of :data:`~landprobe.capacity.CHEAP_MEASURES`), ``False``,
             ``"all"`` or a list of groups; ``capacity_options`` are passed to ``report`` (with the
             probe's ``sharding`` unless they name one).
-        interpolate_steps: Points of the segment between consecutive checkpoints (>= 2).
+        interpolate_points: Points of the segment between consecutive checkpoints (>= 2).
         directory: Where to write the history (``None``: keep it in memory only).
         resume: Load the history and previous checkpoint found in ``directory`` (on every rank;
             ``ValueError`` if the ranks find different ones).
@@ -206,7 +222,7 @@ class LandscapeMonitor:
     Raises:
         TypeError: If a model is given without ``loss_fn``/``data``, or a probe with them (or
             with ``sharding``).
-        ValueError: On ``every < 1``, ``interpolate_steps < 2``, ``trace_matvecs < 4``, an unknown
+        ValueError: On ``every < 1``, ``interpolate_points < 2``, ``trace_matvecs < 4``, an unknown
             capacity group, a selector that matches nothing, or ``resume`` without ``directory``.
 
     Example:
@@ -229,11 +245,12 @@ class LandscapeMonitor:
         2
     """
 
+    @renamed_keywords(interpolate_steps="interpolate_points")
     def __init__(self, probe_or_model: LandscapeProbe | nn.Module, loss_fn: Callable | None = None,
                  data: Iterable | None = None, *, every: int = 1, hessian: bool | str = True,
                  trace_matvecs: int = 30, eig_tol: float = 1e-4, subnets: Mapping[Any, Selector] | None = None,
                  capacity: bool | str | Sequence[str] = True, capacity_options: Mapping[str, Any] | None = None,
-                 interpolate_steps: int = 11, directory: str | Path | None = None, resume: bool = False,
+                 interpolate_points: int = 11, directory: str | Path | None = None, resume: bool = False,
                  verbose: bool = False, logger: logging.Logger | None = None, sharding: Sharding | None = None):
         if isinstance(probe_or_model, LandscapeProbe):
             if loss_fn is not None or data is not None or sharding is not None:
@@ -251,7 +268,7 @@ class LandscapeMonitor:
                 raise TypeError(f"received the class {probe_or_model.__name__}; pass an instance (model or probe)")
             raise TypeError(f"probe_or_model has type {type(probe_or_model).__name__}; expected a LandscapeProbe "
                             f"or an nn.Module")
-        for name, value, least in (("every", every, 1), ("interpolate_steps", interpolate_steps, 2),
+        for name, value, least in (("every", every, 1), ("interpolate_points", interpolate_points, 2),
                                    ("trace_matvecs", trace_matvecs, 4)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{name}={value!r}; expected an integer of at least {least}")
@@ -280,8 +297,8 @@ class LandscapeMonitor:
         self._hessian = bool(hessian)
         self.every, self.trace_matvecs, self.eig_tol = every, trace_matvecs, float(eig_tol)
         self.capacity_groups = groups
-        self.capacity_options = dict(capacity_options or {})
-        self.interpolate_steps = interpolate_steps
+        self.capacity_options = _capacity_options(capacity_options)
+        self.interpolate_points = interpolate_points
         self.directory = None if directory is None else Path(directory)
         self.verbose, self.logger = verbose, logger
         self._records: list[dict[str, Any]] = []
@@ -309,7 +326,61 @@ class LandscapeMonitor:
             hessian=(self._hessian_scopes if self._hessian else False), trace_matvecs=self.trace_matvecs,
             trace_method="hutch++", eig_tol=self.eig_tol,
             subnets={str(k): (v if isinstance(v, (str, list)) else repr(v)) for k, v in self.subnets.items()},
-            capacity=self.capacity_groups, interpolate_steps=self.interpolate_steps)
+            capacity=self.capacity_groups, interpolate_points=self.interpolate_points)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The records and the previous checkpoint (copies), to keep with a training checkpoint:
+        plain Python values and tensors, which ``torch.load(..., weights_only=True)`` reads.
+
+        Example:
+            >>> import torch
+            >>> from landprobe.monitor import LandscapeMonitor
+            >>> model, data = torch.nn.Linear(1, 1), [(torch.ones(2, 1), torch.zeros(2, 1))]
+            >>> first = LandscapeMonitor(model, torch.nn.MSELoss(), data, hessian=False, capacity=False)
+            >>> _ = first(1)
+            >>> second = LandscapeMonitor(model, torch.nn.MSELoss(), data, hessian=False, capacity=False)
+            >>> second.load_state_dict(first.state_dict())
+            >>> second(2)["previous_epoch"], len(second.history)
+            (1, 2)
+        """
+        previous = None if self._previous is None else {
+            n: t.detach().clone() for n, t in self._previous.state_dict().items()}
+        return {"records": copy.deepcopy(self._records), "previous_epoch": self._previous_epoch, "previous": previous}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a :meth:`state_dict`: its records, and its previous checkpoint as the start
+        of the next interpolation.
+
+        Raises:
+            ValueError: If ``state`` lacks one of its keys, or its previous checkpoint does not
+                hold the tensors (names and shapes) that this monitor's probe interpolates.
+
+        Example:
+            >>> import torch
+            >>> from landprobe.monitor import LandscapeMonitor
+            >>> data = [(torch.ones(2, 1), torch.zeros(2, 1))]
+            >>> old = LandscapeMonitor(torch.nn.Linear(1, 1), torch.nn.MSELoss(), data, hessian=False, capacity=False)
+            >>> _ = old(1)
+            >>> new = LandscapeMonitor(torch.nn.Linear(1, 1), torch.nn.MSELoss(), data, hessian=False, capacity=False)
+            >>> new.load_state_dict(old.state_dict())
+            >>> new.history.epochs.tolist()
+            [1.0]
+        """
+        missing = sorted({"records", "previous_epoch", "previous"} - set(state))
+        if missing:
+            raise ValueError(f"LandscapeMonitor.load_state_dict: the state lacks {missing}; pass the dict that "
+                             f"LandscapeMonitor.state_dict() returned")
+        previous = state["previous"]
+        if previous is not None:
+            now = dict(zip(self._names, self.probe.engine.targets(self._names)))
+            bad = sorted(set(previous) ^ set(now)) or [n for n in now if previous[n].shape != now[n].shape]
+            if bad:
+                raise ValueError(f"LandscapeMonitor.load_state_dict: the previous checkpoint does not fit the model "
+                                 f"(tensors {bad[:5]} missing, extra or of another shape); load a state saved "
+                                 f"from a monitor of this model")
+            previous = ParamVector({n: previous[n].to(self.probe.engine.device) for n in self._names})
+        self._records = copy.deepcopy(list(state["records"]))
+        self._previous, self._previous_epoch = previous, state["previous_epoch"]
 
     def save(self, path: str | Path | None = None) -> Path:
         """Write the history as JSON, atomically (default ``directory/monitor.json``).
@@ -468,7 +539,7 @@ class LandscapeMonitor:
     def _barrier(self, current: ParamVector) -> dict[str, Any]:
         """The interpolation from the previous record's parameters to ``current`` and its barrier."""
         probe = self.probe
-        curve = probe.interpolate(self._previous, current, steps=self.interpolate_steps)
+        curve = probe.interpolate(self._previous, current, points=self.interpolate_points)
         params = set(dict(probe.model.named_parameters()))
         keep = [n for n in self._names if n in params]
         return dict(previous_epoch=self._previous_epoch, barrier=curve.barrier, barrier_alpha=curve.argmax_alpha,

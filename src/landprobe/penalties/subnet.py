@@ -2,15 +2,15 @@
 
 :class:`SubnetNormPenalty` attaches a norm-based capacity control to named parts (subnets) of a
 model and returns one differentiable scalar to add to the training loss. It is called every
-training step, so the common kinds (``"l2"``, ``"l1"``, ``"l2norm"``) run on all tensors of the
+training step, so the common kinds (``"l2_squared"``, ``"l1"``, ``"l2norm"``) run on all tensors of the
 model at once (``torch._foreach_norm`` forward, one ``torch._foreach_mul`` per subnet backward),
 and the selectors are resolved once, at construction.
 
 Convention:
     - Kinds, for the parameters θ of one subnet:
-      ``"l2"`` = Σθ² (weight decay; the "L2" of Xu & Zhang's Table II),
+      ``"l2_squared"`` = Σθ² (weight decay; the "L2" of Xu & Zhang's Table II),
       ``"l1"`` = Σ|θ|,
-      ``"l2norm"`` = √Σθ²,
+      ``"l2norm"`` = √Σθ² (``"l2"`` in :mod:`landprobe.capacity`),
       ``"group"`` = Σ over output filters of their L2 norms (each slice along dim 0 of a tensor
       with ≥ 2 dims is one group; each element of a 1-D or 0-D tensor is its own group, so a
       bias contributes Σ|b|),
@@ -18,6 +18,9 @@ Convention:
       matrix ``(shape[0], -1)`` (for a Conv weight ``(out, in*k*k)``: the spectral norm of that
       reshaped matrix, not the operator norm of the convolution), by power iteration kept warm
       between calls, as ``torch.nn.utils.spectral_norm``.
+    - ``"l2"``, the old spelling of ``"l2_squared"``, is accepted for one release with a
+      ``DeprecationWarning``; afterwards ``"l2"`` will mean √Σθ², as the capacity measure of
+      that name does.
     - ``include_bias=False`` leaves out every parameter with fewer than 2 dimensions (biases,
       BatchNorm/LayerNorm scales and shifts, scalar gains) and every parameter whose name ends
       in ``bias``.
@@ -31,22 +34,26 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Hashable, Mapping
 from typing import Any, Union
 
 import torch
 from torch import Tensor, nn
 
+from landprobe.common.checks import check_module
 from landprobe.params import Selector, match_selector, no_match_error
 
 __all__ = ["KINDS", "PRESETS", "SubnetNormPenalty"]
 
-KINDS = ("l2", "l1", "l2norm", "group", "spectral")
+KINDS = ("l2_squared", "l1", "l2norm", "group", "spectral")
+#: Old spellings of kinds, accepted with a DeprecationWarning: old -> current.
+DEPRECATED_KINDS = {"l2": "l2_squared"}
 
 #: Xu & Zhang, Table II: kinds on (Enet, Inet, Rnet).
 PRESETS = {
-    "all-l2": ("l2", "l2", "l2"),
-    "mix": ("l2", "l1", "l2"),
+    "all-l2": ("l2_squared", "l2_squared", "l2_squared"),
+    "mix": ("l2_squared", "l1", "l2_squared"),
     "all-l1": ("l1", "l1", "l1"),
 }
 _PRESET_SUBNETS = ("enet", "inet", "rnet")
@@ -164,7 +171,7 @@ class SubnetNormPenalty:
             it uses, a shared (tied) one included under its canonical name (the first name
             ``named_parameters()`` gives it). Two selectors may share a parameter only with the
             same kind and weight; it is then penalised once, in the first of them.
-            Kinds: ``"l2"`` (Σθ², weight decay), ``"l1"`` (Σ|θ|), ``"l2norm"`` (√Σθ²),
+            Kinds: ``"l2_squared"`` (Σθ², weight decay), ``"l1"`` (Σ|θ|), ``"l2norm"`` (√Σθ²),
             ``"group"`` (Σ of output-filter L2 norms), ``"spectral"`` (Σ of per-layer largest
             singular values); see the module's ``Convention``.
         weight: One non-negative float for all subnets, or a mapping with exactly the keys of
@@ -193,7 +200,7 @@ class SubnetNormPenalty:
         >>> with torch.no_grad():
         ...     _ = net[0].weight.fill_(1.0), net[0].bias.fill_(-1.0)  # Σθ² = 4 + 2 = 6
         ...     _ = net[1].weight.fill_(-2.0), net[1].bias.fill_(3.0)  # Σ|θ| = 2 + 2 + 3 = 7
-        >>> penalty = lp.SubnetNormPenalty(net, {"0": "l2", "1": "l1"}, weight={"0": 1.0, "1": 0.5})
+        >>> penalty = lp.SubnetNormPenalty(net, {"0": "l2_squared", "1": "l1"}, weight={"0": 1.0, "1": 0.5})
         >>> loss = penalty()                                           # 6 + 0.5 * 7
         >>> loss.item(), loss.requires_grad
         (9.5, True)
@@ -211,9 +218,9 @@ class SubnetNormPenalty:
         if not isinstance(norms, Mapping):
             raise TypeError(
                 f"norms has type {type(norms).__name__}; expected a mapping selector -> kind, "
-                f"e.g. {{'enet': 'l2', 'inet': 'l1'}}."
+                f"e.g. {{'enet': 'l2_squared', 'inet': 'l1'}}."
             )
-        specs = {key: (key, kind) for key, kind in norms.items()}
+        specs = {key: (key, _current_kind(key, kind)) for key, kind in norms.items()}
         self._setup(model, specs, weight, include_bias, power_iterations, init_power_iterations,
                     seed, check_finite)
 
@@ -249,7 +256,7 @@ class SubnetNormPenalty:
             >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 1))
             >>> pen = lp.SubnetNormPenalty.preset(net, "mix", subnets={"enet": "0", "inet": "1", "rnet": "2"})
             >>> pen.kinds, pen.weights["inet"]
-            ({'enet': 'l2', 'inet': 'l1', 'rnet': 'l2'}, 0.0002)
+            ({'enet': 'l2_squared', 'inet': 'l1', 'rnet': 'l2_squared'}, 0.0002)
         """
         if not isinstance(setting, str) or setting.lower() not in PRESETS:
             raise ValueError(f"setting={setting!r}; expected one of {list(PRESETS)} (Xu & Zhang, Table II).")
@@ -465,7 +472,7 @@ class SubnetNormPenalty:
         """Add the penalty's gradient to the parameters' ``.grad`` directly; return its value.
 
         The same gradients as ``(scale * penalty()).backward()``, without building an autograd
-        graph: for the kinds ``"l2"``, ``"l1"`` and ``"l2norm"`` the value and the gradient come
+        graph: for the kinds ``"l2_squared"``, ``"l1"`` and ``"l2norm"`` the value and the gradient come
         from one pass over each bucket of same-shaped parameters, and gradients are written
         straight into ``.grad`` (a parameter whose ``.grad`` is ``None`` gets a fresh tensor).
         On a model with many small tensors this is several times cheaper than the autograd path
@@ -492,7 +499,7 @@ class SubnetNormPenalty:
             >>> net = torch.nn.Linear(2, 1)
             >>> with torch.no_grad():
             ...     _ = net.weight.copy_(torch.tensor([[1.0, -2.0]])), net.bias.fill_(0.5)
-            >>> pen = lp.SubnetNormPenalty(net, {"weight": "l2", "bias": "l1"}, weight=0.1)
+            >>> pen = lp.SubnetNormPenalty(net, {"weight": "l2_squared", "bias": "l1"}, weight=0.1)
             >>> loss = (net(torch.ones(1, 2)) ** 2).sum()      # output -0.5: loss 0.25
             >>> loss.backward()                                # d loss / d w = 2 * (-0.5) * 1 = -1
             >>> pen.backward().item()                          # 0.1 * (1 + 4) + 0.1 * 0.5
@@ -528,7 +535,7 @@ class SubnetNormPenalty:
                     label = self._labels[pos]
                     c = self._weights[label] * float(scale)
                     kind = self._kinds[label]
-                    if kind == "l2":
+                    if kind == "l2_squared":
                         c = 2.0 * c
                     elif kind == "l2norm":     # d√S/dθ = θ/√S; 0 at θ = 0 as in __call__
                         norm = float(values[pos])
@@ -631,11 +638,22 @@ class SubnetNormPenalty:
         )
 
 
+def _current_kind(label: Hashable, kind: Any) -> Any:
+    """``kind`` in its current spelling; an old one warns once per call site."""
+    if isinstance(kind, str) and kind in DEPRECATED_KINDS:
+        new = DEPRECATED_KINDS[kind]
+        warnings.warn(f"SubnetNormPenalty kind {kind!r} (subnet {label!r}) is renamed {new!r} (Σθ²); {kind!r} "
+                      f"will mean √Σθ² in the next release, as in landprobe.capacity", DeprecationWarning,
+                      stacklevel=4)
+        return new
+    return kind
+
+
 def _check_options(model: Any, specs: dict[Hashable, tuple[Selector, str]], include_bias: Any,
                    power_iterations: Any, init_power_iterations: Any) -> None:
     _check_model(model)
     if not specs:
-        raise ValueError("norms is empty; give at least one subnet, e.g. {'features': 'l2'}.")
+        raise ValueError("norms is empty; give at least one subnet, e.g. {'features': 'l2_squared'}.")
     for label, (_, kind) in specs.items():
         if not isinstance(kind, str):
             raise TypeError(f"kind for subnet {label!r} is {kind!r} ({type(kind).__name__}); "
@@ -761,7 +779,7 @@ def _sort_tensors(labels: list[Hashable], kinds: dict[Hashable, str], members: d
         kind, names = kinds[label], members[label]
         if not names:           # every parameter it selects is penalised in an earlier subnet
             continue
-        if kind in ("l2", "l2norm"):
+        if kind in ("l2_squared", "l2norm"):
             fused[2].append((label, names))
         elif kind == "l1":
             fused[1].append((label, names))
@@ -783,3 +801,4 @@ def _check_model(model: Any) -> None:
                         f"SubnetNormPenalty({model.__name__}(...), norms).")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model has type {type(model).__name__}; expected a torch.nn.Module instance.")
+    check_module(model)                     # a model on the meta device

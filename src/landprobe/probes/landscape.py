@@ -15,9 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from landprobe.common.deprecation import renamed_keywords
 from landprobe.curvature.hessian import DEFAULT_GRAPH_BYTES, HessianOperator, hessian
 from landprobe.engine import Engine, Evaluation, Sharding
 from landprobe.params import Selector
+from landprobe.symmetry import PermutationSpec
 from landprobe.probes.curves import LevelSet, Path, auto_neb, connect, level_set
 from landprobe.probes.interpolate import interpolate
 from landprobe.probes.perturb import PerturbationResult, perturb
@@ -47,7 +49,10 @@ class LandscapeProbe:
 
     Args:
         model: Any ``nn.Module``. It is measured in eval mode (dropout off).
-        loss_fn: ``loss_fn(model(x), y)`` returning a scalar, mean-reduced tensor; or a
+        loss_fn: ``loss_fn(model(x), y)`` returning a scalar, mean-reduced tensor (a loss that
+            sums over samples is warned about once: a torch loss module states its
+            ``reduction``; any other callable is called twice more, on the halves of the first
+            batch, and compared; give it a ``reduction = "mean"`` attribute to skip that); or a
             :class:`~landprobe.BatchLoss` ``fn(model, batch)`` for batches of any structure
             (a dict carrying its labels, a model that returns its own ``.loss``).
         data: An iterable of batches, iterated once per point: a DataLoader or a list of
@@ -94,6 +99,17 @@ class LandscapeProbe:
             across ranks, each passing over all the data; ``lp.Sharding(data=True)`` shares
             every pass over the data, so every probe (Hessian and fits included) runs on all
             ranks at once with the one-process result on each. See docs/distributed.md.
+        strict: Endpoints, centers and directions are checked as ``load_state_dict(strict=True)``
+            checks (a key the model lacks, a missing parameter, another shape, a non-floating
+            tensor or a non-finite parameter is an error that names the keys; a wrapper's
+            ``module.``/``_orig_mod.`` prefix is renamed with a warning). Another floating
+            dtype is cast to the model's with one warning naming the keys; ``strict=True``
+            makes it an error.
+
+    Threads: torch starts one thread per core by default. When other processes share the
+    CPU (two probes, a training job, a test runner), call ``torch.set_num_threads(k)`` with
+    ``k`` = cores / processes (or set ``OMP_NUM_THREADS``) before probing; oversubscribed
+    threads can make a probe several times slower.
 
     Example:
         >>> import torch, landprobe as lp
@@ -108,10 +124,11 @@ class LandscapeProbe:
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                  progress: bool | None = None, precision: float | None = None, min_batches: int = 4,
                  batch_size: int | None = None, seed: int = 0, control: Callable | None = None,
-                 sharding: Sharding | None = None):
+                 sharding: Sharding | None = None, strict: bool = False):
         self.engine = Engine(model, loss_fn, data, bn=bn, device=device, dtype=dtype, precision=precision,
                              min_batches=min_batches, batch_size=batch_size, seed=seed, control=control,
-                             progress=progress, sharding=sharding)
+                             progress=progress, sharding=sharding, strict=strict)
+        self.engine.finite_model = True
 
     # ---- what the probe holds
     @property
@@ -171,8 +188,10 @@ class LandscapeProbe:
         return self.engine.evaluate_at(theta, label="LandscapeProbe.loss").loss
 
     # ---- many points
-    def interpolate(self, a: Any, b: Any, steps: int = 51, *, subnet: Selector | None = None,
-                    extend: float = 0.0, batch_points: int = 1) -> Curve:
+    @renamed_keywords(steps="points")
+    def interpolate(self, a: Any, b: Any, points: int = 51, *, subnet: Selector | None = None,
+                    extend: float = 0.0, batch_points: int = 1, align: str | None = None,
+                    spec: PermutationSpec | None = None) -> Curve:
         """The empirical error on the segment θ(α) = (1 − α)·a + α·b: see :func:`landprobe.probes.interpolate.interpolate`.
 
         Example:
@@ -181,14 +200,16 @@ class LandscapeProbe:
             >>> data = [(torch.ones(4, 1), torch.zeros(4, 1))]  # so L(w) = w**2
             >>> probe = lp.LandscapeProbe(model, torch.nn.MSELoss(), data)
             >>> a, b = {"weight": torch.tensor([[-1.0]])}, {"weight": torch.tensor([[1.0]])}
-            >>> curve = probe.interpolate(a, b, steps=5)
+            >>> curve = probe.interpolate(a, b, points=5)
             >>> curve.losses.tolist(), curve.barrier            # a convex bowl has no barrier
             ([1.0, 0.25, 0.0, 0.25, 1.0], 0.0)
         """
-        return interpolate(self.engine, a, b, steps, subnet=subnet, extend=extend, batch_points=batch_points)
+        return interpolate(self.engine, a, b, points, subnet=subnet, extend=extend, batch_points=batch_points,
+                           align=align, spec=spec)
 
+    @renamed_keywords(steps="points")
     def plane(self, center: Any = None, directions: Sequence[Any] | None = None, span: Any = None,
-              steps: Any = 21, normalization: str | None = "auto", subnet: Selector | None = None, seed: int = 0, *,
+              points: Any = 21, normalization: str | None = "auto", subnet: Selector | None = None, seed: int = 0, *,
               one_d: str = "zero", through: Sequence[Any] | None = None, margin: float = 0.25) -> Surface:
         """The empirical error on a plane θ(x, y) = center + x·d₁ + y·d₂: see :func:`landprobe.probes.plane.plane`.
 
@@ -197,15 +218,16 @@ class LandscapeProbe:
             >>> model = torch.nn.Linear(2, 1, bias=False)                 # L(w) = |w|² / 2 on x = I
             >>> probe = lp.LandscapeProbe(model, torch.nn.MSELoss(), [(torch.eye(2), torch.zeros(2, 1))])
             >>> d1, d2 = {"weight": torch.tensor([[1.0, 0.0]])}, {"weight": torch.tensor([[0.0, 1.0]])}
-            >>> s = probe.plane({"weight": torch.zeros(1, 2)}, directions=(d1, d2), span=1.0, steps=3)
+            >>> s = probe.plane({"weight": torch.zeros(1, 2)}, directions=(d1, d2), span=1.0, points=3)
             >>> s.losses.tolist()[0]                                    # the row y = -1: (x² + 1) / 2
             [1.0, 0.5, 1.0]
         """
-        return plane(self.engine, center, directions, span, steps, normalization, subnet, seed, one_d=one_d,
+        return plane(self.engine, center, directions, span, points, normalization, subnet, seed, one_d=one_d,
                      through=through, margin=margin)
 
+    @renamed_keywords(eval_points="points")
     def connect(self, a: Any, b: Any, method: str = "bezier", bends: int = 1, steps: int = 1000, lr: float = 0.01,
-                optimizer: str = "sgd", *, momentum: float = 0.9, t_samples: int = 1, eval_points: int = 61,
+                optimizer: str = "sgd", *, momentum: float = 0.9, t_samples: int = 1, points: int = 61,
                 seed: int = 0, checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 50,
                 **neb_options: Any) -> Path:
         """Fit a low-error curve between ``a`` and ``b`` (Garipov et al. 2018; ``method="neb"``:
@@ -221,13 +243,14 @@ class LandscapeProbe:
             (True, True)
         """
         return connect(self.engine, a, b, method, bends, steps, lr, optimizer, momentum=momentum,
-                       t_samples=t_samples, eval_points=eval_points, seed=seed, checkpoint=checkpoint,
+                       t_samples=t_samples, points=points, seed=seed, checkpoint=checkpoint,
                        checkpoint_every=checkpoint_every, **neb_options)
 
+    @renamed_keywords(eval_points="points")
     def auto_neb(self, a: Any, b: Any, *, images: int | None = None,
                  schedule: Sequence[dict[str, Any]] | None = None, steps: int = 1000, lr: float = 0.1,
                  momentum: float = 0.9, spring: float = math.inf, climbing: bool = True, insert_tol: float = 0.0,
-                 sub_points: int = 9, eval_points: int = 61, seed: int = 0,
+                 sub_points: int = 9, points: int = 61, seed: int = 0,
                  checkpoint: str | os.PathLike | None = None) -> Path:
         """Minimum-energy path between ``a`` and ``b`` by AutoNEB (Draxler et al. 2018): see
         :func:`landprobe.probes.curves.neb.auto_neb`.
@@ -245,7 +268,7 @@ class LandscapeProbe:
         """
         return auto_neb(self.engine, a, b, images=images, schedule=schedule, steps=steps, lr=lr, momentum=momentum,
                         spring=spring, climbing=climbing, insert_tol=insert_tol, sub_points=sub_points,
-                        eval_points=eval_points, seed=seed, checkpoint=checkpoint)
+                        points=points, seed=seed, checkpoint=checkpoint)
 
     def level_set(self, a: Any, b: Any, threshold: float, *, steps: int = 500, lr: float = 0.01,
                   optimizer: str = "sgd", momentum: float = 0.0, margin: float = 0.25, pull: float = 0.0,

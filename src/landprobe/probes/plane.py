@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from landprobe.common.checks import check_int
+from landprobe.common.deprecation import renamed_keywords
 from landprobe.common.results import Result, require_matplotlib
 from landprobe.engine import Engine, HasEngine, as_engine
 from landprobe.engine.core import Writer
@@ -44,7 +46,7 @@ class Surface(Result):
             for a plane through three models ``{"a": [0, 0], "b": [1, 0], "c": [cx, cy]}``.
         anchor_losses: The error measured at each anchor's exact coordinates.
         settings: directions ("random", "given" or "through"), normalization, one_d,
-            seed, span, steps, subnet, direction norms, bn, dtype, device, version, ...
+            seed, span, points, subnet, direction norms, bn, dtype, device, version, ...
 
     Example:
         >>> import numpy as np
@@ -77,7 +79,7 @@ class Surface(Result):
         i = np.flatnonzero(np.isclose(self.ys, y, rtol=0, atol=1e-12))
         if not len(i) or not len(j):
             raise ValueError(f"({x}, {y}) is not a grid point of this Surface; xs run {self.xs[0]}..{self.xs[-1]} "
-                             f"in {len(self.xs)} steps, ys {self.ys[0]}..{self.ys[-1]} in {len(self.ys)}")
+                             f"in {len(self.xs)} points, ys {self.ys[0]}..{self.ys[-1]} in {len(self.ys)}")
         return float(self.losses[i[0], j[0]])
 
     def min(self) -> tuple[float, float, float]:
@@ -141,8 +143,8 @@ class Surface(Result):
 
 
 # --------------------------------------------------------------------------- helpers
-def grid_axis(lo: float, hi: float, steps: int) -> np.ndarray:
-    """``np.linspace(lo, hi, steps)`` with the coordinate nearest 0 set to exactly 0.0 if it is 0 up
+def grid_axis(lo: float, hi: float, points: int) -> np.ndarray:
+    """``np.linspace(lo, hi, points)`` with the coordinate nearest 0 set to exactly 0.0 if it is 0 up
     to rounding (so an odd symmetric grid holds the center exactly).
 
     Example:
@@ -151,19 +153,19 @@ def grid_axis(lo: float, hi: float, steps: int) -> np.ndarray:
         >>> grid_axis(-1.0, 1.0, 4).tolist()                 # even: 0 is not on the grid
         [-1.0, -0.3333333333333333, 0.3333333333333333, 1.0]
     """
-    xs = np.linspace(float(lo), float(hi), int(steps))
-    if steps > 1:
-        h = (hi - lo) / (steps - 1)
+    xs = np.linspace(float(lo), float(hi), int(points))
+    if points > 1:
+        h = (hi - lo) / (points - 1)
         k = int(np.argmin(np.abs(xs)))
         if abs(xs[k]) <= 1e-9 * h:
             xs[k] = 0.0
     return xs
 
 
-def _parse_steps(steps: Any) -> tuple[int, int]:
-    pair = steps if isinstance(steps, (tuple, list)) else (steps, steps)
+def _parse_points(points: Any) -> tuple[int, int]:
+    pair = points if isinstance(points, (tuple, list)) else (points, points)
     if len(pair) != 2 or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 2 for s in pair):
-        raise ValueError(f"steps={steps!r}; expected an integer >= 2 (points per axis, odd puts the center on the "
+        raise ValueError(f"points={points!r}; expected an integer >= 2 (points per axis, odd puts the center on the "
                          f"grid) or a pair (nx, ny) of such integers")
     return int(pair[0]), int(pair[1])
 
@@ -207,7 +209,8 @@ def _direction(engine: Engine, value: Any, names: list[str], what: str) -> Param
 
 
 # --------------------------------------------------------------------------- the probe method
-def plane(engine: Engine | HasEngine, center: Any = None, directions: Sequence[Any] | None = None, span: Any = None, steps: Any = 21,
+@renamed_keywords(steps="points")
+def plane(engine: Engine | HasEngine, center: Any = None, directions: Sequence[Any] | None = None, span: Any = None, points: Any = 21,
           normalization: str | None = "auto", subnet: Selector | None = None, seed: int = 0, *,
           one_d: str = "zero", through: Sequence[Any] | None = None, margin: float = 0.25) -> Surface:
     """Evaluate the empirical error on a plane θ(x, y) = center + x·d₁ + y·d₂.
@@ -245,7 +248,7 @@ def plane(engine: Engine | HasEngine, center: Any = None, directions: Sequence[A
         span: ``None`` (random/given: 1.0, i.e. ±1 direction lengths; ``through``: fit the
             anchors), a number ``s`` (both axes run from −s to s), or explicit ranges
             ``((xmin, xmax), (ymin, ymax))``. With ``through`` only ``None`` or ranges.
-        steps: Grid points per axis, or a pair ``(nx, ny)``. Odd steps on a symmetric span put
+        points: Grid points per axis, or a pair ``(nx, ny)``. An odd count on a symmetric span puts
             the center exactly on the grid (its coordinate is set to exactly 0.0).
         normalization: ``"auto"`` (``"filter"`` for random directions, none for given ones
             and for ``through``), ``"filter"`` (Li et al. 2018, §4), ``"layer"`` (each
@@ -266,7 +269,7 @@ def plane(engine: Engine | HasEngine, center: Any = None, directions: Sequence[A
         whole surface.
 
     Raises:
-        ValueError: On a bad ``span``, ``steps``, ``normalization``, ``one_d`` or ``margin``;
+        ValueError: On a bad ``span``, ``points``, ``normalization``, ``one_d`` or ``margin``;
             a grid of more than ``MAX_POINTS`` (100,000) points, ``nx·ny``;
             a direction or model lacking a parameter or with another shape; an all-zero
             direction; ``through`` models that coincide (a = b) or lie on one line.
@@ -280,7 +283,7 @@ def plane(engine: Engine | HasEngine, center: Any = None, directions: Sequence[A
         >>> probe = lp.LandscapeProbe(model, torch.nn.MSELoss(), data)
         >>> d1, d2 = {"weight": torch.tensor([[1.0, 0.0]])}, {"weight": torch.tensor([[0.0, 1.0]])}
         >>> center = {"weight": torch.tensor([[0.0, 0.0]])}
-        >>> s = plane(probe, center, directions=(d1, d2), span=2.0, steps=3)
+        >>> s = plane(probe, center, directions=(d1, d2), span=2.0, points=3)
         >>> s.xs.tolist(), s.center_loss                               # L(0, 0) = 0
         ([-2.0, 0.0, 2.0], 0.0)
         >>> s.losses.tolist()                                          # (x**2 + y**2) / 2
@@ -288,12 +291,13 @@ def plane(engine: Engine | HasEngine, center: Any = None, directions: Sequence[A
         >>> a = {"weight": torch.tensor([[0.0, 0.0]])}
         >>> b = {"weight": torch.tensor([[2.0, 0.0]])}
         >>> c = {"weight": torch.tensor([[1.0, 1.0]])}
-        >>> t = plane(probe, through=(a, b, c), steps=5)
+        >>> t = plane(probe, through=(a, b, c), points=5)
         >>> t.anchors["c"], t.anchor_losses["b"]                       # c - a = 0.5 u + 0.5 v; L(b) = 4/2
         ([0.5, 0.5], 2.0)
     """
     engine = as_engine(engine)
-    nx, ny = _check_args(steps, normalization, one_d)
+    nx, ny = _check_args(points, normalization, one_d)
+    check_int("seed", seed, 0, "seed of the random directions")
     names = engine.state_names()                       # parameters (+ floating buffers under bn='eval')
     pnames = select(engine.model, subnet)             # the parameters that move
     if through is not None:
@@ -316,14 +320,14 @@ def plane(engine: Engine | HasEngine, center: Any = None, directions: Sequence[A
                                   direction_cosine=d1.dot(d2) / (d1.norm() * d2.norm())))
 
     xs, ys = grid_axis(*chosen.xr, nx), grid_axis(*chosen.yr, ny)
-    points = _grid_points(xs, ys, chosen.anchors)
-    evals = engine.sweep(names, _writers(names, chosen, points), "plane")
+    grid = _grid_points(xs, ys, chosen.anchors)
+    evals = engine.sweep(names, _writers(names, chosen, grid), "plane")
     settings = engine.settings(probe="plane", directions=chosen.kind, normalization=chosen.normalization,
                                one_d=one_d, seed=int(seed) if chosen.kind == "random" else None,
-                               span=[list(chosen.xr), list(chosen.yr)], steps=[nx, ny],
+                               span=[list(chosen.xr), list(chosen.yr)], points=[nx, ny],
                                subnet=_subnet_label(engine.model, subnet),
                                margin=float(margin) if chosen.kind == "through" else None, **chosen.info)
-    return _surface(xs, ys, points, evals, chosen.anchors, settings)
+    return _surface(xs, ys, grid, evals, chosen.anchors, settings)
 
 
 # --------------------------------------------------------------------------- the steps of plane
@@ -342,13 +346,13 @@ class _Plane:
     info: dict[str, Any]                # direction norms and cosine, or |b - a|, for the settings
 
 
-def _check_args(steps: Any, normalization: Any, one_d: Any) -> tuple[int, int]:
+def _check_args(points: Any, normalization: Any, one_d: Any) -> tuple[int, int]:
     """``(nx, ny)``, after checking the arguments every kind of plane takes."""
-    nx, ny = _parse_steps(steps)
+    nx, ny = _parse_points(points)
     if nx * ny > MAX_POINTS:
-        raise ValueError(f"steps={steps!r} would evaluate {nx * ny:,} points ({nx:,} × {ny:,}), more than "
+        raise ValueError(f"points={points!r} would evaluate {nx * ny:,} points ({nx:,} × {ny:,}), more than "
                          f"MAX_POINTS = {MAX_POINTS:,} per call (landprobe.probes.interpolate.MAX_POINTS); "
-                         f"use fewer steps per axis (e.g. steps={math.isqrt(MAX_POINTS)}), or cover the span "
+                         f"use fewer points per axis (e.g. points={math.isqrt(MAX_POINTS)}), or cover the span "
                          f"in tiles with several calls and explicit span ranges")
     if normalization not in _NORMALIZATIONS + ("auto",):
         raise ValueError(f"normalization={normalization!r}; expected 'auto', 'filter' (Li et al. 2018, §4), "

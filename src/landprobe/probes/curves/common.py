@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landprobe.common.io import load_torch
+from landprobe.common.io import LoadError, load_torch
 from landprobe.engine import Engine
 from landprobe.params import ParamVector
 from landprobe.probes.curves.path import Path
@@ -130,12 +130,21 @@ def read_checkpoint(engine: Engine, path: Any, read: Callable[[], Any],
     return got[0]
 
 
+def load_checkpoint(path: Any, who: str) -> dict[str, Any]:
+    """The state in a fit's checkpoint file: a dict with a fingerprint, or ``LoadError`` naming the file."""
+    state = load_torch(path)
+    if not isinstance(state, dict) or "fingerprint" not in state:
+        found = "a dict without a fingerprint" if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise LoadError(path, f"it holds {found}, not a {who} checkpoint",
+                        "pass the checkpoint path this kind of call wrote, or a new path to start afresh")
+    return state
+
+
 def resume_connect(path, fingerprint: dict, leaves: list[Tensor], opt, gen: torch.Generator,
                     train_losses: list[float]) -> int:
     """Load a connect() checkpoint into the bends, optimizer and generator; return its step."""
-    state = load_torch(path)
-    check_fingerprint(path, state.get("fingerprint", {}) if isinstance(state, dict) else {}, fingerprint,
-                       "connect()")
+    state = load_checkpoint(path, "connect()")
+    check_fingerprint(path, state["fingerprint"], fingerprint, "connect()")
     with torch.no_grad():
         for t, v in zip(leaves, state["bends"]):
             t.copy_(v)
@@ -219,8 +228,8 @@ def evaluate_path(engine: Engine, *, names, va, vb, pnames, points: Sequence[Par
                 method=method, settings=settings, points=tuple(points))
 
 
-def grid(eval_points: int, knots: np.ndarray) -> np.ndarray:
-    ts = np.union1d(np.linspace(0.0, 1.0, eval_points), np.asarray(knots, dtype=np.float64))
+def grid(points: int, knots: np.ndarray) -> np.ndarray:
+    ts = np.union1d(np.linspace(0.0, 1.0, points), np.asarray(knots, dtype=np.float64))
     ts[0], ts[-1] = 0.0, 1.0
     return ts
 

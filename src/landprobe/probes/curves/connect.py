@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from landprobe.common.deprecation import renamed_keywords
 from landprobe.common.checks import check_int, check_positive
 from landprobe.common.io import atomic_torch_save
 from landprobe.common.tempfiles import remove_stale_temps
@@ -33,8 +34,9 @@ from landprobe.probes.curves.path import Path
 __all__ = ["connect"]
 
 
+@renamed_keywords(eval_points="points")
 def connect(engine: Engine | HasEngine, a: Any, b: Any, method: str = "bezier", bends: int = 1, steps: int = 1000, lr: float = 0.01,
-            optimizer: str = "sgd", *, momentum: float = 0.9, t_samples: int = 1, eval_points: int = 61,
+            optimizer: str = "sgd", *, momentum: float = 0.9, t_samples: int = 1, points: int = 61,
             seed: int = 0, checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 50,
             **neb_kwargs: Any) -> Path:
     """Fit a low-error curve between ``a`` and ``b`` and measure the error along it (Garipov et al. 2018).
@@ -47,7 +49,7 @@ def connect(engine: Engine | HasEngine, a: Any, b: Any, method: str = "bezier", 
     - ``"polychain"``: straight segments from a through the bends to b, the i-th bend at
       t = i / (bends + 1);
     - ``"neb"``: AutoNEB (Draxler et al. 2018), see :func:`landprobe.probes.curves.neb.auto_neb`;
-      ``bends`` is ignored, ``steps``, ``lr``, ``momentum``, ``eval_points`` and ``seed`` are
+      ``bends`` is ignored, ``steps``, ``lr``, ``momentum``, ``points`` and ``seed`` are
       passed on with the keyword arguments ``neb_kwargs``.
 
     Training minimises E_{t ~ U(0, 1)} L(φ(t)): each of ``steps`` steps draws ``t_samples``
@@ -77,7 +79,7 @@ def connect(engine: Engine | HasEngine, a: Any, b: Any, method: str = "bezier", 
         optimizer: ``"sgd"`` (with ``momentum``) or ``"adam"``.
         momentum: SGD momentum.
         t_samples: Values of t drawn per step, >= 1.
-        eval_points: Evenly spaced t at which the fitted curve is measured (the polychain's
+        points: Evenly spaced t at which the fitted curve is measured (the polychain's
             knots are added), >= 2.
         seed: Seed of the t draws.
         checkpoint: A file for long runs (``"bezier"``/``"polychain"``): every
@@ -98,7 +100,7 @@ def connect(engine: Engine | HasEngine, a: Any, b: Any, method: str = "bezier", 
 
     Raises:
         ValueError: For an unknown ``method`` or ``optimizer``, ``bends`` < 1, ``steps`` < 0,
-            ``t_samples`` < 1, ``eval_points`` < 2, a non-positive ``lr``, or endpoints that
+            ``t_samples`` < 1, ``points`` < 2, a non-positive ``lr``, or endpoints that
             do not fit the model.
         FitDivergedError: If a step's training loss (summed over the ranks under data
             sharding) is not finite, or the last step leaves non-finite bends; the message
@@ -111,7 +113,7 @@ def connect(engine: Engine | HasEngine, a: Any, b: Any, method: str = "bezier", 
         >>> valley = toys.CurvyValley()                       # minima at (∓5π/2, ∓1), saddle 1.0
         >>> probe = toys.toy_probe(valley)
         >>> a, b = valley.minima()
-        >>> straight = probe.interpolate(a, b, steps=401)
+        >>> straight = probe.interpolate(a, b, points=401)
         >>> round(straight.barrier, 2)                        # the segment climbs to 2.977
         2.98
         >>> path = connect(probe, a, b, method="polychain", bends=5, steps=300, lr=0.01)
@@ -120,7 +122,7 @@ def connect(engine: Engine | HasEngine, a: Any, b: Any, method: str = "bezier", 
     """
     engine = as_engine(engine)
     if method == "neb":
-        return auto_neb(engine, a, b, steps=steps, lr=lr, momentum=momentum, eval_points=eval_points, seed=seed,
+        return auto_neb(engine, a, b, steps=steps, lr=lr, momentum=momentum, points=points, seed=seed,
                         checkpoint=checkpoint, **neb_kwargs)
     if neb_kwargs:
         raise TypeError(f"connect() got unexpected keyword arguments {sorted(neb_kwargs)} (they are AutoNEB's: "
@@ -130,16 +132,17 @@ def connect(engine: Engine | HasEngine, a: Any, b: Any, method: str = "bezier", 
     check_int("bends", bends, 1, "number of trainable bend points")
     check_int("steps", steps, 0, "training steps")
     check_int("t_samples", t_samples, 1, "values of t per step")
-    check_int("eval_points", eval_points, 2, "points of the measured grid, both ends included")
+    check_int("points", points, 2, "points of the measured grid, both ends included")
     check_positive("lr", lr, "the learning rate")
     check_int("checkpoint_every", checkpoint_every, 1, "steps between checkpoints")
+    check_int("seed", seed, 0, "seed of the t draws")
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"optimizer={optimizer!r}; expected 'sgd' (with momentum) or 'adam'")
 
     names, va, vb, pnames, _ = endpoints(engine, a, b)
     pa, pb = va.subset(pnames), vb.subset(pnames)
     settings = engine.settings(probe="connect", method=method, bends=bends, steps=steps, lr=lr, optimizer=optimizer,
-                               momentum=momentum, t_samples=t_samples, eval_points=eval_points, seed=seed)
+                               momentum=momentum, t_samples=t_samples, points=points, seed=seed)
     curve = _Curve(method, pa, pb, bends)
     fit = _FitOptions(steps, lr, optimizer, momentum, t_samples, seed, checkpoint, checkpoint_every)
     with engine.guard(f"connect ({method})"):
@@ -148,7 +151,7 @@ def connect(engine: Engine | HasEngine, a: Any, b: Any, method: str = "bezier", 
         else:
             settings["train_losses"] = []
         return evaluate_path(engine, names=names, va=va, vb=vb, pnames=pnames, points=curve.points(),
-                             coeffs=curve.coeffs, ts=grid(eval_points, curve.knots), knots=curve.knots,
+                             coeffs=curve.coeffs, ts=grid(points, curve.knots), knots=curve.knots,
                              method=method, settings=settings)
 
 

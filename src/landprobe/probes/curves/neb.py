@@ -22,11 +22,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from landprobe.common.deprecation import renamed_keywords
 from landprobe.common.checks import check_int, check_positive
-from landprobe.common.io import atomic_torch_save, load_torch
+from landprobe.common.io import atomic_torch_save
 from landprobe.common.tempfiles import remove_stale_temps
 from landprobe.engine import Engine, HasEngine, Part, Progress, as_engine
 from landprobe.params import ParamVector
+from landprobe.probes.curves.common import load_checkpoint
 from landprobe.probes.curves.common import (all_finite, check_fingerprint, diverged, endpoints, evaluate_path,
                                             polychain_coeffs, read_checkpoint)
 from landprobe.probes.curves.path import Path
@@ -153,10 +155,11 @@ def _tangent(images, i: int, e: Sequence[float]) -> ParamVector:
     return tau / nrm if nrm > 0 else tau
 
 
+@renamed_keywords(eval_points="points")
 def auto_neb(engine: Engine | HasEngine, a: Any, b: Any, *, images: int | None = None,
              schedule: Sequence[NebCycle | dict[str, Any]] | None = None,
              steps: int = 1000, lr: float = 0.1, momentum: float = 0.9, spring: float = math.inf,
-             climbing: bool = True, insert_tol: float = 0.0, sub_points: int = 9, eval_points: int = 61,
+             climbing: bool = True, insert_tol: float = 0.0, sub_points: int = 9, points: int = 61,
              seed: int = 0, checkpoint: str | os.PathLike | None = None) -> Path:
     """Minimum-energy path between ``a`` and ``b`` by AutoNEB (Draxler et al. 2018); also ``connect(method="neb")``.
 
@@ -196,7 +199,7 @@ def auto_neb(engine: Engine | HasEngine, a: Any, b: Any, *, images: int | None =
         climbing: Allow the climbing image in the cycles that ask for it.
         insert_tol: Least residuum for an insertion.
         sub_points: Points measured inside each segment for insertion and for the result.
-        eval_points: Evenly spaced t also measured in the result (the images are added).
+        points: Evenly spaced t also measured in the result (the images are added).
         seed: Unused by the deterministic algorithm; recorded (the data order is the probe's).
         checkpoint: A file for long runs: after every cycle the band, the cycle index, the
             history and the number of batches used are written to it atomically; a call that
@@ -227,7 +230,7 @@ def auto_neb(engine: Engine | HasEngine, a: Any, b: Any, *, images: int | None =
         >>> probe = toys.toy_probe(egg)
         >>> a = {"location": torch.tensor([0.5, 0.5], dtype=torch.float64)}     # minima, E = −2
         >>> b = {"location": torch.tensor([1.5, 2.5], dtype=torch.float64)}
-        >>> round(probe.interpolate(a, b, steps=201).barrier, 2)   # the segment crosses two ridges
+        >>> round(probe.interpolate(a, b, points=201).barrier, 2)   # the segment crosses two ridges
         3.12
         >>> quick = ([dict(steps=10, lr=0.01, insert=3)] + [dict(steps=10, lr=0.01, insert=2)] * 3
         ...          + [dict(steps=10, lr=0.001, climbing=True)] * 3)
@@ -241,7 +244,7 @@ def auto_neb(engine: Engine | HasEngine, a: Any, b: Any, *, images: int | None =
         raise ValueError(f"spring={spring!r}; expected a spring constant > 0, or math.inf to re-space the images "
                          f"evenly (Draxler et al.'s setting)")
     check_int("sub_points", sub_points, 1, "points measured inside each segment")
-    check_int("eval_points", eval_points, 2, "evenly spaced points of the result")
+    check_int("points", points, 2, "evenly spaced points of the result")
 
     names, va, vb, pnames, _ = endpoints(engine, a, b)
     band = _Band(engine, names, va, vb, pnames, sub_points)
@@ -285,9 +288,9 @@ def auto_neb(engine: Engine | HasEngine, a: Any, b: Any, *, images: int | None =
         extra = {"resumed_at_cycle": first} if first else {}
         settings = engine.settings(probe="connect", method="neb", schedule=history, **extra, momentum=momentum,
                                    spring=spring if math.isfinite(spring) else "inf", climbing=climbing,
-                                   insert_tol=insert_tol, sub_points=sub_points, eval_points=eval_points, seed=seed,
+                                   insert_tol=insert_tol, sub_points=sub_points, points=points, seed=seed,
                                    images=len(band.images))
-        return band.result(eval_points, settings)
+        return band.result(points, settings)
 
 
 def _check_schedule(schedule: Sequence[NebCycle | dict[str, Any]], images: int | None) -> list[NebCycle]:
@@ -312,8 +315,8 @@ class _Band:
         self.per = sub_points + 1
 
     def resume(self, path: Any, fingerprint: dict[str, Any]) -> tuple[int, int, list[dict[str, Any]]]:
-        state = load_torch(path)
-        check_fingerprint(path, state.get("fingerprint", {}), fingerprint, "auto_neb()")
+        state = load_checkpoint(path, "auto_neb()")
+        check_fingerprint(path, state["fingerprint"], fingerprint, "auto_neb()")
         self.images = ([self.pa] + [ParamVector._wrap(list(self.pnames), list(ts)) for ts in state["interior"]]
                        + [self.pb])
         return int(state["cycle"]), int(state["consumed"]), list(state["history"])
@@ -351,14 +354,14 @@ class _Band:
         for _, j, s_ in sorted(cand[:n_ins], key=lambda c: c[1], reverse=True):
             self.images.insert(j + 1, self.images[j].lerp(self.images[j + 1], s_).clone())
 
-    def result(self, eval_points: int, settings: dict[str, Any]) -> Path:
+    def result(self, points: int, settings: dict[str, Any]) -> Path:
         """The polychain through the images, measured at the images, ``sub_points`` inside every
-        segment and ``eval_points`` evenly spaced t."""
+        segment and ``points`` evenly spaced t."""
         knots = _knots(self.images)
         per = self.per
         inner = np.concatenate([np.linspace(knots[j], knots[j + 1], per + 1)[:-1]
                                 for j in range(len(self.images) - 1)] + [np.array([1.0])])
-        ts = np.union1d(np.union1d(inner, np.linspace(0.0, 1.0, eval_points)), knots)
+        ts = np.union1d(np.union1d(inner, np.linspace(0.0, 1.0, points)), knots)
         ts[0], ts[-1] = 0.0, 1.0
         return evaluate_path(self.engine, names=self.names, va=self.va, vb=self.vb, pnames=self.pnames,
                              points=self.images, coeffs=lambda t: polychain_coeffs(knots, t), ts=ts, knots=knots,
