@@ -119,7 +119,9 @@ def is_batchnorm(m: nn.Module) -> bool:
 class FunctionalModel:
     """The model called with other parameter tensors (``torch.func.functional_call``).
 
-    Calling it runs ``model`` with ``params`` in place of its own (the rest from the model);
+    Calling it runs ``model`` with ``params`` in place of its own (the rest from the model;
+    ``tie_weights=False`` skips the search for tensors tied under two names, for models known
+    to have none);
     any other attribute is the model's, so a :class:`BatchLoss` function may read
     ``model.config`` or call ``model.encoder`` as it would on the model itself (those calls
     use the model's own parameters).
@@ -133,13 +135,13 @@ class FunctionalModel:
         (3.0, 1)
     """
 
-    def __init__(self, model: nn.Module, params: Mapping[str, Tensor]):
-        self._model, self._params = model, params
+    def __init__(self, model: nn.Module, params: Mapping[str, Tensor], tie_weights: bool = True):
+        self._model, self._params, self._tie = model, params, tie_weights
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         from torch.func import functional_call
 
-        return functional_call(self._model, dict(self._params), args, kwargs)
+        return functional_call(self._model, dict(self._params), args, kwargs, tie_weights=self._tie)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)

@@ -97,6 +97,7 @@ class Engine:
         self.progress = progress
         self._watch: ParameterWatch | None = None
         self._names: list[str] | None = None
+        self._tied: bool | None = None          # whether a tensor sits under two names (listed once per guard)
         self._reduction_checked = False
         #: Refuse NaN or inf in the model (at the start of every probe call) and in endpoints (set by
         #: LandscapeProbe; engines that train, as memorization's, report divergence themselves).
@@ -147,11 +148,12 @@ class Engine:
                              f"the model ({type(self.model).__name__})")
                 self._watch = g.watch
                 self._names = [n for n, _ in self.model.named_parameters()]
+                self._tied = _has_tied_tensors(self.model)
             try:
                 yield g
             finally:
                 if outer:
-                    self._watch = self._names = None
+                    self._watch = self._names = self._tied = None
 
     def unchanged_check(self) -> Callable[[], None]:
         """A check for long steps that do not write the model themselves (a fit's optimizer steps
@@ -797,7 +799,8 @@ class Engine:
     def functional_loss(self, state: Mapping[str, Tensor], batch: Any, *, autocast: bool = False) -> Tensor:
         """The loss of a prepared batch with the model's tensors replaced by ``state`` (any subset
         of parameters and buffers; ``torch.func.functional_call``): differentiable in ``state``."""
-        fmodel = FunctionalModel(self.model, state)
+        tied = self._tied if self._tied is not None else _has_tied_tensors(self.model)
+        fmodel = FunctionalModel(self.model, state, tie_weights=tied)
         with (self.autocast() if autocast else contextlib.nullcontext()), data_pass(self.model):
             return self.contract.loss(fmodel, batch)
 
@@ -811,6 +814,34 @@ class Engine:
         loss = self.functional_loss(dict(zip(self.parameter_names(), params)), part.batch, autocast=True)
         loss = loss.float() if loss.dtype in (torch.float16, torch.bfloat16) else loss
         return loss if part.weight == 1.0 else loss * part.weight
+
+    def fit_losses(self, stacked: Sequence[Tensor], part: Part) -> Tensor | None:
+        """This rank's shares of a fit step's loss at several points in one model call: ``stacked``
+        holds, per parameter (model order), the points along dim 0; ``functional_call`` under
+        ``torch.func.vmap``, differentiable in ``stacked``; shape ``(points,)``. ``None`` when the
+        points cannot share a call: BatchNorm on batch statistics, no samples of the batch on this
+        rank, or a model or loss that vmap cannot run (then call :meth:`fit_loss` per point).
+
+        Example:
+            >>> import torch
+            >>> from landprobe.engine import Engine, Part
+            >>> engine = Engine(torch.nn.Linear(1, 1, bias=False), torch.nn.MSELoss(), [])
+            >>> part = Part((torch.ones(2, 1), torch.zeros(2, 1)), 2, 1.0)
+            >>> engine.fit_losses([torch.tensor([[[1.0]], [[3.0]]])], part).tolist()
+            [1.0, 9.0]
+        """
+        if self._bns or part.batch is None:
+            return None
+        from torch.func import vmap
+
+        try:
+            with warnings.catch_warnings():      # an op without a batching rule runs point by point: still right
+                warnings.filterwarnings("ignore", message="There is a performance drop", category=UserWarning)
+                return vmap(lambda *params: self.fit_loss(params, part))(*stacked)
+        except RuntimeError as exc:
+            if type(exc) not in (RuntimeError, NotImplementedError):   # torch's; not the probe's own errors
+                raise
+            return None
 
     def fit_value(self, params: Sequence[Tensor], part: Part) -> float:
         """A fit step's loss (no gradient), summed over the ranks that share the data."""
@@ -843,6 +874,13 @@ class Engine:
         if not ranks.sharded:
             return compute()
         return self._sum_step(ranks, leaves, compute)
+
+
+def _has_tied_tensors(model: nn.Module) -> bool:
+    """Whether a parameter or buffer of ``model`` is reachable under two names (tied weights)."""
+    named = [t for _, t in model.named_parameters(remove_duplicate=False)]
+    named += [t for _, t in model.named_buffers(remove_duplicate=False)]
+    return len({id(t) for t in named}) != len(named)
 
 
 @runtime_checkable

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,6 +168,7 @@ class _Curve:
         self.bends = [pa.lerp(pb, i / (self.n_points - 1)).clone() for i in range(1, self.n_points - 1)]
         self.degenerate = (pa - pb).norm() == 0.0
         self.knots = np.zeros(0) if method == "bezier" else np.linspace(0.0, 1.0, self.n_points)
+        self._point: list[Tensor] | None = None
 
     def points(self) -> list[ParamVector]:
         return [self.pa, *self.bends, self.pb]
@@ -177,6 +179,35 @@ class _Curve:
         if self.method == "bezier":
             return bezier_coeffs(self.n_points - 1, t)
         return polychain_coeffs(self.knots, t)
+
+    def point(self, t: float) -> list[Tensor]:
+        """θ(t) of a polychain without a graph, written into buffers kept from call to call
+        (leaves for the gradient at θ(t); :meth:`accumulate` hands it to the bends)."""
+        if self._point is None:
+            self._point = [x.detach().clone().requires_grad_(True) for x in self.pa.tensors]
+        cs = self.coeffs(t)
+        src = [self.ends[i] if i in self.ends else self.bends[i - 1].tensors for i, _ in cs]
+        with torch.no_grad():
+            for k, buf in enumerate(self._point):
+                if len(cs) == 1:
+                    buf.copy_(src[0][k])
+                else:
+                    torch.lerp(src[0][k], src[1][k], cs[1][1], out=buf)
+        return self._point
+
+    def accumulate(self, t: float, grads: Sequence[Tensor | None]) -> None:
+        """Add the gradient at θ(t) of a polychain, times each bend's coefficient, to the bends' ``.grad``."""
+        with torch.no_grad():
+            for i, c in self.coeffs(t):
+                if i in self.ends:
+                    continue
+                for p, g in zip(self.bends[i - 1].tensors, grads):
+                    if g is None:
+                        continue
+                    if p.grad is None:
+                        p.grad = g * c
+                    else:
+                        p.grad.add_(g, alpha=c)
 
     def theta(self, t: float) -> list[Tensor]:
         """θ(t) with the autograd graph to the bends."""
@@ -242,10 +273,13 @@ def _train(engine: Engine, curve: _Curve, fit: _FitOptions, settings: dict[str, 
             def backward(ts: list[float] = ts, part: Any = part) -> float:
                 total = 0.0
                 for t in ts:
+                    point = curve.point(t) if curve.method == "polychain" else None
                     with torch.enable_grad():
-                        loss = engine.fit_loss(curve.theta(t), part) / fit.t_samples
-                        if loss.requires_grad:
+                        loss = engine.fit_loss(curve.theta(t) if point is None else point, part) / fit.t_samples
+                        if loss.requires_grad and point is None:
                             loss.backward()
+                        elif loss.requires_grad:
+                            curve.accumulate(t, torch.autograd.grad(loss, point, allow_unused=True))
                     total += float(loss.detach())
                 return total
             total = engine.reduce_step(leaves, backward)     # summed over the ranks: all of them raise
