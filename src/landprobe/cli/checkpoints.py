@@ -10,7 +10,6 @@ model's by ``landprobe.params.unwrap_state_dict``.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import torch
 from landprobe.common.io import load_torch
 from landprobe.params import unwrapped_key
 
-__all__ = ["load_checkpoint", "sha256", "BUILTIN_MODELS", "builtin_model", "model_width", "check_fits"]
+__all__ = ["load_checkpoint", "BUILTIN_MODELS", "builtin_model", "model_width", "check_fits"]
 
 #: The ``--model`` names of the library's own models.
 BUILTIN_MODELS = ("warship", "drcn")
@@ -55,24 +54,6 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         return obj, {}
     raise ValueError(f"checkpoint {str(path)!r} holds neither a landprobe recipe checkpoint nor a state_dict "
                      f"(a dict of tensors); save one with torch.save(model.state_dict(), path)")
-
-
-def sha256(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes, as hex.
-
-    Example:
-        >>> import os, tempfile
-        >>> from landprobe.cli.checkpoints import sha256
-        >>> f = os.path.join(tempfile.mkdtemp(), "x")
-        >>> _ = open(f, "wb").write(b"abc")
-        >>> sha256(f)[:16]
-        'ba7816bf8f01cfea'
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def builtin_model(name: str, width: float, spec: dict[str, Any] | None = None) -> torch.nn.Module:

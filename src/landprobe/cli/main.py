@@ -216,7 +216,8 @@ def _run_summarize(args) -> int:
     res = summarize_seeds(args.outs, out=args.to, figures=not args.no_figures)
     for c in res["comparisons"].values():
         print(f"{c['claim']}: per seed {', '.join(f'{d:+.3f}' for d in c['differences_db'])} dB; "
-              f"mean {c['mean_db']:+.3f} ± {c['stderr_db']:.3f} (s.e.), {c['seeds_favouring_claim']}/{c['seeds']} "
+              f"mean {c['mean_db']:+.3f} ± {c['stderr_db']:.3f} (s.e.), 95% CI [{c['ci95_db'][0]:+.3f}, "
+              f"{c['ci95_db'][1]:+.3f}], {c['seeds_favouring_claim']}/{c['seeds']} "
               f"seeds favour it, t-test p = {c['t_test_p_two_sided']:.3g} -> "
               f"{'significant' if c['significant'] else ('supported, not significant' if c['supported'] else 'not supported')}")
     return 0
@@ -263,10 +264,23 @@ def _register_align(sub) -> None:
     register_align(sub)
 
 
+def _register_study(sub) -> None:
+    from landprobe.cli.study import register_study
+
+    register_study(sub)
+
+
+def _register_figures(sub) -> None:
+    from landprobe.cli.study import register_figures
+
+    register_figures(sub)
+
+
 #: name → registrar(subparsers); other modules may add entries.
 SUBCOMMANDS: dict[str, Callable] = {"demo": _register_demo, "reproduce": _register_reproduce,
                                     "summarize": _register_summarize, "probe": _register_probe,
-                                    "align": _register_align}
+                                    "align": _register_align, "study": _register_study,
+                                    "figures": _register_figures}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,7 +35,8 @@ import torch
 
 from landprobe.cli.argtypes import (finite_float, int_at_least, nonneg_float, nonneg_int, positive_float,
                                     positive_int, positive_seconds)
-from landprobe.cli.checkpoints import BUILTIN_MODELS, builtin_model, check_fits, load_checkpoint, model_width, sha256
+from landprobe.cli.checkpoints import BUILTIN_MODELS, builtin_model, check_fits, load_checkpoint, model_width
+from landprobe.common.io import sha256
 from landprobe.cli.usercode import is_import_path, model_kwargs, user_data, user_loss, user_model
 from landprobe.params import unwrap_state_dict
 

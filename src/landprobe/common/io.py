@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import math
 import os
@@ -16,7 +17,7 @@ import torch
 
 __all__ = [
     "LoadError", "atomic_write", "save_json", "load_json", "load_torch", "atomic_torch_save", "to_jsonable",
-    "restore_floats",
+    "restore_floats", "sha256",
 ]
 
 
@@ -264,3 +265,21 @@ def restore_floats(obj: Any) -> Any:
     if obj in ("nan", "inf", "-inf"):
         return float(obj)
     return obj
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, as hex (what a results JSON records of its input files).
+
+    Example:
+        >>> import os, tempfile
+        >>> from landprobe.common.io import sha256
+        >>> f = os.path.join(tempfile.mkdtemp(), "x")
+        >>> _ = open(f, "wb").write(b"abc")
+        >>> sha256(f)[:16]
+        'ba7816bf8f01cfea'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

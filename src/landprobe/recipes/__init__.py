@@ -1,4 +1,5 @@
-"""Recipes: the study end to end (:func:`reproduce`, :func:`summarize`, :func:`summarize_seeds`) and a one-minute :func:`demo`.
+"""Recipes: the study end to end (:func:`reproduce`, :func:`summarize`, :func:`summarize_seeds`, the
+landscape of its solutions: :func:`study`) and a one-minute :func:`demo`.
 
 The training loop they share (``_train``: data stream, step, validation, checkpoints, DDP)
 is private; its knobs are the fields of ``TrainSpec``, passed as keyword overrides.
@@ -6,5 +7,6 @@ is private; its knobs are the fields of ``TrainSpec``, passed as keyword overrid
 
 from landprobe.recipes.demo import demo
 from landprobe.recipes.reproduce import PRESETS, SETTINGS, reproduce, summarize, summarize_seeds
+from landprobe.recipes.study import study, study_figures
 
-__all__ = ["reproduce", "summarize", "summarize_seeds", "demo", "PRESETS", "SETTINGS"]
+__all__ = ["reproduce", "summarize", "summarize_seeds", "study", "study_figures", "demo", "PRESETS", "SETTINGS"]

@@ -344,7 +344,7 @@ class Trainer:
     # ---- validation and measurements
     @torch.no_grad()
     def validate(self, pairs=None) -> dict[str, Any]:
-        """fp32 validation: mean Y PSNR (shave ``scale``), mean MSE over images, and the mean
+        """fp32 validation: mean Y PSNR of the output clipped to [0, 1] (shave ``scale``), mean MSE over images, and the mean
         Treves–Rolls population sparseness of the outputs of ``enet``, ``inet``, ``rnet``."""
         from landprobe.metrics import psnr
 
@@ -371,7 +371,9 @@ class Trainer:
                 y = (y if y.dim() == 4 else y[None]).to(self.device)
                 sr, _ = split_output(model(x))
                 sr = sr.float()
-                ps.append(float(psnr(y, sr, shave=self.spec.scale, reduction="mean")))
+                # PSNR of the image the model would deliver: clipped to the valid range, as a
+                # saved image is (a diverging run's overshoot is then a low PSNR, not an error)
+                ps.append(float(psnr(y, sr.clamp(0.0, 1.0), shave=self.spec.scale, reduction="mean")))
                 mses.append(float((sr - y).double().pow(2).mean()))
         finally:
             for h in hooks:

@@ -453,7 +453,8 @@ def summarize_seeds(outs: Sequence[str | os.PathLike], out: str | os.PathLike | 
     (same preset); each is summarised with :func:`summarize` (which rewrites its
     ``summary.json``). For each comparison the per-seed difference d_i (mean validation PSNR
     over stages 2–3, e.g. All-L1 − Mix) is one observation; reported are the d_i, their mean,
-    sample standard deviation and standard error, how many seeds favour the claim, and a
+    sample standard deviation and standard error, the 95% t-interval of the mean
+    (``ci95_db``; mean ± t₀.₉₇₅,ₙ₋₁·s.e.) and its width, how many seeds favour the claim, and a
     two-sided one-sample t-test of mean(d) = 0 (``scipy.stats.ttest_1samp``; with 3 seeds it
     has 2 degrees of freedom, so only large, consistent differences reach p < 0.05).
     ``supported`` is ``mean > 0``, ``significant`` is ``p < 0.05`` with ``mean > 0``. The
@@ -484,6 +485,8 @@ def summarize_seeds(outs: Sequence[str | os.PathLike], out: str | os.PathLike | 
         >>> c = res["comparisons"]["enet_rnet_l1_beats_l2"]
         >>> c["differences_db"], c["mean_db"], c["sd_db"], c["seeds_favouring_claim"]
         ([1.0, 2.0, 3.0], 2.0, 1.0, 3)
+        >>> c["ci95_db"]                                  # 2 ± 4.303 · 1/√3
+        [-0.484138, 4.484138]
         >>> round(c["t_test_p_two_sided"], 4)   # t = 2/(1/√3) = 3.46, 2 dof: 2(1 − F(t)), F(t) = ½ + t/(2√(2+t²))
         0.0742
         >>> c["supported"], c["significant"]                  # three seeds agree, yet p > 0.05
@@ -503,6 +506,7 @@ def summarize_seeds(outs: Sequence[str | os.PathLike], out: str | os.PathLike | 
     for key in per[0]["comparisons"]:
         d = np.array([p["comparisons"][key]["difference_db"] for p in per], dtype=float)
         sd, mean = float(np.std(d, ddof=1)), float(d.mean())
+        half = float(stats.t.ppf(0.975, len(d) - 1)) * sd / math.sqrt(len(d))
         if sd > 0:
             t, pval = (float(v) for v in stats.ttest_1samp(d, 0.0))
         else:                       # identical differences: certain if non-zero, nothing if zero
@@ -511,6 +515,7 @@ def summarize_seeds(outs: Sequence[str | os.PathLike], out: str | os.PathLike | 
             "claim": per[0]["comparisons"][key]["claim"], "epochs": per[0]["comparisons"][key]["epochs"],
             "differences_db": [round(float(x), 6) for x in d], "mean_db": round(mean, 6), "sd_db": round(sd, 6),
             "stderr_db": round(sd / math.sqrt(len(d)), 6), "seeds": len(d),
+            "ci95_db": [round(mean - half, 6), round(mean + half, 6)], "ci95_width_db": round(2 * half, 6),
             "seeds_favouring_claim": int(np.sum(d > 0)), "t_statistic": t, "t_test_p_two_sided": pval,
             "supported": bool(mean > 0), "significant": bool(mean > 0 and pval < 0.05),
         }
