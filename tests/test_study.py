@@ -84,6 +84,10 @@ def test_study_numbers_equal_the_library_calls_by_hand(runs, tmp_path):
                              progress=False)
     assert run["capacity"]["all-l1"]["values"] == rep.values
     assert run["models"]["mix"]["sha256"] and run["models"]["mix"]["steps"] == 2
+    flat = {s: torch.cat([p.flatten() for p in m.parameters()]).double() for s, m in models.items()}
+    init = torch.cat([p.flatten() for p in build_model(0.125, 4, 0).parameters()]).double()
+    assert run["from_init"]["all-l1"] == pytest.approx(float((flat["all-l1"] - init).norm()), rel=1e-6)
+    assert run["distances"]["all-l2~mix"] == pytest.approx(float((flat["all-l2"] - flat["mix"]).norm()), rel=1e-6)
 
 
 def test_several_runs_summarise_paired_differences_like_scipy(runs, tmp_path):
@@ -146,6 +150,8 @@ def test_figures_regenerate_from_the_json_alone(runs, tmp_path):
     study(runs, tmp_path, plane_points=3, align=None, capacity=None, subnets=False,
           **{**TINY, "figures": True, "top_k": 1, "trace_matvecs": 4})
     first = {p.name: p.stat().st_size for p in tmp_path.glob("*.png")}
+    tables = (tmp_path / "tables.md").read_text()
+    assert "| loss |" in tables and "| 0 |" in tables and "| 1 |" in tables
     assert set(first) == {"curves.png", "plane.png", "spectra.png", "differences.png"}
     for p in tmp_path.glob("*.png"):
         p.unlink()

@@ -56,6 +56,7 @@ def study(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, data: st
     ``patches`` T91 patches at the run's scale (all of them with ``None``), in batches of
     ``batch_size``. For every run it measures, with :class:`landprobe.LandscapeProbe`:
 
+    - the Euclidean distances between the solutions and from each to the run's initialisation;
     - the three pairwise curves (:data:`PAIRS`) on ``points`` points with their barrier over the
       chord, the standard error of the loss where the barrier is reached, and, with ``align``,
       the same curves after aligning the second model's hidden units to the first
@@ -269,6 +270,10 @@ def _measure_run(run: dict[str, Any], batches: list, small: list, o: dict[str, A
     res: dict[str, Any] = {"folder": run["folder"], "seed": run["spec"]["seed"], "spec": run["spec"],
                            "models": run["records"],
                            "losses": {s: float(probe.evaluate(states[s]).loss) for s in SETTINGS}}
+    flat = {s: torch.cat([p.detach().flatten() for p in m.parameters()]) for s, m in run["models"].items()}
+    init = torch.cat([p.detach().flatten() for p in run["init"].parameters()])
+    res["distances"] = {f"{a}~{b}": float((flat[a] - flat[b]).norm()) for a, b in PAIRS}
+    res["from_init"] = {s: float((flat[s] - init).norm()) for s in SETTINGS}
     res["curves"] = {f"{a}~{b}": _curve_record(probe.interpolate(states[a], states[b], o["points"]))
                      for a, b in PAIRS}
     if o["align"]:
@@ -357,6 +362,9 @@ def scalar_measures(run: dict[str, Any]) -> dict[str, dict[str, float]]:
         (2.0, 0.5)
     """
     m: dict[str, dict[str, float]] = {"loss": dict(run["losses"])}
+    if "from_init" in run:
+        m["distance from init"] = dict(run["from_init"])
+        m.update({f"distance {pair}": {"pair": d} for pair, d in run["distances"].items()})
     for s, rec in run.get("models", {}).items():
         for key in ("psnr", "psnr_whole_images"):
             if rec.get(key) is not None:
@@ -434,7 +442,11 @@ def summarize_runs(per_run: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- figures
 def study_figures(out: str | os.PathLike) -> list[Path]:
-    """Draw the figures of ``out/study.json`` (and nothing else): ``curves.png`` (the pairwise
+    """Write ``tables.md`` and draw the figures of ``out/study.json`` (and nothing else).
+
+    ``tables.md`` holds, per run, the losses, distances and barriers, and over runs each main
+    measure's mean ± sd per setting with the paired differences (mean, 95% interval, p). The
+    figures: ``curves.png`` (the pairwise
     curves, ± 2 standard errors, of every run, aligned dashed), ``plane.png`` (the plane through
     the three solutions, when measured), ``spectra.png`` (top eigenvalues and trace per setting
     and scope) and, with two or more runs, ``differences.png`` (the paired differences of the
@@ -458,8 +470,9 @@ def study_figures(out: str | os.PathLike) -> list[Path]:
     if "runs" not in res or "options" not in res:
         raise LoadError(f"{str(path)!r} is not a study's JSON (no 'runs'/'options'); write it with landprobe study.",
                         path)
+    written = [_write_tables(res, out / "tables.md")]
     plt = require_matplotlib()
-    written = [_figure_curves(plt, res, out / "curves.png")]
+    written.append(_figure_curves(plt, res, out / "curves.png"))
     if any("plane" in r for r in res["runs"]):
         written.append(_figure_plane(plt, res, out / "plane.png"))
     if any("hessian" in r for r in res["runs"]):
@@ -535,8 +548,8 @@ def _figure_spectra(plt, res: dict[str, Any], path: Path) -> Path:
     return path
 
 
-_MAIN = ("psnr", "loss", "barrier all-l2~mix", "barrier mix~all-l1", "top eigenvalue model", "trace model",
-         "l1 model", "l2 model", "spectral_sum model", "sharpness model")
+_MAIN = ("psnr", "loss", "distance from init", "top eigenvalue model", "trace model", "l1 model", "l2 model",
+         "spectral_complexity model", "near_zero model", "sharpness model")
 
 
 def _figure_differences(plt, res: dict[str, Any], path: Path) -> Path:
@@ -566,3 +579,44 @@ def _figure_differences(plt, res: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _fmt(x: Any) -> str:
+    """A number to 4 significant digits; "—" for a missing or non-finite one (JSON keeps those as strings)."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "—"
+    return f"{v:.4g}" if math.isfinite(v) else "—"
+
+
+def _write_tables(res: dict[str, Any], path: Path) -> Path:
+    """Markdown tables of a study's JSON (written atomically)."""
+    from landprobe.common.io import atomic_write
+
+    lines = [f"# Landscape of the three settings' solutions ({len(res['runs'])} run(s))", "",
+             f"Command: `{res.get('command', '')}`; machine: {res.get('machine', {}).get('cpu', '?')}; "
+             f"{res.get('patches_used', '?')} patches, curvature on {res.get('curvature_patches_used', '?')}.", "",
+             "| seed | loss All-L2 | Mix | All-L1 | distance L2~Mix | Mix~L1 | L2~L1 | barrier L2~Mix | Mix~L1 | L2~L1 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for run in res["runs"]:
+        keys = [f"{a}~{b}" for a, b in PAIRS]
+        cells = ([run["losses"][s] for s in SETTINGS] + [run.get("distances", {}).get(k) for k in keys]
+                 + [run["curves"][k]["barrier"] for k in keys])
+        lines.append(f"| {run['seed']} | " + " | ".join(_fmt(c) for c in cells) + " |")
+    summ = res.get("summary")
+    if summ:
+        lines += ["", "Over runs: mean ± sd per setting; paired differences per run: mean [95% t-interval], "
+                      "two-sided p, runs with a positive difference.", "",
+                  "| measure | All-L2 | Mix | All-L1 | All-L1 − Mix | All-L2 − Mix |", "|---|---|---|---|---|---|"]
+        for name, rec in summ.items():
+            if not all(s in rec for s in SETTINGS):
+                continue
+            cells = [f"{_fmt(rec[s]['mean'])} ± {_fmt(rec[s]['sd'])}" for s in SETTINGS]
+            for comp in COMPARISONS:
+                r = rec.get(comp)
+                cells.append("—" if r is None else f"{_fmt(r['mean'])} [{_fmt(r['ci95'][0])}, {_fmt(r['ci95'][1])}], "
+                                                   f"p = {_fmt(r['p'])}, {r['favouring']}/{r['n']}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    return atomic_write(path, lambda fh: fh.write(text))
