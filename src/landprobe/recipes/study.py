@@ -22,6 +22,7 @@ from landprobe.capacity import report as capacity_report
 from landprobe.common.hardware import cpu_has_native_bf16, cpu_model
 from landprobe.common.io import LoadError, load_json, load_torch, save_json, sha256
 from landprobe.common.version import __version__
+from landprobe.engine import Progress
 from landprobe.probes import LandscapeProbe
 from landprobe.recipes._train import SUBNETS, RecipeLoss, build_model
 from landprobe.recipes.reproduce import SETTINGS, _resolve_dir
@@ -131,7 +132,12 @@ def study(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, data: st
                       [str(f) for f in loaded] + [str(f) for f, m in measured.items() if m])
     batches, small = _patch_batches(data_dir, next(iter(loaded.values()))["spec"], patches, curvature_patches,
                                     batch_size, seed)
-    per_run = [measured[f] or _measure_run(loaded[f], batches, small, options, progress) for f in folders]
+    per_run = []
+    with Progress("study", len(folders), enabled=progress, unit="run") as bar:
+        for f in folders:
+            bar.set(run=f.name)
+            per_run.append(measured[f] or _measure_run(loaded[f], batches, small, options, progress))
+            bar.update()
     result: dict[str, Any] = {
         "what": "landscape of the empirical error of the three norm settings' solutions",
         "command": command or " ".join(sys.argv), "options": options, "machine": _machine(),
