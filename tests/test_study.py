@@ -160,6 +160,22 @@ def test_figures_regenerate_from_the_json_alone(runs, tmp_path):
     assert all(p.stat().st_size > 1000 for p in tmp_path.glob("*.png"))
 
 
+def test_seeds_figure_regenerates_from_seeds_summary(tmp_path):
+    from landprobe.recipes import summarize_seeds
+
+    for seed, gap in enumerate([1.0, 2.0, 3.0]):
+        for s, p in {"all-l2": 30.0, "mix": 30.0, "all-l1": 30.0 + gap}.items():
+            (tmp_path / f"seed{seed}" / s).mkdir(parents=True)
+            (tmp_path / f"seed{seed}" / s / "history.jsonl").write_text(
+                "".join(json.dumps({"epoch": e, "psnr": p + e}) + "\n" for e in range(1, 7)))
+    summarize_seeds([tmp_path / f"seed{i}" for i in range(3)], out=tmp_path, figures=False)
+    assert not (tmp_path / "psnr_seeds.png").exists()
+    assert main(["figures", str(tmp_path)]) == 0
+    assert (tmp_path / "psnr_seeds.png").stat().st_size > 1000
+    with pytest.raises(SystemExit):
+        main(["figures", str(tmp_path / "seed0")])     # neither JSON: one line, exit 2
+
+
 def test_cli_records_the_command_and_prints_barriers(runs, tmp_path, capsys):
     argv = ["study", str(runs[0]), "--out", str(tmp_path), "--data", str(lp.data.sample_dir("train")),
             "--patches", "12", "--curvature-patches", "6",

@@ -81,17 +81,26 @@ def _run_study(args) -> int:
 
 def register_figures(sub) -> None:
     p = sub.add_parser(
-        "figures", help="redraw a study's figures from its study.json",
-        description="Redraw curves.png, plane.png, spectra.png and differences.png of a `landprobe study` output "
-                    "folder from its study.json alone.")
-    p.add_argument("outs", nargs="+", metavar="OUT", help="folder(s) holding study.json")
+        "figures", help="redraw the figures of a study or a several-seed summary from its JSON",
+        description="Redraw from the JSON alone: a `landprobe study` folder's tables.md, curves.png, plane.png, "
+                    "spectra.png and differences.png (from study.json), and a several-seed `landprobe summarize` "
+                    "folder's psnr_seeds.png (from seeds_summary.json).")
+    p.add_argument("outs", nargs="+", metavar="OUT", help="folder(s) holding study.json and/or seeds_summary.json")
     p.set_defaults(func=_run_figures)
 
 
 def _run_figures(args) -> int:
+    from pathlib import Path
+
+    from landprobe.recipes.reproduce import seeds_figure
     from landprobe.recipes.study import study_figures
 
     for out in args.outs:
-        for path in study_figures(out):
+        has_study, has_seeds = (Path(out) / "study.json").is_file(), (Path(out) / "seeds_summary.json").is_file()
+        if not (has_study or has_seeds):
+            raise ValueError(f"{out!r} holds neither study.json nor seeds_summary.json; pass the --out folder of "
+                             f"landprobe study, or the --to folder of landprobe summarize with several runs.")
+        written = (study_figures(out) if has_study else []) + ([seeds_figure(out)] if has_seeds else [])
+        for path in written:
             print(f"wrote {path}")
     return 0

@@ -6,7 +6,7 @@ is private; its knobs are the fields of ``TrainSpec``, passed as keyword overrid
 """
 
 from landprobe.recipes.demo import demo
-from landprobe.recipes.reproduce import PRESETS, SETTINGS, reproduce, summarize, summarize_seeds
+from landprobe.recipes.reproduce import PRESETS, SETTINGS, reproduce, seeds_figure, summarize, summarize_seeds
 from landprobe.recipes.study import study, study_figures
 
-__all__ = ["reproduce", "summarize", "summarize_seeds", "study", "study_figures", "demo", "PRESETS", "SETTINGS"]
+__all__ = ["reproduce", "summarize", "summarize_seeds", "seeds_figure", "study", "study_figures", "demo", "PRESETS", "SETTINGS"]

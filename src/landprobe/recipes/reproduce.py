@@ -21,7 +21,7 @@ from landprobe.common.io import load_json, load_torch, save_json
 from landprobe.common.tempfiles import remove_stale_temps
 from landprobe.recipes._train import SUBNETS, Trainer, TrainSpec
 
-__all__ = ["reproduce", "summarize", "summarize_seeds", "PRESETS", "SETTINGS"]
+__all__ = ["reproduce", "summarize", "summarize_seeds", "seeds_figure", "PRESETS", "SETTINGS"]
 
 #: The study's three settings (Table II): kinds on (Enet, Inet, Rnet).
 SETTINGS = ("all-l2", "mix", "all-l1")
@@ -464,7 +464,7 @@ def summarize_seeds(outs: Sequence[str | os.PathLike], out: str | os.PathLike | 
         outs: Two or more run folders, one per seed.
         out: Where to write ``seeds_summary.json`` and, with ``figures``, ``psnr_seeds.png``
             (mean ± sd over seeds per setting); default the parent of the first folder.
-        figures: Draw the figure (needs matplotlib).
+        figures: Draw the figure (:func:`seeds_figure`; needs matplotlib).
 
     Returns:
         The summary dict.
@@ -533,28 +533,59 @@ def summarize_seeds(outs: Sequence[str | os.PathLike], out: str | os.PathLike | 
     dest = Path(out) if out is not None else outs[0].parent
     save_json(dest / "seeds_summary.json", result)
     if figures:
-        from landprobe.common.results import require_matplotlib
-
-        plt = require_matplotlib()
-        fig, ax = plt.subplots(figsize=(6.5, 3.8))
-        ep = np.arange(1, epochs + 1)
-        for s in SETTINGS:
-            m, sd = np.array(curves[s]["mean"]), np.array(curves[s]["sd"])
-            ax.plot(ep, m, "-", color=_COLORS[s], label=f"{_LABELS[s]} (mean of {len(outs)} seeds)")
-            ax.fill_between(ep, m - sd, m + sd, color=_COLORS[s], alpha=0.15, lw=0)
-        if result["bicubic_psnr"] is not None:
-            ax.axhline(result["bicubic_psnr"], color="0.5", ls="--", lw=0.8, label="bicubic")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("validation PSNR (dB, Y), ± 1 sd")
-        ax.legend(frameon=False, fontsize=8)
-        fig.tight_layout()
-        fig.savefig(dest / "psnr_seeds.png", dpi=110)
-        plt.close(fig)
+        seeds_figure(dest)
     return result
 
 
 _COLORS = {"all-l2": "tab:blue", "mix": "tab:green", "all-l1": "tab:red"}
 _LABELS = {"all-l2": "All-L2", "mix": "Mix", "all-l1": "All-L1"}
+
+
+def seeds_figure(out: str | os.PathLike) -> Path:
+    """Draw ``out/psnr_seeds.png`` from ``out/seeds_summary.json`` alone: validation PSNR per
+    epoch, mean ± 1 sd over seeds per setting, one panel per stage and one for all epochs
+    (the study's Figures 2-5). Returns the file written.
+
+    Raises:
+        LoadError: If ``out/seeds_summary.json`` is missing or is not :func:`summarize_seeds`'s.
+
+    Example:
+        >>> import tempfile
+        >>> from landprobe.recipes.reproduce import seeds_figure
+        >>> seeds_figure(tempfile.mkdtemp())             # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        landprobe.common.io.LoadError: ...seeds_summary.json...
+    """
+    from landprobe.common.io import LoadError, load_json
+    from landprobe.common.results import require_matplotlib
+
+    out = Path(out)
+    res = load_json(out / "seeds_summary.json")
+    curves, epochs = res.get("psnr_per_epoch_over_seeds"), res.get("epochs")
+    if not isinstance(curves, dict) or not isinstance(epochs, int):
+        raise LoadError(f"{str(out / 'seeds_summary.json')!r} has no per-epoch PSNR over seeds; write it with "
+                        f"landprobe summarize OUT OUT ...", out / "seeds_summary.json")
+    plt = require_matplotlib()
+    stages = [*_stages(epochs), (1, epochs)]
+    fig, axes = plt.subplots(1, len(stages), figsize=(4 * len(stages), 3.4), squeeze=False)
+    for ax, (a, b) in zip(axes[0], stages):
+        ep = np.arange(a, b + 1)
+        for s in SETTINGS:
+            m = np.asarray(curves[s]["mean"], dtype=float)[a - 1:b]
+            sd = np.asarray(curves[s]["sd"], dtype=float)[a - 1:b]
+            ax.plot(ep, m, "o-", ms=2.5, color=_COLORS[s], label=f"{_LABELS[s]}")
+            ax.fill_between(ep, m - sd, m + sd, color=_COLORS[s], alpha=0.15, lw=0)
+        if res.get("bicubic_psnr") is not None:
+            ax.axhline(res["bicubic_psnr"], color="0.5", ls="--", lw=0.8, label="bicubic")
+        ax.set_title(f"epochs {a}-{b}", fontsize=9)
+        ax.set_xlabel("epoch")
+    axes[0][0].set_ylabel("validation PSNR (dB, Y)")
+    fig.suptitle(f"mean ± 1 sd over {len(res.get('runs', []))} seeds", fontsize=9)
+    axes[0][-1].legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "psnr_seeds.png", dpi=110)
+    plt.close(fig)
+    return out / "psnr_seeds.png"
 
 
 def _figures(out: Path, hist, epochs, stages, bicubic) -> None:
