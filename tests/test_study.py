@@ -107,6 +107,8 @@ def test_several_runs_summarise_paired_differences_like_scipy(runs, tmp_path):
     across = res["across_seeds"]
     assert across["seeds"] == [0, 1] and set(across) == {"seeds", *SETTINGS}
     assert across["mix"]["aligned"]["aligned"] == "weights"
+    x, y = torch.cat([b[0] for b in _batches(12, 6)]), torch.cat([b[1] for b in _batches(12, 6)])
+    assert res["bicubic_loss"] == pytest.approx(float((x - y).pow(2).sum() / (2 * len(x))), rel=1e-6)
     a, b = (_models(r)[0]["mix"].state_dict() for r in runs)
     probe = lp.LandscapeProbe(build_model(0.125, 4, 0), RecipeLoss(0.0, "sum_over_pixels", 1), _batches(12, 6),
                               progress=False)
@@ -152,7 +154,7 @@ def test_figures_regenerate_from_the_json_alone(runs, tmp_path):
     first = {p.name: p.stat().st_size for p in tmp_path.glob("*.png")}
     tables = (tmp_path / "tables.md").read_text()
     assert "| loss |" in tables and "| 0 |" in tables and "| 1 |" in tables
-    assert set(first) == {"curves.png", "plane.png", "spectra.png", "differences.png"}
+    assert set(first) == {"curves.png", "plane.png", "spectra.png", "differences.png"}   # no across: align=None
     for p in tmp_path.glob("*.png"):
         p.unlink()
     assert main(["figures", str(tmp_path)]) == 0

@@ -143,6 +143,7 @@ def study(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, data: st
         "command": command or " ".join(sys.argv), "options": options, "machine": _machine(),
         "empirical_error": "RecipeLoss(alpha=0): the final reconstruction's loss as the run scaled it, no penalty",
         "patches_used": sum(len(b[0]) for b in batches), "curvature_patches_used": sum(len(b[0]) for b in small),
+        "bicubic_loss": _bicubic_loss(batches, next(iter(loaded.values()))["spec"]),
         "runs": per_run,
     }
     if len(folders) >= 2:
@@ -255,6 +256,14 @@ def _patch_batches(data_dir: Path, spec: dict[str, Any], patches: int | None, cu
         return [(x[i:min(i + batch_size, k)], y[i:min(i + batch_size, k)]) for i in range(0, k, batch_size)]
 
     return split(n), split(min(curvature_patches, n))
+
+
+def _bicubic_loss(batches: list, spec: dict[str, Any]) -> float:
+    """The empirical error of the bicubic input itself (the network with a zero residual): the
+    level a curve falls back to where the interpolated residual cancels out."""
+    loss = RecipeLoss(0.0, spec["loss_scaling"], 1)
+    total = sum(float(loss(x, y)) * len(x) for x, y in batches)
+    return total / sum(len(x) for x, _ in batches)
 
 
 def _machine() -> dict[str, Any]:
@@ -456,7 +465,8 @@ def study_figures(out: str | os.PathLike) -> list[Path]:
     curves, ± 2 standard errors, of every run, aligned dashed), ``plane.png`` (the plane through
     the three solutions, when measured), ``spectra.png`` (top eigenvalues and trace per setting
     and scope) and, with two or more runs, ``differences.png`` (the paired differences of the
-    main measures with their 95% intervals). Returns the files written.
+    main measures with their 95% intervals) and ``across_seeds.png`` (each setting's curve between
+    two seeds, plain and aligned). Returns the files written.
 
     Raises:
         LoadError: If ``out/study.json`` is missing or not a study's JSON.
@@ -485,6 +495,8 @@ def study_figures(out: str | os.PathLike) -> list[Path]:
         written.append(_figure_spectra(plt, res, out / "spectra.png"))
     if "summary" in res:
         written.append(_figure_differences(plt, res, out / "differences.png"))
+    if "across_seeds" in res:
+        written.append(_figure_across(plt, res, out / "across_seeds.png"))
     return written
 
 
@@ -502,10 +514,31 @@ def _figure_curves(plt, res: dict[str, Any], path: Path) -> Path:
                 line, = ax.plot(al, lo, style, lw=1, color=f"C{i % 10}", label=label)
                 if kind == "curves" and np.isfinite(se).any():
                     ax.fill_between(al, lo - 2 * se, lo + 2 * se, color=line.get_color(), alpha=0.15, lw=0)
+        if res.get("bicubic_loss") is not None:
+            ax.axhline(res["bicubic_loss"], color="0.5", ls=":", lw=0.8, label="bicubic input")
         ax.set_title(f"{_LABELS[a]} (α=0) → {_LABELS[b]} (α=1)", fontsize=9)
         ax.set_xlabel("α")
     axes[0][0].set_ylabel("empirical error (training loss, no penalty)")
     axes[0][0].legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _figure_across(plt, res: dict[str, Any], path: Path) -> Path:
+    a = res["across_seeds"]
+    fig, axes = plt.subplots(1, len(SETTINGS), figsize=(4.2 * len(SETTINGS), 3.4), squeeze=False, sharey=True)
+    for ax, s in zip(axes[0], SETTINGS):
+        for kind, style in (("plain", "-"), ("aligned", "--")):
+            c = a[s][kind]
+            ax.plot(c["alphas"], c["losses"], style, color=_COLORS[s], label=f"{kind} (barrier {c['barrier']:.3g})")
+        if res.get("bicubic_loss") is not None:
+            ax.axhline(res["bicubic_loss"], color="0.5", ls=":", lw=0.8, label="bicubic input")
+        ax.set_title(f"{_LABELS[s]}: seed {a['seeds'][0]} (α=0) → seed {a['seeds'][1]} (α=1)", fontsize=9)
+        ax.set_xlabel("α")
+        ax.legend(frameon=False, fontsize=7)
+    axes[0][0].set_ylabel("empirical error")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
