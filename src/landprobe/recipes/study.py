@@ -461,9 +461,9 @@ def study_figures(out: str | os.PathLike) -> list[Path]:
 
     ``tables.md`` holds, per run, the losses, distances and barriers, and over runs each main
     measure's mean ± sd per setting with the paired differences (mean, 95% interval, p). The
-    figures: ``curves.png`` (the pairwise
-    curves, ± 2 standard errors, of every run, aligned dashed), ``plane.png`` (the plane through
-    the three solutions, when measured), ``spectra.png`` (top eigenvalues and trace per setting
+    figures: ``curves.png`` (the pairwise curves of every run as their excess over the chord,
+    aligned dashed), ``plane.png`` (the plane through the three solutions, when measured),
+    ``spectra.png`` (top eigenvalues and trace per setting
     and scope) and, with two or more runs, ``differences.png`` (the paired differences of the
     main measures with their 95% intervals) and ``across_seeds.png`` (each setting's curve between
     two seeds, plain and aligned). Returns the files written.
@@ -501,25 +501,27 @@ def study_figures(out: str | os.PathLike) -> list[Path]:
 
 
 def _figure_curves(plt, res: dict[str, Any], path: Path) -> Path:
-    fig, axes = plt.subplots(1, len(PAIRS), figsize=(4.2 * len(PAIRS), 3.4), squeeze=False)
+    """Each pairwise curve as its excess over the chord, L(α) − [(1 − α)·L(a) + α·L(b)]: the
+    quantity whose maximum is the barrier, zero at both ends, comparable across seeds."""
+    fig, axes = plt.subplots(1, len(PAIRS), figsize=(4.2 * len(PAIRS), 3.4), squeeze=False, sharey=True)
     for ax, (a, b) in zip(axes[0], PAIRS):
         key = f"{a}~{b}"
         for i, run in enumerate(res["runs"]):
             for kind, style in (("curves", "-"), ("aligned_curves", "--")):
                 c = run.get(kind, {}).get(key)
-                if c is None:
+                if c is None or (kind == "aligned_curves" and c.get("identity")):
                     continue
-                al, lo, se = (np.asarray(c[k], dtype=float) for k in ("alphas", "losses", "stderr"))
-                label = f"seed {run['seed']}" + (" aligned" if kind == "aligned_curves" else "") if i < 3 else None
-                line, = ax.plot(al, lo, style, lw=1, color=f"C{i % 10}", label=label)
-                if kind == "curves" and np.isfinite(se).any():
-                    ax.fill_between(al, lo - 2 * se, lo + 2 * se, color=line.get_color(), alpha=0.15, lw=0)
-        if res.get("bicubic_loss") is not None:
-            ax.axhline(res["bicubic_loss"], color="0.5", ls=":", lw=0.8, label="bicubic input")
+                al, lo = np.asarray(c["alphas"], dtype=float), np.asarray(c["losses"], dtype=float)
+                excess = lo - ((1 - al) * c["loss_a"] + al * c["loss_b"])
+                label = f"seed {run['seed']}" + (" aligned" if kind == "aligned_curves" else "") if i < 4 else None
+                ax.plot(al, excess, style, lw=1, color=f"C{i % 10}", label=label)
+        ax.axhline(0.0, color="0.5", lw=0.8)
         ax.set_title(f"{_LABELS[a]} (α=0) → {_LABELS[b]} (α=1)", fontsize=9)
         ax.set_xlabel("α")
-    axes[0][0].set_ylabel("empirical error (training loss, no penalty)")
+    axes[0][0].set_ylabel("empirical error − chord")
     axes[0][0].legend(frameon=False, fontsize=7)
+    fig.suptitle("pairwise curves between the settings' solutions (dashed: aligned, where not the identity)",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
