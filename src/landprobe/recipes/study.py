@@ -638,7 +638,8 @@ def _write_tables(res: dict[str, Any], path: Path) -> Path:
     lines = [f"# Landscape of the three settings' solutions ({len(res['runs'])} run(s))", "",
              f"Command: `{res.get('command', '')}`; machine: {res.get('machine', {}).get('cpu', '?')}; "
              f"{res.get('patches_used', '?')} patches, curvature on {res.get('curvature_patches_used', '?')}.", "",
-             "| seed | loss All-L2 | Mix | All-L1 | distance L2~Mix | Mix~L1 | L2~L1 | barrier L2~Mix | Mix~L1 | L2~L1 |",
+             "| seed | loss All-L2 | Mix | All-L1 | distance L2~Mix | Mix~L1 | L2~L1 "
+             "| barrier L2~Mix | Mix~L1 | L2~L1 |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for run in res["runs"]:
         keys = [f"{a}~{b}" for a, b in PAIRS]
