@@ -126,8 +126,10 @@ def _register_reproduce(sub) -> None:
     p.add_argument("--setting", required=True, choices=[*SETTINGS, "all"], help="penalty setting, or all three")
     p.add_argument("--preset", default="cpu", choices=list(PRESETS),
                    help="paper: full width, all patches; cpu: width 0.125, 512 random patches per epoch, "
-                        "96x96 validation crops (default)")
-    p.add_argument("--epochs", type=_positive_int, default=45, help="epochs (default 45)")
+                        "96x96 validation crops (default); cpu-large: width 0.25, all patches, 15 epochs, "
+                        "96x96 validation crops")
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help="epochs (default: the preset's; 45 for paper and cpu, 15 for cpu-large)")
     p.add_argument("--max-steps", type=_positive_int, default=None, help="stop after N optimizer steps")
     p.add_argument("--data", default=None, help="folder of training images (default data/T91 or the sample)")
     p.add_argument("--val", default=None, help="folder of validation images (default data/Set5 or the sample)")
