@@ -21,7 +21,7 @@ from landprobe.common.io import load_json, load_torch, save_json
 from landprobe.common.tempfiles import remove_stale_temps
 from landprobe.recipes._train import SUBNETS, Trainer, TrainSpec
 
-__all__ = ["reproduce", "summarize", "summarize_seeds", "seeds_figure", "PRESETS", "SETTINGS"]
+__all__ = ["reproduce", "summarize", "summarize_seeds", "seeds_figure", "paired", "PRESETS", "SETTINGS"]
 
 #: The study's three settings (Table II): kinds on (Enet, Inet, Rnet).
 SETTINGS = ("all-l2", "mix", "all-l1")
@@ -450,6 +450,36 @@ def summarize(out: str | os.PathLike, *, figures: bool = True) -> dict[str, Any]
     return summary
 
 
+def paired(d: Sequence[float]) -> dict[str, Any]:
+    """Mean, sd, standard error, 95% t-interval and two-sided one-sample t-test of differences.
+
+    Example:
+        >>> from landprobe.recipes.reproduce import paired
+        >>> r = paired([1.0, 2.0, 3.0])
+        >>> r["mean"], r["sd"], round(r["ci95"][0], 3), round(r["ci95"][1], 3)   # 2 ± 4.303/√3
+        (2.0, 1.0, -0.484, 4.484)
+        >>> round(r["p"], 4), r["favouring"], r["n"]
+        (0.0742, 3, 3)
+    """
+    from scipy import stats
+
+    x = np.asarray(d, dtype=float)
+    n, mean = len(x), float(x.mean())
+    sd = float(x.std(ddof=1)) if n > 1 else math.nan
+    se = sd / math.sqrt(n) if n > 1 else math.nan
+    if n < 2:
+        half, t, p = math.nan, math.nan, math.nan
+    elif sd > 0:
+        half = float(stats.t.ppf(0.975, n - 1)) * se
+        t, p = (float(v) for v in stats.ttest_1samp(x, 0.0))
+    else:                       # identical differences: certain if non-zero, nothing if zero
+        half = 0.0
+        t, p = (math.copysign(math.inf, mean), 0.0) if mean else (math.nan, 1.0)
+    return {"values": x.tolist(), "n": n, "mean": mean, "sd": sd, "stderr": se,
+            "ci95": [mean - half, mean + half], "ci95_width": 2 * half, "t": t, "p": p,
+            "favouring": int(np.sum(x > 0))}
+
+
 def summarize_seeds(outs: Sequence[str | os.PathLike], out: str | os.PathLike | None = None, *,
                     figures: bool = True) -> dict[str, Any]:
     """The study's two comparisons over several seeds: per-seed differences, mean, spread, a t-test.
@@ -499,7 +529,6 @@ def summarize_seeds(outs: Sequence[str | os.PathLike], out: str | os.PathLike | 
         >>> res["comparisons"]["inet_l2_beats_l1"]["supported"]   # All-L2 ties Mix: no support
         False
     """
-    from scipy import stats
 
     outs = [Path(o) for o in outs]
     if len(outs) < 2:
@@ -510,12 +539,8 @@ def summarize_seeds(outs: Sequence[str | os.PathLike], out: str | os.PathLike | 
     comps: dict[str, Any] = {}
     for key in per[0]["comparisons"]:
         d = np.array([p["comparisons"][key]["difference_db"] for p in per], dtype=float)
-        sd, mean = float(np.std(d, ddof=1)), float(d.mean())
-        half = float(stats.t.ppf(0.975, len(d) - 1)) * sd / math.sqrt(len(d))
-        if sd > 0:
-            t, pval = (float(v) for v in stats.ttest_1samp(d, 0.0))
-        else:                       # identical differences: certain if non-zero, nothing if zero
-            t, pval = (math.copysign(math.inf, mean), 0.0) if mean else (math.nan, 1.0)
+        r = paired(d)
+        sd, mean, half, t, pval = r["sd"], r["mean"], r["ci95_width"] / 2, r["t"], r["p"]
         comps[key] = {
             "claim": per[0]["comparisons"][key]["claim"], "epochs": per[0]["comparisons"][key]["epochs"],
             "differences_db": [round(float(x), 6) for x in d], "mean_db": round(mean, 6), "sd_db": round(sd, 6),

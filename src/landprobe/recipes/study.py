@@ -25,7 +25,7 @@ from landprobe.common.version import __version__
 from landprobe.engine import Progress
 from landprobe.probes import LandscapeProbe
 from landprobe.recipes._train import SUBNETS, RecipeLoss, build_model
-from landprobe.recipes.reproduce import SETTINGS, _resolve_dir
+from landprobe.recipes.reproduce import SETTINGS, _resolve_dir, paired
 
 __all__ = ["study", "study_figures", "summarize_runs", "scalar_measures", "paired", "PAIRS", "COMPARISONS",
            "CAPACITY_GROUPS"]
@@ -399,32 +399,6 @@ def scalar_measures(run: dict[str, Any]) -> dict[str, dict[str, float]]:
                 if isinstance(v, (int, float)) and math.isfinite(v):
                     m.setdefault(f"{name} {scope}", {})[s] = float(v)
     return m
-
-
-def paired(d: Sequence[float]) -> dict[str, Any]:
-    """Mean, sd, standard error, 95% t-interval and two-sided one-sample t-test of differences.
-
-    Example:
-        >>> r = paired([1.0, 2.0, 3.0])
-        >>> r["mean"], r["sd"], round(r["ci95"][0], 3), round(r["ci95"][1], 3)   # 2 ± 4.303/√3
-        (2.0, 1.0, -0.484, 4.484)
-        >>> round(r["p"], 4), r["favouring"], r["n"]
-        (0.0742, 3, 3)
-    """
-    from scipy import stats
-
-    x = np.asarray(d, dtype=float)
-    n, mean = len(x), float(x.mean())
-    sd = float(x.std(ddof=1)) if n > 1 else math.nan
-    se = sd / math.sqrt(n) if n > 1 else math.nan
-    if n > 1 and sd > 0:
-        half = float(stats.t.ppf(0.975, n - 1)) * se
-        t, p = (float(v) for v in stats.ttest_1samp(x, 0.0))
-    else:
-        half, t, p = math.nan, math.nan, math.nan
-    return {"values": x.tolist(), "n": n, "mean": mean, "sd": sd, "stderr": se,
-            "ci95": [mean - half, mean + half], "ci95_width": 2 * half, "t": t, "p": p,
-            "favouring": int(np.sum(x > 0))}
 
 
 def summarize_runs(per_run: Sequence[dict[str, Any]]) -> dict[str, Any]:
