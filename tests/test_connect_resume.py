@@ -92,9 +92,10 @@ def test_auto_neb_resumes_after_the_last_finished_cycle(tmp_path):
     ck = tmp_path / "neb.pt"
     loss = Interrupting(toys.energy, at=None)
     with pytest.raises(KeyboardInterrupt):
-        # the first cycle makes 15 steps x 4 images = 60 calls, then insertion measures the band:
-        # call 100 falls in the second cycle's relaxation
-        neb(Interrupting(toys.energy, at=100), checkpoint=ck)
+        # the first cycle makes 15 steps of one call each (the band's images share one batched
+        # call), the second measures the band for insertion (13 calls) and relaxes in calls 29-43:
+        # call 36 falls in its relaxation
+        neb(Interrupting(toys.energy, at=36), checkpoint=ck)
     state = torch.load(ck, weights_only=True)
     assert state["cycle"] == 1 and state["consumed"] == 15
     _, resumed = neb(loss, checkpoint=ck)

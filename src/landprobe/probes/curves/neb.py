@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import math
 import os
-from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from itertools import accumulate
 from typing import Any
 
 import numpy as np
@@ -33,44 +31,10 @@ from landprobe.params import ParamVector
 from landprobe.probes.curves.common import load_checkpoint
 from landprobe.probes.curves.common import (all_finite, check_fingerprint, diverged, endpoints, evaluate_path,
                                             polychain_coeffs, read_checkpoint)
+from landprobe.probes.curves import band as band_algebra
 from landprobe.probes.curves.path import Path
 
 __all__ = ["auto_neb", "paper_schedule", "NebCycle"]
-
-#: images of at most this many numbers per parameter tensor are updated by one call for all
-#: images (batched gathers, a Gram matrix); larger ones image by image, each image's pieces
-#: small enough to stay in cache between the operations on them
-_SMALL = 4096
-
-
-def _pieces(t: Tensor) -> list[slice]:
-    """Slices of the rows (images) of a stack: all at once when its images are small, else one by one."""
-    n = t.shape[0]
-    return [slice(None)] if t[0].numel() <= _SMALL else [slice(k, k + 1) for k in range(n)]
-
-
-def _workspace(space: dict[Any, Tensor], key: Any, like: Tensor) -> Tensor:
-    """A buffer shaped and laid out as ``like``, kept in ``space`` from step to step (large
-    images: fresh memory each step costs page faults)."""
-    buf = space.get(key)
-    if buf is None or buf.shape != like.shape or buf.stride() != like.stride() or buf.dtype != like.dtype:
-        buf = space[key] = torch.empty_like(like)
-    return buf
-
-
-def _segments(full: list[Tensor], space: dict[Any, Tensor]) -> list[Tensor]:
-    """Per parameter, the band's segments θ_{j+1} − θ_j stacked (large ones in ``space``)."""
-    out = []
-    for p, f in enumerate(full):
-        if f[0].numel() <= _SMALL:
-            out.append(f[1:] - f[:-1])
-            continue
-        seg = _workspace(space, ("seg", p), f[1:])
-        for rows in _pieces(seg):
-            torch.sub(f[1:][rows], f[:-1][rows], out=seg[rows])
-        out.append(seg)
-    return out
-
 
 @dataclass(frozen=True)
 class NebCycle:
@@ -381,8 +345,11 @@ def _relax(engine: Engine, band: _Band, cyc: NebCycle, batches: Iterator, bar: P
         bar.update(cyc.steps)
         return "skipped"
     full = [torch.stack(ts) for ts in zip(*(im.tensors for im in images))]
+    flat = _flattened(full)                       # small images: one (images, numbers) matrix
+    if flat is not None:
+        full = _views(flat, full)
     _bind(images, band.pnames, full)
-    inner = [f[1:-1] for f in full]
+    rows: list[Tensor] | None = None              # the stacks as (images, numbers) matrices, from step 0
     bufs: list[Tensor] | None = None
     space: dict[Any, Tensor] = {}                 # the steps' buffers for large images
     climb_at: int | None = None
@@ -393,31 +360,50 @@ def _relax(engine: Engine, band: _Band, cyc: NebCycle, batches: Iterator, bar: P
         bar.update()
         unchanged()
         energies, grads = _forces(engine, ranks, band, full, next(batches))
-        if step == 0 and any(f.stride() != g.stride() for f, g in zip(inner, grads)):
-            full = _laid_out_like(full, grads)    # the stacks in the gradients' memory layout
-            _bind(images, band.pnames, full)
-            inner = [f[1:-1] for f in full]
+        if rows is None:
+            if flat is None and any(f[1:-1].stride() != g.stride() for f, g in zip(full, grads)):
+                full = _laid_out_like(full, grads)        # the stacks in the gradients' memory layout
+                _bind(images, band.pnames, full)
+            rows = [flat] if flat is not None else [band_algebra.rows_of(f) for f in full]
+        if flat is not None:
+            grads = [torch.cat([g.reshape(g.shape[0], -1) for g in grads], 1)]
+        else:
+            grads = [band_algebra.rows_of(g, like=f) for g, f in zip(grads, full)]
         bad = [i for i, e in enumerate(energies) if not math.isfinite(e)]
         if bad:
             raise fail(f"the loss of image {bad[0]} (of {len(images)}, ends included) became {energies[bad[0]]}",
                        step + 1)
         climb_at = (int(np.argmax(energies[1:-1])) + 1) if climbing else None
-        grads = _nudge(full, grads, energies, climb_at, spring, space)
-        with torch.no_grad():                     # SGD with momentum, as torch.optim.SGD computes it
-            first, bufs = bufs is None, [g.clone() for g in grads] if bufs is None else bufs
-            for x, buf, g in zip(inner, bufs, grads):
-                for rows in _pieces(x):          # row by row for large images: each stays in cache
-                    if momentum and not first:
-                        buf[rows].mul_(momentum).add_(g[rows])
-                    x[rows].add_(buf[rows] if momentum else g[rows], alpha=-cyc.lr)
-        if math.isinf(spring):
-            _respace(full, {climb_at} if climb_at is not None else set(), space)
+        bufs, segments = band_algebra.nudged_step(rows, grads, energies, climb_at=climb_at, spring=spring,
+                                                  lr=cyc.lr, momentum=momentum, bufs=bufs, space=space,
+                                                  measure=math.isinf(spring))
+        if segments is not None:
+            band_algebra.respace(rows, {climb_at} if climb_at is not None else set(), segments)
     unchanged()
-    if not all_finite(inner):                     # the last update, which no later energy has seen
+    if not all_finite([f[1:-1] for f in full]):   # the last update, which no later energy has seen
         raise fail("the images became non-finite", cyc.steps)
     if not all(f.is_contiguous() for f in full):
         _bind(images, band.pnames, [f.contiguous() for f in full])
     return climb_at
+
+
+def _flattened(full: list[Tensor]) -> Tensor | None:
+    """The stacks ``full`` side by side as one (images, numbers) matrix when an image is small
+    and all its tensors share a dtype and device (then the band's algebra is one call per
+    operation, not one per parameter), else None."""
+    if sum(f[0].numel() for f in full) > band_algebra.SMALL or len({(f.dtype, f.device) for f in full}) != 1:
+        return None
+    return torch.cat([f.reshape(f.shape[0], -1) for f in full], 1)
+
+
+def _views(flat: Tensor, full: list[Tensor]) -> list[Tensor]:
+    """Per parameter, the columns of ``flat`` that hold it, shaped as its stack in ``full``."""
+    out, at = [], 0
+    for f in full:
+        k = f[0].numel()
+        out.append(flat[:, at:at + k].unflatten(1, f.shape[1:]) if f.dim() > 1 else flat[:, at])
+        at += k
+    return out
 
 
 def _bind(images: list[ParamVector], pnames: list[str], full: list[Tensor]) -> None:
@@ -454,22 +440,31 @@ def _forces(engine: Engine, ranks: Ranks, band: _Band, full: list[Tensor], part:
         if part.batch is None:
             return [torch.zeros(n, dtype=torch.float64)] + [torch.zeros_like(f[1:-1]) for f in full]
         if band.batched:
-            leaves = [f[1:-1].detach().requires_grad_(True) for f in full]
+            # small images: the ends ride in the same call (a call costs more than their
+            # gradients); large ones: the ends' losses without a graph, two more calls
+            ends_inside = sum(f[0].numel() for f in full) <= band_algebra.SMALL
+            leaves = [(f if ends_inside else f[1:-1]).detach().requires_grad_(True) for f in full]
             with torch.enable_grad():
                 losses = engine.fit_losses(leaves, part)
                 g: Sequence[Tensor | None] = (None,) * len(leaves)
                 try:
                     if losses is not None and losses.requires_grad:
-                        g = torch.autograd.grad(losses.sum(), leaves, allow_unused=True)
+                        g = torch.autograd.grad((losses[1:-1] if ends_inside else losses).sum(), leaves,
+                                                allow_unused=True)
                 except RuntimeError as exc:       # e.g. a fused kernel vmap chose that has no derivative
                     if type(exc) is not RuntimeError:
                         raise
                     losses = None
             if losses is not None:
-                with torch.no_grad():
-                    ends = [engine.fit_loss([f[i] for f in full], part).reshape(1) for i in (0, n - 1)]
-                energies = torch.cat([ends[0], losses.detach(), ends[1]]).double()
-                return [energies] + [torch.zeros_like(p) if gi is None else gi for p, gi in zip(leaves, g)]
+                inner = [f[1:-1] for f in full]
+                if ends_inside:
+                    energies = losses.detach().double()
+                    g = [None if gi is None else gi[1:-1] for gi in g]
+                else:
+                    with torch.no_grad():
+                        ends = [engine.fit_loss([f[i] for f in full], part).reshape(1) for i in (0, n - 1)]
+                    energies = torch.cat([ends[0], losses.detach(), ends[1]]).double()
+                return [energies] + [torch.zeros_like(p) if gi is None else gi for p, gi in zip(inner, g)]
             band.batched = False                  # the model cannot be batched: one call per image from now on
         return _forces_each(engine, full, part)
     summed, *grads = ranks.all_sum(local, "an AutoNEB step")      # engine.ranks(), once per cycle
@@ -494,136 +489,3 @@ def _forces_each(engine: Engine, full: list[Tensor], part: Part) -> list[Tensor]
         energies.append(loss.detach().double().reshape(1))
         grads.append([torch.zeros_like(p) if gi is None else gi for p, gi in zip(leaves, g)])
     return [torch.cat(energies)] + [torch.stack(gs) for gs in zip(*grads)]
-
-
-def _rowdot(a: list[Tensor], b: list[Tensor]) -> list[float]:
-    """Per row (dim 0), the inner product of the vectors ``a`` and ``b`` (one tensor per parameter)."""
-    total = None
-    for x, y in zip(a, b):
-        r = x.shape[0]
-        if x[0].numel() <= _SMALL:                        # one call for all rows
-            d = torch.bmm(x.reshape(r, 1, -1), y.reshape(r, -1, 1)).reshape(r).double()
-        else:                                             # a dot product per row: the fastest kernel
-            d = torch.stack([_dot(x[i], y[i]) for i in range(r)]).double()
-        total = d if total is None else total + d
-    return [] if total is None else total.tolist()
-
-
-def _dot(x: Tensor, y: Tensor) -> Tensor:
-    """The inner product of two tensors of one shape, over their memory where both share a
-    dense layout (no copy), else elementwise."""
-    if not (x.is_contiguous() and y.is_contiguous()):
-        order = sorted(range(x.dim()), key=lambda k: x.stride(k), reverse=True)
-        x, y = x.permute(order), y.permute(order)
-        if not (x.is_contiguous() and y.is_contiguous()):
-            return (x * y).sum()
-    return torch.dot(x.reshape(-1), y.reshape(-1))
-
-
-def _products(seg: list[Tensor], grads: list[Tensor]) -> tuple[list[float], ...]:
-    """The inner products the tangents need: |s_j|², s_{i}·s_{i−1}, g_i·s_i and g_i·s_{i−1} for
-    the segments s (rows of ``seg``) and the interior images' gradients g (rows of ``grads``);
-    small images: from one Gram matrix of all rows."""
-    m = seg[0].shape[0]
-    if max(x[0].numel() for x in seg) > _SMALL:
-        return (_rowdot(seg, seg), _rowdot([x[1:] for x in seg], [x[:-1] for x in seg]),
-                _rowdot(grads, [x[1:] for x in seg]), _rowdot(grads, [x[:-1] for x in seg]))
-    gram = None
-    for x, g in zip(seg, grads):
-        rows = torch.cat([x.reshape(m, -1), g.reshape(m - 1, -1)])
-        part = (rows @ rows.T).double()
-        gram = part if gram is None else gram + part
-    assert gram is not None
-    g = gram.tolist()
-    ks = range(m - 1)
-    return ([g[j][j] for j in range(m)], [g[k + 1][k] for k in ks], [g[m + k][k + 1] for k in ks],
-            [g[m + k][k] for k in ks])
-
-
-def _nudge(full: list[Tensor], grads: list[Tensor], energies: list[float], climb_at: int | None,
-           spring: float, space: dict[Any, Tensor]) -> list[Tensor]:
-    """The interior images' updates (per parameter, stacked) from their gradients ``grads``: the gradient without
-    its part along the upwind tangent (Henkelman & Jónsson 2000, energy-weighted at extrema;
-    unit norm), the climbing image's tangential part reversed, a finite spring's force along
-    the tangent. The tangent of image i is a·(θ_{i+1} − θ_i) + b·(θ_i − θ_{i−1}), so the whole
-    update needs only inner products of the segments and gradients."""
-    with torch.no_grad():
-        seg = _segments(full, space)                             # segment j: θ_{j+1} − θ_j
-        dd, cross, g_next, g_prev = _products(seg, grads)
-        c_next, c_prev = [], []
-        for k in range(len(g_next)):
-            i = k + 1
-            a, b = _tangent(energies[i - 1], energies[i], energies[i + 1])
-            nrm = math.sqrt(max(a * a * dd[i] + 2 * a * b * cross[k] + b * b * dd[i - 1], 0.0))
-            if nrm == 0.0:                                       # θ_{i+1} − θ_{i−1}
-                a, b = 1.0, 1.0
-                nrm = math.sqrt(max(dd[i] + 2 * cross[k] + dd[i - 1], 0.0))
-            if nrm > 0:
-                a, b = a / nrm, b / nrm
-            gt = a * g_next[k] + b * g_prev[k]
-            s = 2 * gt if i == climb_at else gt
-            if i != climb_at and math.isfinite(spring):
-                s += spring * (math.sqrt(dd[i]) - math.sqrt(dd[i - 1]))
-            c_next.append(-a * s)
-            c_prev.append(-b * s)
-        out = []
-        for p, (g, sg) in enumerate(zip(grads, seg)):
-            shape = (len(c_next),) + (1,) * (g.dim() - 1)
-            cn = torch.tensor(c_next, dtype=g.dtype, device=g.device).reshape(shape)
-            cp = torch.tensor(c_prev, dtype=g.dtype, device=g.device).reshape(shape)
-            if g[0].numel() <= _SMALL:
-                out.append(torch.addcmul(g, sg[1:], cn).addcmul_(sg[:-1], cp))
-                continue
-            u = _workspace(space, ("update", p), g)
-            for rows in _pieces(g):
-                torch.addcmul(g[rows], sg[1:][rows], cn[rows], out=u[rows]).addcmul_(sg[:-1][rows], cp[rows])
-            out.append(u)
-        return out
-
-
-def _tangent(ep: float, ei: float, en: float) -> tuple[float, float]:
-    """Weights (a, b) of the upwind tangent a·(θ_{i+1} − θ_i) + b·(θ_i − θ_{i−1}) before
-    normalising, from the energies of images i − 1, i, i + 1."""
-    if en > ei > ep:
-        return 1.0, 0.0
-    if en < ei < ep:
-        return 0.0, 1.0
-    dmax, dmin = max(abs(en - ei), abs(ep - ei)), min(abs(en - ei), abs(ep - ei))
-    return (dmax, dmin) if en > ep else (dmin, dmax)
-
-
-def _respace(full: list[Tensor], fixed: set[int], space: dict[Any, Tensor]) -> None:
-    """Move the free interior images (rows of the stacks ``full``), in place, to even arc-length
-    spacing between fixed ones."""
-    n = full[0].shape[0]
-    anchors = sorted({0, n - 1} | fixed)
-    with torch.no_grad():
-        seg = _segments(full, space)
-        d = [math.sqrt(max(v, 0.0)) for v in _rowdot(seg, seg)]
-
-        cum = list(accumulate(d, initial=0.0))
-        moves = []
-        for lo, hi in zip(anchors[:-1], anchors[1:]):
-            if hi - lo < 2 or cum[hi] == cum[lo]:
-                continue
-            for i in range(lo + 1, hi):
-                pos = cum[lo] + (cum[hi] - cum[lo]) * (i - lo) / (hi - lo)
-                j = min(max(bisect_right(cum, pos) - 1, 0), n - 2)
-                s = 0.0 if d[j] == 0 else (pos - cum[j]) / d[j]
-                moves.append((i, j, min(max(s, 0.0), 1.0)))
-        if not moves:
-            return
-        if max(f[0].numel() for f in full) <= _SMALL:    # a few gathers beat a call per image
-            rows, js, ss = zip(*moves)
-            at, lo, hi = torch.tensor(rows), torch.tensor(js), torch.tensor([j + 1 for j in js])
-            for f in full:
-                w = torch.tensor(ss, dtype=f.dtype, device=f.device).reshape((-1,) + (1,) * (f.dim() - 1))
-                f.index_copy_(0, at, torch.lerp(f.index_select(0, lo), f.index_select(0, hi), w))
-            return
-        copies = [_workspace(space, ("copy", p), f) for p, f in enumerate(full)]
-        for f, x in zip(full, copies):
-            for rows in _pieces(f):
-                x[rows].copy_(f[rows])
-        for i, j, s in moves:
-            for f, x in zip(full, copies):
-                torch.lerp(x[j], x[j + 1], s, out=f[i])

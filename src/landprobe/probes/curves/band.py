@@ -1,0 +1,202 @@
+"""An AutoNEB band's vector algebra: segments, their inner products, the nudged momentum step
+and the re-spacing, over the band's images as the rows of matrices.
+
+Per parameter, the images θ_0 … θ_{n−1} are stacked along dim 0 and seen as an
+(images, numbers) matrix over the stack's memory (:func:`rows_of`). Every operation runs on
+column blocks of these matrices: a large stack is swept block by block, each block small enough
+that its rows of every operand stay in cache through all the operations on it (the segments and
+their Gram products in one sweep, the nudged momentum step in another), so that a step reads the
+band from memory a few times, not once per operation; a small stack is one block. The tangent
+of image i is a·(θ_{i+1} − θ_i) + b·(θ_i − θ_{i−1}), so the nudged step needs only inner
+products of the segments and the gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from itertools import accumulate
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["rows_of", "nudged_step", "respace"]
+
+#: numbers per column block of all rows of one operand (512 KB of float32): the blocks of the
+#: four operands of the nudged step fit a 2 MB L2 cache together
+_BLOCK = 1 << 17
+#: images of at most this many numbers are small: a band of them re-spaces with batched
+#: gathers (one call per parameter) instead of a call per moved image, and AutoNEB evaluates
+#: its ends in the interior images' model call and sets all its parameters side by side
+SMALL = 4096
+
+
+def rows_of(stack: Tensor, like: Tensor | None = None) -> Tensor:
+    """``stack`` (images along dim 0) as an (images, numbers) matrix, with the numbers in the
+    memory order of ``like`` (default: of ``stack``): a view where the layouts allow, else a copy."""
+    like = stack if like is None else like
+    order = [0] + sorted(range(1, like.dim()), key=lambda k: like.stride(k), reverse=True)
+    return stack.permute(order).reshape(stack.shape[0], -1)
+
+
+def _blocks(x: Tensor) -> list[slice]:
+    """Column slices of the matrix ``x``, each at most :data:`_BLOCK` numbers over all its rows."""
+    width = max(1, _BLOCK // max(1, x.shape[0]))
+    n = x.shape[1]
+    return [slice(None)] if n <= width else [slice(c, c + width) for c in range(0, n, width)]
+
+
+def _workspace(space: dict[Any, Tensor], key: Any, like: Tensor) -> Tensor:
+    """A buffer shaped as ``like``, kept in ``space`` from step to step (large bands: fresh
+    memory each step costs page faults)."""
+    buf = space.get(key)
+    if buf is None or buf.shape != like.shape or buf.dtype != like.dtype or buf.device != like.device:
+        buf = space[key] = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+    return buf
+
+
+def _segments_and_gram(rows: list[Tensor], grads: list[Tensor], space: dict[Any, Tensor]
+                       ) -> tuple[list[Tensor], Tensor, Tensor]:
+    """The segments s_j = θ_{j+1} − θ_j (per parameter, in ``space``) and, summed over the
+    parameters as float64, their Gram matrix s·sᵀ and the products g·sᵀ with the interior
+    images' gradients ``grads``, in one sweep over the band."""
+    m = rows[0].shape[0] - 1
+    ss = torch.zeros(m, m, dtype=torch.float64)
+    gs = torch.zeros(m - 1, m, dtype=torch.float64)
+    segs = []
+    for p, (f, g) in enumerate(zip(rows, grads)):
+        seg = _workspace(space, ("seg", p), f[1:])
+        blocks = _blocks(f)
+        if len(blocks) == 1:                      # one product of all rows
+            torch.sub(f[1:], f[:-1], out=seg)
+            both = torch.cat([seg, g])
+            gram = both @ both.T
+        else:
+            gram = torch.zeros(2 * m - 1, m, dtype=f.dtype, device=f.device)
+            for c in blocks:
+                sb = torch.sub(f[1:, c], f[:-1, c], out=seg[:, c])
+                gram[:m].addmm_(sb, sb.T)
+                gram[m:].addmm_(g[:, c], sb.T)
+        gram = gram.to("cpu", torch.float64)
+        ss += gram[:m, :m]
+        gs += gram[m:, :m]
+        segs.append(seg)
+    return segs, ss, gs
+
+
+def _tangent(ep: float, ei: float, en: float) -> tuple[float, float]:
+    """Weights (a, b) of the upwind tangent a·(θ_{i+1} − θ_i) + b·(θ_i − θ_{i−1}) before
+    normalising, from the energies of images i − 1, i, i + 1."""
+    if en > ei > ep:
+        return 1.0, 0.0
+    if en < ei < ep:
+        return 0.0, 1.0
+    dmax, dmin = max(abs(en - ei), abs(ep - ei)), min(abs(en - ei), abs(ep - ei))
+    return (dmax, dmin) if en > ep else (dmin, dmax)
+
+
+def _coefficients(ss: list[list[float]], gs: list[list[float]], energies: list[float], climb_at: int | None,
+                  spring: float) -> tuple[list[float], list[float]]:
+    """Per interior image i, the coefficients (c_next, c_prev) of its nudged gradient
+    g_i + c_next·(θ_{i+1} − θ_i) + c_prev·(θ_i − θ_{i−1}): the gradient without its part along
+    the upwind tangent (Henkelman & Jónsson 2000, energy-weighted at extrema; unit norm), the
+    climbing image's tangential part reversed, a finite spring's force along the tangent."""
+    c_next, c_prev = [], []
+    for k in range(len(gs)):
+        i = k + 1
+        dd_i, dd_p, cross = ss[i][i], ss[i - 1][i - 1], ss[i][i - 1]
+        a, b = _tangent(energies[i - 1], energies[i], energies[i + 1])
+        nrm = math.sqrt(max(a * a * dd_i + 2 * a * b * cross + b * b * dd_p, 0.0))
+        if nrm == 0.0:                                       # θ_{i+1} − θ_{i−1}
+            a, b = 1.0, 1.0
+            nrm = math.sqrt(max(dd_i + 2 * cross + dd_p, 0.0))
+        if nrm > 0:
+            a, b = a / nrm, b / nrm
+        gt = a * gs[k][k + 1] + b * gs[k][k]
+        s = 2 * gt if i == climb_at else gt
+        if i != climb_at and math.isfinite(spring):
+            s += spring * (math.sqrt(dd_i) - math.sqrt(dd_p))
+        c_next.append(-a * s)
+        c_prev.append(-b * s)
+    return c_next, c_prev
+
+
+def nudged_step(rows: list[Tensor], grads: list[Tensor], energies: list[float], *, climb_at: int | None,
+                spring: float, lr: float, momentum: float, bufs: list[Tensor] | None, space: dict[Any, Tensor],
+                measure: bool = False) -> tuple[list[Tensor], tuple[list[Tensor], list[float]] | None]:
+    """One SGD step (with momentum, as ``torch.optim.SGD`` computes it) of the interior rows of
+    ``rows`` along their nudged gradients; ``grads`` (the interior images' gradients, rows as
+    ``rows``) are overwritten. ``bufs``: the momentum buffers of the cycle's previous step
+    (None at its first). Returns the momentum buffers and, with ``measure``, the band's new
+    segments and their lengths (for :func:`respace`), taken in the same sweep."""
+    with torch.no_grad():
+        segs, ss, gs = _segments_and_gram(rows, grads, space)
+        c_next, c_prev = _coefficients(ss.tolist(), gs.tolist(), energies, climb_at, spring)
+        first = bufs is None
+        if bufs is None:
+            bufs = [torch.empty_like(g) for g in grads] if momentum else []
+        sq = torch.zeros(rows[0].shape[0] - 1, dtype=torch.float64)
+        for p, (f, g, sg) in enumerate(zip(rows, grads, segs)):
+            coef = torch.tensor([c_next, c_prev], dtype=g.dtype, device=g.device)
+            cn, cp = coef[0].reshape(-1, 1), coef[1].reshape(-1, 1)
+            x, blocks = f[1:-1], _blocks(f)
+            gram = torch.zeros(len(sg), len(sg), dtype=f.dtype, device=f.device) if measure and len(blocks) > 1 else None
+            for c in blocks:
+                u = g[:, c].addcmul_(sg[1:, c], cn).addcmul_(sg[:-1, c], cp)
+                if momentum:
+                    b = bufs[p][:, c]
+                    u = b.copy_(u) if first else b.mul_(momentum).add_(u)
+                x[:, c].add_(u, alpha=-lr)
+                if measure:                       # the block's old segments are spent: the new ones
+                    sb = torch.sub(f[1:, c], f[:-1, c], out=sg[:, c])
+                    if gram is not None:
+                        gram.addmm_(sb, sb.T)
+            if measure:                           # squared lengths: the Gram diagonal, or row by row in one call
+                sq += (gram.diagonal() if gram is not None
+                       else torch.bmm(sg.unsqueeze(1), sg.unsqueeze(2)).reshape(-1)).to("cpu", torch.float64)
+        if not measure:
+            return bufs, None
+        return bufs, (segs, [math.sqrt(max(v, 0.0)) for v in sq.tolist()])
+
+
+def respace(rows: list[Tensor], fixed: set[int], segments: tuple[list[Tensor], list[float]]) -> None:
+    """Move the free interior images (rows of ``rows``), in place, to even arc-length spacing
+    along the chain between fixed ones (the ends and ``fixed``); ``segments``: the band's
+    segments and their lengths, as :func:`nudged_step` measures them."""
+    n = rows[0].shape[0]
+    anchors = sorted({0, n - 1} | fixed)
+    segs, d = segments
+    with torch.no_grad():
+        cum = list(accumulate(d, initial=0.0))
+        moves = []
+        for lo, hi in zip(anchors[:-1], anchors[1:]):
+            if hi - lo < 2 or cum[hi] == cum[lo]:
+                continue
+            for i in range(lo + 1, hi):
+                pos = cum[lo] + (cum[hi] - cum[lo]) * (i - lo) / (hi - lo)
+                j = min(max(bisect_right(cum, pos) - 1, 0), n - 2)
+                s = 0.0 if d[j] == 0 else (pos - cum[j]) / d[j]
+                moves.append((i, j, min(max(s, 0.0), 1.0)))
+        if not moves:
+            return
+        if max(f.shape[1] for f in rows) <= SMALL:     # a few gathers beat a call per image
+            at_rows, js, ws = zip(*moves)
+            at, lo_, hi_ = torch.tensor([at_rows, js, [j + 1 for j in js]], device=rows[0].device)
+            for f in rows:
+                w = torch.tensor(ws, dtype=f.dtype, device=f.device).reshape(-1, 1)
+                f.index_copy_(0, at, torch.lerp(f.index_select(0, lo_), f.index_select(0, hi_), w))
+            return
+        for i, j, s in moves:                     # θ_i ← θ_j + s·(θ_{j+1} − θ_j), from the old segments
+            for f, sg in zip(rows, segs):
+                for k, c in _walk(i, j, s):
+                    f[i].add_(sg[k], alpha=c)
+
+
+def _walk(i: int, j: int, s: float) -> list[tuple[int, float]]:
+    """The segments k and coefficients c with θ_j + s·(θ_{j+1} − θ_j) = θ_i + Σ c·(θ_{k+1} − θ_k)."""
+    if j >= i:
+        steps = [(k, 1.0) for k in range(i, j)] + [(j, s)]
+    else:
+        steps = [(j, s - 1.0)] + [(k, -1.0) for k in range(j + 1, i)]
+    return [(k, c) for k, c in steps if c != 0.0]
