@@ -18,6 +18,7 @@ from bisect import bisect_right
 from itertools import accumulate
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -130,6 +131,9 @@ def nudged_step(rows: list[Tensor], grads: list[Tensor], energies: list[float], 
     ``rows``) are overwritten. ``bufs``: the momentum buffers of the cycle's previous step
     (None at its first). Returns the momentum buffers and, with ``measure``, the band's new
     segments and their lengths (for :func:`respace`), taken in the same sweep."""
+    if _tiny(rows):
+        return _nudged_step_tiny(rows[0], grads[0], energies, climb_at=climb_at, spring=spring, lr=lr,
+                                 momentum=momentum, bufs=bufs, measure=measure)
     with torch.no_grad():
         segs, ss, gs = _segments_and_gram(rows, grads, space)
         c_next, c_prev = _coefficients(ss.tolist(), gs.tolist(), energies, climb_at, spring)
@@ -160,6 +164,42 @@ def nudged_step(rows: list[Tensor], grads: list[Tensor], energies: list[float], 
         return bufs, (segs, [math.sqrt(max(v, 0.0)) for v in sq.tolist()])
 
 
+def _tiny(rows: list[Tensor]) -> bool:
+    """A band of one small float matrix in CPU memory: its algebra runs in NumPy over the same
+    memory (a torch call costs microseconds of dispatch, more than the arithmetic here)."""
+    return (len(rows) == 1 and rows[0].device.type == "cpu" and rows[0].shape[1] <= SMALL
+            and rows[0].dtype in (torch.float32, torch.float64))
+
+
+def _nudged_step_tiny(f: Tensor, g: Tensor, energies: list[float], *, climb_at: int | None, spring: float,
+                      lr: float, momentum: float, bufs: list[Tensor] | None, measure: bool
+                      ) -> tuple[list[Tensor], tuple[list[Tensor], list[float]] | None]:
+    """:func:`nudged_step` for a :func:`_tiny` band, in NumPy, in the tensors' dtype."""
+    x, gx = f.detach().numpy(), g.detach().numpy()
+    m = x.shape[0] - 1
+    seg = x[1:] - x[:-1]
+    both = np.concatenate([seg, gx])
+    gram = (both @ both.T).astype(np.float64)
+    c_next, c_prev = _coefficients(gram[:m, :m].tolist(), gram[m:, :m].tolist(), energies, climb_at, spring)
+    u = gx + seg[1:] * np.asarray(c_next, dtype=x.dtype)[:, None] + seg[:-1] * np.asarray(c_prev, dtype=x.dtype)[:, None]
+    if momentum:
+        if bufs is None:
+            bufs = [torch.from_numpy(u.copy())]
+        else:
+            buf = bufs[0].numpy()
+            buf *= x.dtype.type(momentum)
+            buf += u
+        u = bufs[0].numpy()
+    else:
+        bufs = []
+    x[1:-1] -= x.dtype.type(lr) * u
+    if not measure:
+        return bufs, None
+    seg = x[1:] - x[:-1]
+    sq = np.einsum("ij,ij->i", seg, seg).astype(np.float64)
+    return bufs, ([torch.from_numpy(seg)], np.sqrt(np.maximum(sq, 0.0)).tolist())
+
+
 def respace(rows: list[Tensor], fixed: set[int], segments: tuple[list[Tensor], list[float]]) -> None:
     """Move the free interior images (rows of ``rows``), in place, to even arc-length spacing
     along the chain between fixed ones (the ends and ``fixed``); ``segments``: the band's
@@ -179,6 +219,12 @@ def respace(rows: list[Tensor], fixed: set[int], segments: tuple[list[Tensor], l
                 s = 0.0 if d[j] == 0 else (pos - cum[j]) / d[j]
                 moves.append((i, j, min(max(s, 0.0), 1.0)))
         if not moves:
+            return
+        if _tiny(rows):                           # in NumPy over the same memory
+            x = rows[0].numpy()
+            at_rows, js, ws = (np.asarray(v) for v in zip(*moves))
+            w = ws.astype(x.dtype)[:, None]
+            x[at_rows] = x[js] + w * (x[js + 1] - x[js])
             return
         if max(f.shape[1] for f in rows) <= SMALL:     # a few gathers beat a call per image
             at_rows, js, ws = zip(*moves)
