@@ -1,18 +1,28 @@
 """Top-1 and top-5 Hessian eigenpairs to 1e-3 relative: landprobe's Lanczos against PyHessian's
 ``eigenvalues(top_n=k)`` (power iteration with deflation), side by side in one process.
 
-    python benchmarks/bench_hessian_topk.py [--loss ce] [--ks 1 5] [--repeats 3] [--out FILE]
+    python benchmarks/bench_hessian_topk.py [--problem stemnet|classes|warship] [--loss ce]
+        [--checkpoint RUN/mix/checkpoint.pt --patches 256] [--ks 1 5] [--repeats 3] [--out FILE]
 
-Problem: bench_hessian.py's StemNet (989k-990k parameters, 8 batches of 64x1x41x41); ``--loss ce``
-is the cross-entropy variant trained 160 momentum-SGD steps, whose top spectrum is the more
-clustered. PyHessian's power iteration finds the eigenvalues of largest magnitude, so both sides
-are asked for those (landprobe: ``which="LM"``), compared as values sorted by magnitude.
-Reference: landprobe Lanczos at residual tolerance 1e-7. For each k, PyHessian's
-tolerance is searched loosest first (1e-1 ... 1e-6, untimed) until all its k values lie within
-1e-3 of the reference (chosen with hindsight); landprobe runs at its residual tolerance 1e-3 (no
-hindsight: the residual bounds the error). Both are then timed interleaved (``--repeats``
-rounds, median), with their Hessian-vector products counted (landprobe's operator counter;
-PyHessian's ``dataloader_hv_product`` calls).
+Problems:
+  stemnet  bench_hessian.py's StemNet (989k-990k parameters, 8 batches of 64x1x41x41); ``--loss ce``
+           (default) is the cross-entropy variant trained 160 momentum-SGD steps. Its top
+           eigenvalue is well separated (8.95, then 5.07): power iteration at its best.
+  classes  an MLP 256-512-10 (136,714 parameters) trained 80 momentum-SGD steps on ten Gaussian
+           classes with orthogonal means (8 batches of 512): the top spectrum of a classifier,
+           nine clustered outliers (C - 1 of them; Papyan 2019), 2.04 to 1.74, then a bulk
+           below 0.21.
+  warship  a trained WARSHIP-XZNet beta from a reproduce checkpoint (``--checkpoint``), its
+           empirical error (the final output's loss as the run scaled it, no penalty) on
+           ``--patches`` seeded T91 x2 patches in batches of 64.
+PyHessian's power iteration finds the eigenvalues of largest magnitude, so both sides are asked
+for those (landprobe: ``which="LM"``), compared as values sorted by magnitude. Reference:
+landprobe Lanczos at residual tolerance 1e-7. For each k, PyHessian's tolerance is searched
+loosest first (1e-1 ... 1e-6, untimed) until all its k values lie within 1e-3 of the reference
+(chosen with hindsight); landprobe runs at its residual tolerance 1e-3 (no hindsight: the
+residual bounds the error). Both are then timed interleaved (``--repeats`` rounds, median),
+with their Hessian-vector products counted (landprobe's operator counter; PyHessian's
+``dataloader_hv_product`` calls).
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import argparse
 import copy
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -94,16 +105,69 @@ def one_k(k: int, probe, ph, ref: np.ndarray, repeats: int) -> dict:
     return out
 
 
+def classes_problem(batches: int = 8, batch: int = 512, seed: int = 0):
+    """An MLP 256-512-10 trained 80 momentum-SGD steps (lr 0.05, momentum 0.9) on ten Gaussian
+    classes (means: 2 x orthonormal directions, unit noise), cross-entropy: the top Hessian
+    spectrum of a classifier, C - 1 clustered outliers."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    classes, dim = 10, 256
+    means = 2.0 * torch.linalg.qr(torch.randn(dim, classes, generator=g))[0].T
+    data = []
+    for _ in range(batches):
+        y = torch.arange(batch) % classes
+        data.append((means[y] + torch.randn(batch, dim, generator=g), y))
+    model = torch.nn.Sequential(torch.nn.Linear(dim, 512), torch.nn.ReLU(), torch.nn.Linear(512, classes))
+    crit = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    steps = 80
+    for step in range(steps):
+        x, y = data[step % batches]
+        opt.zero_grad()
+        crit(model(x), y).backward()
+        opt.step()
+    return model, crit, data, steps
+
+
+def warship_problem(checkpoint: str, patches: int, batch: int = 64, seed: int = 0):
+    """A reproduce checkpoint's WARSHIP-XZNet beta and its empirical error on seeded T91 patches."""
+    from landprobe.common.io import load_torch
+    from landprobe.data import T91Patches
+    from landprobe.recipes._train import RecipeLoss, build_model
+
+    ck = load_torch(checkpoint, map_location="cpu")
+    spec = ck["spec"]
+    model = build_model(spec["width"], spec["recursions"], spec["seed"])
+    model.load_state_dict(ck["model"])
+    p = T91Patches(Path(__file__).resolve().parents[1] / "data" / "T91", scale=spec["scale"], patch=41, stride=21)
+    order = torch.randperm(len(p.inputs), generator=torch.Generator().manual_seed(seed))[:patches]
+    x, y = p.inputs[order], p.targets[order]
+    data = [(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)]
+    return model, RecipeLoss(0.0, spec["loss_scaling"], 1), data, int(ck["step"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--loss", choices=["mse", "ce"], default="ce")
-    ap.add_argument("--batches", type=int, default=8)
+    ap.add_argument("--problem", choices=["stemnet", "classes", "warship"], default="stemnet")
+    ap.add_argument("--loss", choices=["mse", "ce"], default="ce", help="stemnet's loss")
+    ap.add_argument("--batches", type=int, default=8, help="stemnet's and classes' batches")
+    ap.add_argument("--checkpoint", help="warship: a reproduce checkpoint (RUN/SETTING/checkpoint.pt)")
+    ap.add_argument("--patches", type=int, default=256, help="warship: T91 patches")
     ap.add_argument("--ks", type=int, nargs="+", default=[1, 5])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default=str(RESULTS / "hessian_topk_xeon.json"))
+    ap.add_argument("--out", default=None, help="default: results/hessian_topk[_PROBLEM]_xeon.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    model, crit, data, steps = make_problem(args.batches, loss=args.loss)
+    if args.problem == "stemnet":
+        model, crit, data, steps = make_problem(args.batches, loss=args.loss)
+    elif args.problem == "classes":
+        model, crit, data, steps = classes_problem(args.batches)
+    else:
+        if not args.checkpoint:
+            ap.error("--problem warship needs --checkpoint RUN/SETTING/checkpoint.pt")
+        model, crit, data, steps = warship_problem(args.checkpoint, args.patches)
+    out = args.out or str(RESULTS / ("hessian_topk_xeon.json" if args.problem == "stemnet"
+                                     else f"hessian_topk_{args.problem}_xeon.json"))
     probe = lp.LandscapeProbe(model, crit, data)
     import pyhessian
 
@@ -112,9 +176,13 @@ def main() -> None:
     ref = _by_magnitude(ref_res.values)
     print("reference top eigenvalues", ref.tolist(), flush=True)
     results = [one_k(k, probe, ph, ref, args.repeats) for k in args.ks]
-    save_json(args.out, {"env": environment(), "what": __doc__.splitlines()[0],
-                         "problem": {"loss": args.loss, "train_steps": steps, "batches": args.batches,
-                                     "parameters": sum(p.numel() for p in model.parameters())},
+    problem = {"problem": args.problem, "train_steps": steps, "batches": len(data),
+               "samples": sum(len(x) for x, _ in data), "parameters": sum(p.numel() for p in model.parameters())}
+    if args.problem == "stemnet":
+        problem["loss"] = args.loss
+    if args.problem == "warship":
+        problem["checkpoint"] = args.checkpoint
+    save_json(out, {"env": environment(), "what": __doc__.splitlines()[0], "problem": problem,
                          "reference": {"values": ref.tolist(), "residuals": ref_res.residuals.tolist(),
                                        "hvps": ref_res.matvecs},
                          "results": results})

@@ -24,7 +24,7 @@ def register_study(sub) -> None:
                     "or more `landprobe reproduce --setting all` runs (one per seed): the pairwise curves with "
                     "barriers (and modulo permutations), the plane through the three solutions, the top Hessian "
                     "eigenvalues and trace per setting and subnet, the capacity report per subnet; over several "
-                    "runs the paired differences with 95%% intervals and t-tests. Writes OUT/study.json and figures. "
+                    "runs the paired differences with 95% intervals and t-tests. Writes OUT/study.json and figures. "
                     "See docs/study.md.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="the --out folder(s) of reproduce --setting all")
     p.add_argument("--out", required=True, help="output folder for study.json and the figures")

@@ -199,7 +199,10 @@ def top_eigenvalues(op, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max
 
     Lanczos with full reorthogonalisation from a seeded Gaussian start, stopped once the
     recurrence's residual estimates β_m·|s_mi| of the k wanted Ritz pairs are below
-    ``tol·|θ| + atol``; then every returned pair's residual ‖Hv − θv‖ is measured, not
+    ``tol·|θ| + atol`` and the wanted Ritz values have held within that bound over the last
+    quarter of the steps (at least one; in a cluster of eigenvalues, one whose direction the
+    start vector barely holds enters the wanted set late, after the others have converged;
+    its arrival restarts the wait); then every returned pair's residual ‖Hv − θv‖ is measured, not
     estimated: the products H q_j of the Lanczos vectors are kept, so Hv = Σ s_j (H q_j) by
     linearity from real products (no reliance on the recurrence, whose relation a float32 or
     slightly asymmetric product breaks), and that decides its ``converged`` flag.
@@ -345,16 +348,26 @@ def _lanczos_pairs(mv: Callable[[Tensor], Tensor], v0: Tensor, k: int, which: st
                    bar: Progress) -> tuple[np.ndarray, Tensor, Tensor, float]:
     """Lanczos until the k wanted Ritz pairs' residual estimates pass; their values, unit
     vectors (k, n), H applied to them (from the kept products) and the largest |Ritz value|."""
+    seen: list[np.ndarray] = []               # the wanted Ritz values after each step
+
     def enough(run: LanczosRun) -> bool:
         m = len(run.alphas)
         if m < k:
             return False
         th, S = np.linalg.eigh(run.tridiagonal())
         idx = _order(th, which)[:k]
+        seen.append(th[idx])
         est = abs(run.last_beta) * np.abs(S[-1, idx])
         bar.set(residual=float(np.max(est)))
         floor = atol if atol is not None else 100 * eps * float(np.max(np.abs(th)))
-        return bool(np.all(est <= tol * np.abs(th[idx]) + floor))
+        bound = tol * np.abs(th[idx]) + floor
+        if not np.all(est <= bound):
+            return False
+        # held still over the last quarter of the steps (at least one): in a cluster, a value
+        # whose direction the start vector barely holds enters the wanted set late
+        look = max(1, m // 4)
+        return len(seen) > look and all(len(v) == len(idx) and np.all(np.abs(v - th[idx]) <= bound)
+                                        for v in seen[-look - 1:-1])
 
     run = lanczos(mv, v0, max_iter, restart=True, seed=seed, callback=enough, keep_products=True)
     assert run.products is not None
