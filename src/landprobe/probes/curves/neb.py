@@ -365,6 +365,10 @@ def _relax(engine: Engine, band: _Band, cyc: NebCycle, batches: Iterator, bar: P
                 full = _laid_out_like(full, grads)        # the stacks in the gradients' memory layout
                 _bind(images, band.pnames, full)
             rows = [flat] if flat is not None else [band_algebra.rows_of(f) for f in full]
+            if any(r.data_ptr() != f.data_ptr() for r, f in zip(rows, full)):     # a copy, not the band
+                full = [f.contiguous() for f in full]
+                _bind(images, band.pnames, full)
+                rows = [f.reshape(f.shape[0], -1) for f in full]
         if flat is not None:
             grads = [torch.cat([g.reshape(g.shape[0], -1) for g in grads], 1)]
         else:
