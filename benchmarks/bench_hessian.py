@@ -89,12 +89,17 @@ def make_problem(batches: int, batch: int = 64, seed: int = 0, loss: str = "mse"
         crit, opt, steps = nn.MSELoss(), torch.optim.SGD(model.parameters(), lr=0.05), 20
     else:
         crit, opt, steps = nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), 160
+    train(model, crit, opt, data, steps)
+    return model, crit, data, steps
+
+
+def train(model, crit, opt, data, steps: int) -> None:
+    """``steps`` optimizer steps of ``crit(model(x), y)``, cycling through the batches ``data``."""
     for step in range(steps):
-        x, y = data[step % batches]
+        x, y = data[step % len(data)]
         opt.zero_grad()
         crit(model(x), y).backward()
         opt.step()
-    return model, crit, data, steps
 
 
 def plain_hvp(model, crit, data, v):

@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import RESULTS, environment, paired_ratio, timeit  # noqa: E402
-from bench_hessian import make_problem  # noqa: E402
+from bench_hessian import make_problem, train  # noqa: E402
 
 import landprobe as lp  # noqa: E402
 from landprobe.common.io import save_json  # noqa: E402
@@ -121,11 +121,7 @@ def classes_problem(batches: int = 8, batch: int = 512, seed: int = 0):
     crit = torch.nn.CrossEntropyLoss()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     steps = 80
-    for step in range(steps):
-        x, y = data[step % batches]
-        opt.zero_grad()
-        crit(model(x), y).backward()
-        opt.step()
+    train(model, crit, opt, data, steps)
     return model, crit, data, steps
 
 
