@@ -187,3 +187,95 @@ def test_control_errors():
                             control=lambda x, y: y[:, 0] * float("nan"))
     with pytest.raises(ValueError, match="NaN or inf"):
         nan.evaluate()
+
+
+# ---------------------------------------------------------------- control variates at reference parameters
+def weight(*w):
+    return {"weight": torch.tensor([list(w)], dtype=torch.float64)}
+
+
+def test_control_at_three_references_makes_any_point_of_a_quadratic_loss_exact():
+    # y_hat = w·x under MSE: each batch loss is quadratic in w, so along a line through three
+    # references it is an exact linear combination of their batch losses (Lagrange). The
+    # regression estimate is then the exact full-data mean at min_batches = 4 (3 + 1).
+    ds = double_dataset(2000, 4)
+    model = nn.Linear(3, 1, bias=False).double()
+    refs = [weight(0.0, 0.0, 0.0), weight(1.0, -2.0, 0.5), weight(2.0, -4.0, 1.0)]
+    probe = lp.LandscapeProbe(model, nn.MSELoss(), ds, precision=0.001, batch_size=20, seed=0, control_at=refs)
+    full = lp.LandscapeProbe(model, nn.MSELoss(), DataLoader(ds, batch_size=2000))
+    assert probe.engine.reference_losses is None                       # no pass before the first point
+    for t in (0.3, 1.7, -0.6):
+        ev = probe.evaluate(weight(t, -2 * t, 0.5 * t))
+        exact = full.loss(weight(t, -2 * t, 0.5 * t))
+        assert ev.loss == pytest.approx(exact, rel=1e-10)
+        assert ev.stderr <= 1e-10 * exact
+        assert len(ev.batch_losses) == 16
+    assert probe.engine.reference_losses == pytest.approx([full.loss(r) for r in refs], rel=1e-12)
+
+
+def test_control_at_covers_and_beats_model_free_covariates_between_two_solutions():
+    ds = double_dataset(4000, 5)
+    a, b = weight(1.0, -2.0, 0.5), weight(0.6, -1.2, 1.1)
+    model = nn.Linear(3, 1, bias=False).double()
+    full = lp.LandscapeProbe(model, nn.MSELoss(), DataLoader(ds, batch_size=4000))
+    mid = {"weight": 0.5 * (a["weight"] + b["weight"]) + torch.tensor([[0.1, 0.0, -0.05]], dtype=torch.float64)}
+    exact = full.loss(mid)
+    covered, used, used_plain, estimates = 0, [], [], []
+    for seed in range(30):
+        ev = lp.LandscapeProbe(model, nn.MSELoss(), ds, precision=0.02, batch_size=10, seed=seed,
+                               control=y_squared, control_at=[a, b]).evaluate(mid)
+        plain = lp.LandscapeProbe(model, nn.MSELoss(), ds, precision=0.02, batch_size=10, seed=seed,
+                                  control=y_squared).evaluate(mid)
+        covered += abs(ev.loss - exact) <= 2 * ev.stderr
+        estimates.append(ev.loss)
+        used.append(ev.batch_sizes.sum())
+        used_plain.append(plain.batch_sizes.sum())
+    assert abs(np.mean(estimates) - exact) / exact < 0.005
+    assert covered / 30 > 0.8
+    assert np.mean(used) < 0.3 * np.mean(used_plain)
+
+
+def test_control_at_on_a_curve_restores_the_model_and_records_the_setting():
+    ds = double_dataset(1000, 6)
+    model = nn.Linear(3, 1).double()
+    other = perturbed(model, 1, 0.3)
+    before = snapshot(model)
+    probe = lp.LandscapeProbe(model, nn.MSELoss(), ds, precision=0.01, batch_size=25, control_at=[model, other])
+    curve = probe.interpolate(model, other, points=5)
+    assert curve.settings["control_at"] == 2
+    exact = lp.LandscapeProbe(model, nn.MSELoss(), DataLoader(ds, batch_size=1000))
+    assert curve.losses[0] == pytest.approx(exact.loss(), rel=1e-12)           # a reference: exact at once
+    assert curve.losses[-1] == pytest.approx(exact.loss(other), rel=1e-12)
+    assert np.all(2 * curve.stderr <= 0.01 * curve.losses)
+    assert_same_snapshot(before, snapshot(model))
+
+
+def test_control_at_errors_name_the_argument():
+    ds = double_dataset(100, 0)
+    model = zero_model()
+    with pytest.raises(ValueError, match="control_at= needs precision="):
+        lp.LandscapeProbe(model, nn.MSELoss(), ds, control_at=[model])
+    with pytest.raises(ValueError, match="non-empty list of parameter sets"):
+        lp.LandscapeProbe(model, nn.MSELoss(), ds, precision=0.1, control_at=model.state_dict())
+    with pytest.raises(ValueError, match="non-empty list"):
+        lp.LandscapeProbe(model, nn.MSELoss(), ds, precision=0.1, control_at=[])
+    with pytest.raises(ValueError, match="bn='recompute'"):
+        lp.LandscapeProbe(model, nn.MSELoss(), ds, precision=0.1, control_at=[model], bn="recompute")
+    with pytest.raises((ValueError, KeyError), match=r"control_at\[0\]"):
+        lp.LandscapeProbe(model, nn.MSELoss(), ds, precision=0.1, control_at=[{"weight": torch.zeros(2, 2)}])
+    inf = {"weight": torch.full((1, 3), float("inf"), dtype=torch.float64), "bias": torch.zeros(1, dtype=torch.float64)}
+    with pytest.raises(ValueError, match="not finite|non-finite"):
+        lp.LandscapeProbe(model, nn.MSELoss(), ds, precision=0.1, batch_size=10, control_at=[inf]).evaluate()
+
+
+def test_plane_records_the_samples_each_point_drew():
+    ds = double_dataset(600, 7)
+    model = nn.Linear(3, 1).double()
+    probe = lp.LandscapeProbe(model, nn.MSELoss(), ds, precision=0.05, batch_size=20, control_at=[model])
+    surface = probe.plane(points=3, span=0.5)
+    used = np.array(surface.settings["samples_per_point"])
+    assert used.shape == (3, 3) and used.min() >= 8 * 20               # 4(k + 1) batches, k = 1
+    assert surface.settings["samples_total"] == used.sum()
+    exact = lp.LandscapeProbe(model, nn.MSELoss(), DataLoader(ds, batch_size=600)).loss()
+    assert surface.losses[1, 1] == pytest.approx(exact, rel=1e-12)     # the center is the reference
+    assert "samples_per_point" not in lp.LandscapeProbe(model, nn.MSELoss(), [ds[:]]).plane(points=3).settings

@@ -13,6 +13,7 @@ the draws a shuffling loader makes are undone with everything else.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -60,8 +61,8 @@ class Engine:
     def __init__(self, model: nn.Module, loss_fn: Callable, data: Iterable, *, bn: str = "eval",
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                  precision: float | None = None, min_batches: int = 4, batch_size: int | None = None,
-                 seed: int = 0, control: Callable | None = None, progress: bool | None = None,
-                 sharding: Sharding | None = None, strict: bool = False):
+                 seed: int = 0, control: Callable | None = None, control_at: Sequence[Any] | None = None,
+                 progress: bool | None = None, sharding: Sharding | None = None, strict: bool = False):
         self.model = check_module(model)
         if not isinstance(strict, bool):
             raise TypeError(f"strict={strict!r}; expected True (endpoints must have the model's dtypes) or False")
@@ -105,6 +106,26 @@ class Engine:
         self._sampler = (None if precision is None else
                          PrecisionSampler(data, precision, min_batches, batch_size, seed, control, self.contract))
         self._population: int | None = None
+        self.control_at = self._references(control_at)
+        #: The exact empirical errors at ``control_at`` (filled by the first precision-targeted pass).
+        self.reference_losses: list[float] | None = None
+
+    def _references(self, control_at: Sequence[Any] | None) -> list[ParamVector]:
+        """``control_at`` as parameter vectors over :meth:`state_names`, checked now."""
+        if control_at is None:
+            return []
+        if self.precision is None:
+            raise ValueError("control_at= needs precision= (its losses are control variates of precision-targeted "
+                             "evaluation); pass precision=0.01, say, or leave control_at out")
+        if isinstance(control_at, (dict, nn.Module, ParamVector)) or not isinstance(control_at, Sequence) \
+                or len(control_at) == 0:
+            raise ValueError(f"control_at= takes a non-empty list of parameter sets (state_dicts, modules or "
+                             f"ParamVectors), e.g. control_at=[theta_a, theta_b]; got {type(control_at).__name__}")
+        if self.bn == "recompute":
+            raise ValueError("control_at= with bn='recompute' would need the BatchNorm statistics re-estimated at "
+                             "each reference; use bn='eval' (statistics move with the weights) or leave control_at out")
+        names = self.state_names()
+        return [self.as_point(theta, what=f"control_at[{i}]", names=names) for i, theta in enumerate(control_at)]
 
     def _placement(self, device: Any, dtype: torch.dtype | None) -> tuple[torch.device, torch.dtype | None]:
         model = self.model
@@ -231,6 +252,8 @@ class Engine:
                   model=type(self.model).__name__, landprobe=__version__)
         if self.control is not None:
             kw["control"] = getattr(self.control, "__qualname__", repr(self.control))
+        if self.control_at:
+            kw["control_at"] = len(self.control_at)
         if self.contract.whole:
             kw["loss"] = repr(self.loss_fn)
         return kw
@@ -433,6 +456,8 @@ class Engine:
         if self.bn == "recompute":
             self.recompute_bn()
             self.set_eval_modes()
+        if self._sampler is not None and (self.control is not None or self.control_at):
+            self._control_means()                 # before the watch: the references are written in place
         watch = self._parameter_watch()
         versions = watch.versions()
         if self._sampler is not None:
@@ -506,10 +531,7 @@ class Engine:
         sampler = self._sampler
         assert sampler is not None
         ranks = self.ranks()
-        if ranks.given and ranks.sharded and sampler.control is not None:
-            raise ValueError("control= needs the covariates' mean over all the data, which split='given' shards "
-                             "do not hold; pass every rank the same data (split='engine')")
-        means = sampler.control_means() if sampler.control is not None else None
+        means = self._control_means() if sampler.control is not None or self.control_at else None
         population = self._population_size(ranks)
         losses: list[float] = []
         sizes: list[int] = []
@@ -538,6 +560,52 @@ class Engine:
         if not losses:
             raise no_batch_error()
         return self._estimate(losses, sizes, means, population)
+
+    def _control_means(self) -> tuple[np.ndarray, np.ndarray]:
+        """The covariates of ``control`` and the losses at ``control_at``, per batch of the
+        sampling order, and their exact means (computed once per probe)."""
+        sampler = self._sampler
+        assert sampler is not None
+        ranks = self.ranks()
+        if ranks.given and ranks.sharded:
+            raise ValueError("control= and control_at= need the covariates' mean over all the data, which "
+                             "split='given' shards do not hold; pass every rank the same data (split='engine')")
+        return sampler.control_means(self._reference_passes if self.control_at else None)
+
+    def _reference_passes(self) -> tuple[np.ndarray, np.ndarray]:
+        """One pass over all the sampler's batches at each of ``control_at``: per-batch losses
+        ``(batches, references)`` and batch sizes. The point in the model is put back after."""
+        sampler = self._sampler
+        assert sampler is not None
+        names = self.state_names()
+        targets = self.targets(names)
+        held = [t.clone() for t in targets]
+        columns: list[list[float]] = []
+        sizes: list[int] = []
+        try:
+            for i, ref in enumerate(self.control_at):
+                with torch.no_grad():
+                    torch._foreach_copy_(targets, ref.tensors)
+                column: list[float] = []
+                total = sampler.batch_count
+                desc = f"control_at[{i}] ({i + 1} of {len(self.control_at)}): exact loss"
+                with torch.inference_mode(), self.autocast(), data_pass(self.model):
+                    for raw in progress(sampler.batches(), desc, total=total, enabled=self.progress, unit="batch"):
+                        batch, n = self.contract.prepare(raw, self.device)
+                        column.append(float(self.contract.loss(self.model, batch).double()))
+                        if i == 0:
+                            sizes.append(n)
+                if not all(math.isfinite(v) for v in column):
+                    raise ValueError(f"the loss at control_at[{i}] is not finite on some batch; a reference must "
+                                     f"have a finite loss everywhere (its losses are control variates)")
+                columns.append(column)
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(targets, held)
+        losses = np.asarray(columns, dtype=np.float64).T
+        w = np.asarray(sizes, dtype=np.float64)
+        self.reference_losses = [float(v) for v in (w @ losses) / w.sum()]
+        return losses, np.asarray(sizes, dtype=np.int64)
 
     def _precision_rounds(self, ranks: Ranks) -> Iterator[list[tuple[int, Any]]]:
         """Rounds of (row, raw batch) this rank evaluates: one batch of the common sequence per

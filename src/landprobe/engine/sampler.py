@@ -68,6 +68,11 @@ class PrecisionSampler:
         self.population = len(dataset)
         self._order = torch.randperm(len(dataset), generator=gen).tolist()
 
+    @property
+    def batch_count(self) -> int:
+        """Batches in the whole random order (a pass over all the data)."""
+        return len(self._order) if self._mode == "batches" else math.ceil(len(self._order) / self._bs)
+
     def batches(self, keep: Callable[[int], bool] | None = None) -> Iterator[Any]:
         """The random batches in the seeded order; with ``keep``, ``None`` in place of batch j
         unless ``keep(j)`` (a rank's turns in the common sequence; the others are not read)."""
@@ -79,28 +84,24 @@ class PrecisionSampler:
             yield (self._collate([self._dataset[k] for k in self._order[i:i + self._bs]])
                    if keep is None or keep(j) else None)
 
-    def control_means(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-batch covariate means in the sampling order, ``(batches, k)``, and the exact
-        population mean ``(k,)``: one pass of ``control`` over all the data, once per probe."""
+    def control_means(self, references: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """Per-batch covariate means in the sampling order, ``(batches, k)``, and their exact
+        population means ``(k,)``, once per probe: one pass of ``control`` over all the data
+        (its columns first), then ``references()``, which returns the per-batch losses of
+        reference parameter sets ``(batches, r)`` and the batch sizes ``(batches,)`` (the
+        engine's passes at ``control_at``)."""
         if self._control_means is None:
-            rows, sizes = [], []
-            with torch.inference_mode():
-                for batch in self.batches():
-                    x, y = Contract.unpack(batch)
-                    c = self.control(x, y)
-                    n = batch_size(x)
-                    if not isinstance(c, Tensor) or c.dim() not in (1, 2) or c.shape[0] != n:
-                        got = f"shape {tuple(c.shape)}" if isinstance(c, Tensor) else type(c).__name__
-                        raise ValueError(
-                            f"control(x, y) must return a tensor of per-sample covariates, shape ({n},) or "
-                            f"({n}, k) for a batch of {n}; got {got}"
-                        )
-                    c = c.detach().to("cpu", torch.float64).reshape(n, -1)
-                    if not torch.isfinite(c).all():
-                        raise ValueError("control(x, y) returned NaN or inf; covariates must be finite")
-                    rows.append(c.mean(0).numpy())
-                    sizes.append(n)
-            per_batch = np.stack(rows)
+            columns, sizes = [], None
+            if self.control is not None:
+                per_batch, sizes = self._control_rows()
+                columns.append(per_batch)
+            if references is not None:
+                losses, sizes = references()
+                columns.append(losses)
+            if not columns:
+                raise ValueError("control_means() needs control= or references")
+            per_batch = np.concatenate(columns, 1)
             w = np.asarray(sizes, dtype=np.float64)
             self._control_means = (per_batch, (w[:, None] * per_batch).sum(0) / w.sum())
             # The residual variance needs degrees of freedom, or the stopping rule stops on an
@@ -108,3 +109,24 @@ class PrecisionSampler:
             # covered 79% of 200 seeded runs at k + 1 batches, 94% at 4(k + 1), plain 93%).
             self.min_batches = max(self.min_batches, 4 * (per_batch.shape[1] + 1))
         return self._control_means
+
+    def _control_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """``control``'s per-batch means over all the data in the sampling order, and the sizes."""
+        rows, sizes = [], []
+        with torch.inference_mode():
+            for batch in self.batches():
+                x, y = Contract.unpack(batch)
+                c = self.control(x, y)
+                n = batch_size(x)
+                if not isinstance(c, Tensor) or c.dim() not in (1, 2) or c.shape[0] != n:
+                    got = f"shape {tuple(c.shape)}" if isinstance(c, Tensor) else type(c).__name__
+                    raise ValueError(
+                        f"control(x, y) must return a tensor of per-sample covariates, shape ({n},) or "
+                        f"({n}, k) for a batch of {n}; got {got}"
+                    )
+                c = c.detach().to("cpu", torch.float64).reshape(n, -1)
+                if not torch.isfinite(c).all():
+                    raise ValueError("control(x, y) returned NaN or inf; covariates must be finite")
+                rows.append(c.mean(0).numpy())
+                sizes.append(n)
+        return np.stack(rows), np.asarray(sizes, dtype=np.int64)

@@ -94,6 +94,19 @@ class LandscapeProbe:
             same precision. At least 4(k + 1) batches are drawn per point, so that the
             residual variance is not underestimated. Poor covariates cost nothing but the
             pass and those batches: the error stays honest and more batches are drawn.
+        control_at: With ``precision``: a list of parameter sets (state_dicts, modules or
+            ParamVectors), e.g. the two trained solutions a curve or plane runs through, whose
+            per-batch losses become control variates (after ``control``'s columns): at the
+            first precision-targeted evaluation the probe makes one exact pass over all the
+            data at each of them (their losses are kept in ``probe.engine.reference_losses``),
+            and each point is then estimated by regression on those losses of the same
+            batches. Near trained solutions a point's per-batch losses track theirs far more
+            closely than any model-free covariate (WARSHIP between two trained solutions: about
+            1/5 of the samples of ``control`` alone at the midpoint, 1/100 near them; see
+            docs/precision.md),
+            so the passes pay for themselves on a plane or a long curve. Works with any loss,
+            ``BatchLoss`` included; not with ``bn="recompute"``. The tensors are read, not
+            copied: do not change them while the probe lives.
         sharding: Under ``torch.distributed``: how the ranks share the work
             (:class:`landprobe.Sharding`). ``None`` (default) splits the points of a sweep
             across ranks, each passing over all the data; ``lp.Sharding(data=True)`` shares
@@ -124,10 +137,10 @@ class LandscapeProbe:
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                  progress: bool | None = None, precision: float | None = None, min_batches: int = 4,
                  batch_size: int | None = None, seed: int = 0, control: Callable | None = None,
-                 sharding: Sharding | None = None, strict: bool = False):
+                 control_at: Sequence[Any] | None = None, sharding: Sharding | None = None, strict: bool = False):
         self.engine = Engine(model, loss_fn, data, bn=bn, device=device, dtype=dtype, precision=precision,
                              min_batches=min_batches, batch_size=batch_size, seed=seed, control=control,
-                             progress=progress, sharding=sharding, strict=strict)
+                             control_at=control_at, progress=progress, sharding=sharding, strict=strict)
         self.engine.finite_model = True
 
     # ---- what the probe holds

@@ -506,5 +506,9 @@ def _surface(xs: np.ndarray, ys: np.ndarray, points: list[tuple[float, float]], 
     stderr = np.array([e.stderr for e in evals[:nx * ny]]).reshape(ny, nx)
     anchor_losses = {k: float(at[(float(v[0]), float(v[1]))].loss) for k, v in anchors.items()}
     center_loss = anchor_losses.get("center", anchor_losses.get("a"))
+    if settings.get("precision") is not None:        # what precision-targeted evaluation drew, per point
+        used = np.array([int(e.batch_sizes.sum()) for e in evals])
+        settings = {**settings, "samples_per_point": used[:nx * ny].reshape(ny, nx).tolist(),
+                    "samples_total": int(used.sum())}
     return Surface(xs=xs, ys=ys, losses=losses, stderr=stderr, center_loss=float(center_loss), anchors=anchors,
                    anchor_losses=anchor_losses, settings=settings)
