@@ -2,7 +2,7 @@
 
     python benchmarks/bench_precision.py [--points 51] [--plane-points 21] [--precision 0.01]
         [--a A.pt --b B.pt] [--control-at] [--train-steps N] [--no-control] [--batch-size 16]
-        [--validate ALPHA ...] [--validate-plane X,Y ...] [--threads T] [--out NAME]
+        [--validate ALPHA ...] [--validate-plane=X,Y ...] [--threads T] [--out NAME]
 
 Side by side in one process: the naive path (every point one fp32 pass over all 9,362
 patches; timed on a few batches and extrapolated) and the precision-targeted path (seeded
@@ -175,8 +175,9 @@ def parse_args(argv=None):
     ap.add_argument("--no-control", action="store_true")
     ap.add_argument("--batch-size", type=int, default=16, help="samples per random batch of the targeted path")
     ap.add_argument("--validate", type=float, nargs="*", default=[], metavar="ALPHA")
-    ap.add_argument("--validate-plane", nargs="*", default=[], metavar="X,Y",
-                    type=lambda s: tuple(float(v) for v in s.split(",")))
+    ap.add_argument("--validate-plane", action="append", default=[], metavar="X,Y",
+                    type=lambda s: tuple(float(v) for v in s.split(",")),
+                    help="a plane point to check exactly; repeat it; --validate-plane=-0.25,-0.75 for negatives")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default="precision")
     args = ap.parse_args(argv)
@@ -203,7 +204,6 @@ def main(argv=None) -> dict:
         ends += f", each trained {args.train_steps} Adam steps (lr 1e-4, batch 64, bf16)"
         print("trained endpoints", training, flush=True)
     per_batch, n_batches = naive_seconds_per_pass(model, loss_fn, patches, a, args.naive_batches)
-    n = len(patches)
     control = None if args.no_control else lp.data.sr_covariates
     probe = lp.LandscapeProbe(model, loss_fn, patches, precision=args.precision, dtype=torch.bfloat16, seed=0,
                               progress=True, batch_size=args.batch_size, control=control,
@@ -212,10 +212,18 @@ def main(argv=None) -> dict:
     first = probe.evaluate(a)             # with --control-at: the exact passes at the endpoints happen here
     first = {"seconds": time.perf_counter() - t, "samples": int(first.batch_sizes.sum())}
     curve, checks = run_curve(probe, model, loss_fn, patches, a, b, args)
-    plane = None
+    context = dict(args=args, ends=ends, training=training, control=control, probe=probe, model=model, n=len(patches),
+                   build_s=build_s, per_batch=per_batch, n_batches=n_batches, first=first)
+    report = write_report(context, curve, None, checks)   # the curve's report, in case the plane is stopped
     if args.plane_points:
         plane, more = run_plane(probe, model, loss_fn, patches, a, b, args)
-        checks += more
+        report = write_report(context, curve, plane, checks + more)
+    return report
+
+
+def write_report(c: dict, curve: dict, plane: dict | None, checks: list) -> dict:
+    """The JSON of the run so far: sample evaluations against the naive path, seconds, validations."""
+    args, n, per_batch, n_batches, first = c["args"], c["n"], c["per_batch"], c["n_batches"], c["first"]
     reference = (2 * n if args.control_at else 0) + first["samples"]
     evaluations = {"reference_passes_samples": reference, "curve": curve["samples"] + reference,
                    "naive_curve": args.points * n, "ratio_curve": args.points * n / (curve["samples"] + reference)}
@@ -226,13 +234,13 @@ def main(argv=None) -> dict:
                            ratio_curve_and_plane=(args.points + pts) * n / (curve["samples"] + plane["samples"]
                                                                             + reference))
     report = {
-        "env": environment(), "endpoints": ends, "training": training,
-        "control": None if control is None else "lp.data.sr_covariates",
+        "env": environment(), "endpoints": c["ends"], "training": c["training"],
+        "control": None if c["control"] is None else "lp.data.sr_covariates",
         "control_at": "the two endpoints" if args.control_at else None,
-        "reference_losses": probe.engine.reference_losses,
+        "reference_losses": c["probe"].engine.reference_losses,
         "batch_size": args.batch_size, "validation": checks,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "patches": n, "t91_build_s": build_s, "points": args.points, "plane_points": args.plane_points,
+        "parameters": sum(p.numel() for p in c["model"].parameters()),
+        "patches": n, "t91_build_s": c["build_s"], "points": args.points, "plane_points": args.plane_points,
         "precision": args.precision, "evaluations": evaluations,
         "naive_fp32": {"seconds_per_batch": per_batch, "batches_per_point": n_batches,
                        "extrapolated_seconds_curve": per_batch * n_batches * args.points,
@@ -243,7 +251,7 @@ def main(argv=None) -> dict:
     if plane is not None:
         report["speedup_vs_naive_plane"] = (per_batch * n_batches * args.plane_points ** 2
                                             / (plane["seconds"] + first["seconds"]))
-    print({k: v for k, v in report.items() if k != "env"})
+    print({k: v for k, v in report.items() if k != "env"}, flush=True)
     lp.common.io.save_json(RESULTS / f"{args.out}.json", report)
     return report
 
