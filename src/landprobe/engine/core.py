@@ -456,7 +456,7 @@ class Engine:
         if self.bn == "recompute":
             self.recompute_bn()
             self.set_eval_modes()
-        if self._sampler is not None and (self.control is not None or self.control_at):
+        if self._sampler is not None:
             self._control_means()                 # before the watch: the references are written in place
         watch = self._parameter_watch()
         versions = watch.versions()
@@ -531,7 +531,7 @@ class Engine:
         sampler = self._sampler
         assert sampler is not None
         ranks = self.ranks()
-        means = self._control_means() if sampler.control is not None or self.control_at else None
+        means = self._control_means()
         population = self._population_size(ranks)
         losses: list[float] = []
         sizes: list[int] = []
@@ -561,11 +561,13 @@ class Engine:
             raise no_batch_error()
         return self._estimate(losses, sizes, means, population)
 
-    def _control_means(self) -> tuple[np.ndarray, np.ndarray]:
+    def _control_means(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The covariates of ``control`` and the losses at ``control_at``, per batch of the
-        sampling order, and their exact means (computed once per probe)."""
+        sampling order, and their exact means (computed once per probe); None without either."""
         sampler = self._sampler
         assert sampler is not None
+        if sampler.control is None and not self.control_at:
+            return None
         ranks = self.ranks()
         if ranks.given and ranks.sharded:
             raise ValueError("control= and control_at= need the covariates' mean over all the data, which "
@@ -582,12 +584,12 @@ class Engine:
         held = [t.clone() for t in targets]
         columns: list[list[float]] = []
         sizes: list[int] = []
+        total = sampler.batch_count
         try:
             for i, ref in enumerate(self.control_at):
                 with torch.no_grad():
                     torch._foreach_copy_(targets, ref.tensors)
                 column: list[float] = []
-                total = sampler.batch_count
                 desc = f"control_at[{i}] ({i + 1} of {len(self.control_at)}): exact loss"
                 with torch.inference_mode(), self.autocast(), data_pass(self.model):
                     for raw in progress(sampler.batches(), desc, total=total, enabled=self.progress, unit="batch"):
