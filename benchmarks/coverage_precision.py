@@ -4,6 +4,7 @@
         [--random 5] [--part I --parts P] [--threads T] [--out NAME]
     python benchmarks/coverage_precision.py replay NAME_part*.npz [--orders 400] [--batch-size 8]
         [--no-control] [--min-batches M] [--variance {library,residual,hc2}] [--out NAME]
+    python benchmarks/coverage_precision.py ratio NAME_part*.npz [--orders 200] [--batches 20]
 
 ``collect`` evaluates the per-patch empirical error (bf16, all 9,362 T91 x2 patches) at the two
 endpoints of a ``bench_precision.py`` plane and at grid points of it (the points its
@@ -19,6 +20,9 @@ seed the estimate is compared with the exact mean of its table. Reported per poi
 overall: the share of estimates within their reported 2σ (the aim: about 95%), within ±1%,
 and the samples used. Differences between seeds are the only randomness, so the share
 measures the error bars themselves, not one lucky order.
+
+``ratio`` compares, on the same random batches, the library's standard error with the residual
+variance's (``replay --variance residual``): how much wider the leverage correction makes a bar.
 """
 
 from __future__ import annotations
@@ -189,6 +193,35 @@ def replay(args) -> dict:
     return report
 
 
+def se_ratio(args) -> dict:
+    """The library's standard error over the residual-variance one ("residual" above) on the
+    same batches: ``--batches`` random batches of ``--batch-size`` patches per order, each
+    point of the tables but the two ends, ``--orders`` orders (seed 0)."""
+    parts = [np.load(f) for f in args.files]
+    points = np.concatenate([p["points"] for p in parts])
+    table = np.concatenate([p["losses"] for p in parts])
+    patch_cov = parts[0]["covariates"]
+    ends = [int(np.flatnonzero((points == e).all(1))[0]) for e in ([0.0, 0.0], [1.0, 0.0])]
+    population_mean = np.concatenate([patch_cov.mean(0), table[ends].mean(1)])
+    residual = other_variance("residual").__func__
+    rng = np.random.default_rng(0)
+    ratios = []
+    for _ in range(args.orders):
+        idx = rng.permutation(table.shape[1])[: args.batches * args.batch_size].reshape(args.batches, -1)
+        cov = np.column_stack([patch_cov[idx].mean(1), table[ends][:, idx].mean(2).T])
+        for p in (p for p in range(len(table)) if p not in ends):
+            batch = table[p][idx].mean(1)
+            sizes = [args.batch_size] * args.batches
+            ours = Evaluation.with_control(batch, sizes, cov, population_mean, table.shape[1]).stderr
+            ratios.append(ours / residual(batch, sizes, cov, population_mean, table.shape[1]).stderr)
+    report = {"env": environment(), "tables": args.files, "orders": args.orders, "batches": args.batches,
+              "batch_size": args.batch_size, "evaluations": len(ratios),
+              "ratio_percentiles_10_50_90": np.percentile(ratios, [10, 50, 90]).tolist()}
+    print(report["ratio_percentiles_10_50_90"])
+    lp.common.io.save_json(RESULTS / f"{args.out}.json", report)
+    return report
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -211,10 +244,16 @@ def main(argv=None):
     r.add_argument("--variance", choices=("library", "residual", "hc2"), default="library",
                    help="the standard error: the library's (HC3) or one of two others, for comparison")
     r.add_argument("--out", default="precision_coverage")
+    q = sub.add_parser("ratio", help="the library's standard error over the residual-variance one")
+    q.add_argument("files", nargs="+")
+    q.add_argument("--orders", type=int, default=200)
+    q.add_argument("--batches", type=int, default=20)
+    q.add_argument("--batch-size", type=int, default=8)
+    q.add_argument("--out", default="precision_se_ratio")
     args = ap.parse_args(argv)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    return collect(args) if args.cmd == "collect" else replay(args)
+    return {"collect": collect, "replay": replay, "ratio": se_ratio}[args.cmd](args)
 
 
 if __name__ == "__main__":
