@@ -178,3 +178,67 @@ def test_a_diverging_cycle_raises_naming_cycle_step_lr_and_checkpoint(tmp_path):
     with pytest.raises(FloatingPointError, match=r"no checkpoint was written \(pass checkpoint=\.\.\.\)"):
         connect(probe, a, b, method="neb", schedule=[dict(steps=10, lr=1e30, insert=3)])
     assert_same_snapshot(before, snapshot(probe.model))
+
+
+# ---------------------------------------------------------------- one call for all images, or one each
+def conv_problem():
+    """A float64 conv net of more than band.SMALL numbers (so the default measures both ways)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 24, 3), nn.Tanh(), nn.Conv2d(24, 24, 3), nn.Flatten(),
+                          nn.Linear(24 * 2 * 2, 3)).double()
+    data = [(torch.randn(6, 2, 6, 6, dtype=torch.float64), torch.randint(0, 3, (6,)))]
+    probe = lp.LandscapeProbe(model, nn.CrossEntropyLoss(), data, progress=False)
+    a, b = perturbed(model, 1, 0.5), perturbed(model, 2, 0.5)
+    assert sum(p.numel() for p in model.parameters()) > lp.probes.curves.band.SMALL
+    return probe, a, b
+
+
+SHORT = [dict(steps=6, lr=0.05, insert=3), dict(steps=4, lr=0.05, insert=1, climbing=True)]
+
+
+def test_batched_and_per_image_bands_agree_and_are_recorded():
+    probe, a, b = conv_problem()
+    paths = {way: auto_neb(probe, a, b, schedule=SHORT, sub_points=2, batch_images=way) for way in (True, False, None)}
+    assert paths[True].settings["batch_images"] is True and paths[False].settings["batch_images"] is False
+    assert paths[None].settings["batch_images"] in (True, False)         # measured on the first step
+    for way in (False, None):
+        np.testing.assert_allclose(paths[way].losses, paths[True].losses, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(paths[way].knots, paths[True].knots, rtol=1e-10, atol=1e-12)
+    assert paths[True].losses[1:-1].max() < probe.interpolate(a, b, points=9).losses.max()
+
+
+def test_small_images_share_a_call_without_measuring(valley, monkeypatch):
+    from landprobe.probes.curves import neb
+
+    def never(*args):
+        raise AssertionError("a band of small images measured both ways")
+    monkeypatch.setattr(neb, "_batching_pays", never)
+    path = auto_neb(*valley, schedule=QUICK[:2])
+    assert path.settings["batch_images"] is True
+
+
+def test_the_measured_choice_is_made_once_and_kept_by_the_checkpoint(tmp_path, monkeypatch):
+    from landprobe.probes.curves import neb
+    calls = []
+
+    def slower(*args):
+        calls.append(1)
+        return False
+    monkeypatch.setattr(neb, "_batching_pays", slower)
+    probe, a, b = conv_problem()
+    ck = tmp_path / "neb.pt"
+    first = auto_neb(probe, a, b, schedule=SHORT[:1], sub_points=2, checkpoint=ck)
+    assert calls == [1] and first.settings["batch_images"] is False
+    assert torch.load(ck, weights_only=True)["batch_images"] is False
+    monkeypatch.setattr(neb, "_batching_pays", lambda *args: pytest.fail("measured again after a resume"))
+    ck2 = tmp_path / "neb2.pt"
+    state = torch.load(ck, weights_only=True)
+    state["fingerprint"]["schedule"] = [dict(c, climbing=bool(c.get("climbing", False))) for c in SHORT]
+    torch.save(state, ck2)                                # as if the longer run stopped after its first cycle
+    resumed = auto_neb(probe, a, b, schedule=SHORT, sub_points=2, checkpoint=ck2)
+    assert resumed.settings["resumed_at_cycle"] == 1 and resumed.settings["batch_images"] is False
+
+
+def test_batch_images_must_be_a_bool_or_none(valley):
+    with pytest.raises(TypeError, match="batch_images='yes'"):
+        auto_neb(*valley, schedule=QUICK[:1], batch_images="yes")

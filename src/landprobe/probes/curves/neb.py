@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -98,9 +99,11 @@ def paper_schedule(steps: int = 1000, lr: float = 0.1) -> list[dict[str, Any]]:
     return out
 
 
-def _save_neb(path, fingerprint: dict, cycle: int, band: list[ParamVector], history: list, consumed: int) -> None:
+def _save_neb(path, fingerprint: dict, cycle: int, band: list[ParamVector], history: list, consumed: int,
+              batched: bool | None) -> None:
     atomic_torch_save({"fingerprint": fingerprint, "cycle": cycle, "consumed": consumed, "history": history,
-                       "interior": [[t.detach().clone() for t in im.tensors] for im in band[1:-1]]}, path)
+                       "interior": [[t.detach().clone() for t in im.tensors] for im in band[1:-1]],
+                       "batch_images": batched}, path)
 
 
 def _distances(images: Sequence[ParamVector]) -> list[float]:
@@ -122,7 +125,7 @@ def auto_neb(engine: Engine | HasEngine, a: Any, b: Any, *, images: int | None =
              schedule: Sequence[NebCycle | dict[str, Any]] | None = None,
              steps: int = 1000, lr: float = 0.1, momentum: float = 0.9, spring: float = math.inf,
              climbing: bool = True, insert_tol: float = 0.0, sub_points: int = 9, points: int = 61,
-             seed: int = 0, checkpoint: str | os.PathLike | None = None) -> Path:
+             seed: int = 0, checkpoint: str | os.PathLike | None = None, batch_images: bool | None = None) -> Path:
     """Minimum-energy path between ``a`` and ``b`` by AutoNEB (Draxler et al. 2018); also ``connect(method="neb")``.
 
     The band starts as the segment from ``a`` to ``b``; each cycle of the ``schedule`` first
@@ -141,6 +144,16 @@ def auto_neb(engine: Engine | HasEngine, a: Any, b: Any, *, images: int | None =
     the two images' losses. Up to ``insert`` new images go to the points of highest residuum
     above ``insert_tol``, at most one per segment (the first cycle of the default schedule
     inserts 3 images evenly instead).
+
+    The interior images' losses and gradients come from one model call over all of them
+    (``torch.func.vmap``, :meth:`~landprobe.engine.Engine.fit_losses`) or from one call per
+    image (``batch_images``). The batched call saves the per-call overhead that dominates small
+    models, but vmap runs a convolution with per-image weights as a grouped convolution, which
+    CPUs run slower than separate calls once the images carry real work (full-size
+    WARSHIP-XZNet β: 1.6x slower). By default, bands of small images (at most
+    ``band.SMALL`` = 4,096 numbers) always share a call, and larger ones take whichever way the
+    first step measures faster (each timed twice on that step's batch); the two agree to float
+    rounding, the choice is recorded in ``settings["batch_images"]`` and in the checkpoint.
 
     Under data sharding (``landprobe.Sharding(data=True)``) each step's batch is shared by the
     ranks and every energy and gradient is summed over them before it is used, so the
@@ -170,6 +183,10 @@ def auto_neb(engine: Engine | HasEngine, a: Any, b: Any, *, images: int | None =
             the file is kept and loads with ``torch.load(path, weights_only=True)``. Under
             ``torch.distributed`` rank 0 alone writes it and every rank resumes from it (a
             file system all ranks share).
+        batch_images: ``True``: the interior images share one vmapped model call (one call
+            each where the model cannot be batched); ``False``: one call per image; ``None``
+            (default): small images share a call, larger ones take the faster way measured on
+            the first step (pass ``True`` or ``False`` for runs that repeat to the bit).
 
     Returns:
         A :class:`~landprobe.probes.curves.Path` with ``method="neb"``: the polychain through
@@ -207,9 +224,12 @@ def auto_neb(engine: Engine | HasEngine, a: Any, b: Any, *, images: int | None =
                          f"evenly (Draxler et al.'s setting)")
     check_int("sub_points", sub_points, 1, "points measured inside each segment")
     check_int("points", points, 2, "evenly spaced points of the result")
+    if batch_images is not None and not isinstance(batch_images, bool):
+        raise TypeError(f"batch_images={batch_images!r}; expected True (one vmapped call for all images), False "
+                        f"(one call per image) or None (measure on the first step)")
 
     names, va, vb, pnames, _ = endpoints(engine, a, b)
-    band = _Band(engine, names, va, vb, pnames, sub_points)
+    band = _Band(engine, names, va, vb, pnames, sub_points, batch_images)
     fingerprint = {"schedule": [asdict(c) for c in cycles], "momentum": float(momentum),
                    "spring": spring if math.isfinite(spring) else "inf", "climbing": bool(climbing),
                    "insert_tol": float(insert_tol), "sub_points": int(sub_points),
@@ -244,14 +264,14 @@ def auto_neb(engine: Engine | HasEngine, a: Any, b: Any, *, images: int | None =
                                else {**asdict(cyc), "images": len(band.images), "climbing_image": climb_at})
                 if checkpoint is not None:
                     def save(done: int = k + 1, consumed: int = consumed) -> None:
-                        _save_neb(checkpoint, fingerprint, done, band.images, history, consumed)
+                        _save_neb(checkpoint, fingerprint, done, band.images, history, consumed, band.batched)
                     engine.write_files(save, "writing the checkpoint")
                     kept = f"after cycle {k + 1} of {len(cycles)}"
         extra = {"resumed_at_cycle": first} if first else {}
         settings = engine.settings(probe="connect", method="neb", schedule=history, **extra, momentum=momentum,
                                    spring=spring if math.isfinite(spring) else "inf", climbing=climbing,
                                    insert_tol=insert_tol, sub_points=sub_points, points=points, seed=seed,
-                                   images=len(band.images))
+                                   images=len(band.images), batch_images=band.batched)
         return band.result(points, settings)
 
 
@@ -270,18 +290,24 @@ class _Band:
     """The chain of images from a to b, measured densely through the engine."""
 
     def __init__(self, engine: Engine, names: list[str], va: ParamVector, vb: ParamVector, pnames: list[str],
-                 sub_points: int):
+                 sub_points: int, batch_images: bool | None):
         self.engine, self.names, self.va, self.vb, self.pnames = engine, names, va, vb, pnames
         self.pa, self.pb = va.subset(pnames).clone(), vb.subset(pnames).clone()
         self.images: list[ParamVector] = [self.pa, self.pb]
         self.per = sub_points + 1
-        self.batched = True             # the images share one model call (Engine.fit_losses)
+        self.asked = batch_images
+        small = sum(t.numel() for t in self.pa.tensors) <= band_algebra.SMALL
+        # True: the images share one model call (Engine.fit_losses); False: one call each;
+        # None: not decided yet (the first step measures both)
+        self.batched: bool | None = True if small and batch_images is None else batch_images
 
     def resume(self, path: Any, fingerprint: dict[str, Any]) -> tuple[int, int, list[dict[str, Any]]]:
         state = load_checkpoint(path, "auto_neb()")
         check_fingerprint(path, state["fingerprint"], fingerprint, "auto_neb()")
         self.images = ([self.pa] + [ParamVector._wrap(list(self.pnames), list(ts)) for ts in state["interior"]]
                        + [self.pb])
+        if self.asked is None and state.get("batch_images") is not None:
+            self.batched = bool(state["batch_images"])         # as the interrupted run chose
         return int(state["cycle"]), int(state["consumed"]), list(state["history"])
 
     def dense(self) -> np.ndarray:
@@ -378,11 +404,11 @@ def _relax(engine: Engine, band: _Band, cyc: NebCycle, batches: Iterator, bar: P
             raise fail(f"the loss of image {bad[0]} (of {len(images)}, ends included) became {energies[bad[0]]}",
                        step + 1)
         climb_at = (int(np.argmax(energies[1:-1])) + 1) if climbing else None
-        bufs, segments = band_algebra.nudged_step(rows, grads, energies, climb_at=climb_at, spring=spring,
-                                                  lr=cyc.lr, momentum=momentum, bufs=bufs, space=space,
-                                                  measure=math.isinf(spring))
-        if segments is not None:
-            band_algebra.respace(rows, {climb_at} if climb_at is not None else set(), segments)
+        bufs, lengths = band_algebra.nudged_step(rows, grads, energies, climb_at=climb_at, spring=spring,
+                                                 lr=cyc.lr, momentum=momentum, bufs=bufs, space=space,
+                                                 measure=math.isinf(spring))
+        if lengths is not None:
+            band_algebra.respace(rows, {climb_at} if climb_at is not None else set(), lengths, space)
     unchanged()
     if not all_finite([f[1:-1] for f in full]):   # the last update, which no later energy has seen
         raise fail("the images became non-finite", cyc.steps)
@@ -436,43 +462,73 @@ def _forces(engine: Engine, ranks: Ranks, band: _Band, full: list[Tensor], part:
     """Every image's loss on this step's batch and, per parameter, the interior images'
     gradients stacked (zeros where a parameter is unused), summed over the ranks that share
     the data in one reduction. The losses are summed as float64, so that every rank reads the
-    same energies. All interior images go through one batched model call where the engine
-    can batch them (:meth:`Engine.fit_losses`), else one call each."""
+    same energies. The interior images go through one batched model call or one call each,
+    as ``band.batched`` says (None: measured here, on the first batch this rank holds)."""
     n = full[0].shape[0]
 
     def local() -> list[Tensor]:
         if part.batch is None:
             return [torch.zeros(n, dtype=torch.float64)] + [torch.zeros_like(f[1:-1]) for f in full]
+        if band.batched is None:
+            band.batched = _batching_pays(engine, full, part)
         if band.batched:
-            # small images: the ends ride in the same call (a call costs more than their
-            # gradients); large ones: the ends' losses without a graph, two more calls
-            ends_inside = sum(f[0].numel() for f in full) <= band_algebra.SMALL
-            leaves = [(f if ends_inside else f[1:-1]).detach().requires_grad_(True) for f in full]
-            with torch.enable_grad():
-                losses = engine.fit_losses(leaves, part)
-                g: Sequence[Tensor | None] = (None,) * len(leaves)
-                try:
-                    if losses is not None and losses.requires_grad:
-                        g = torch.autograd.grad((losses[1:-1] if ends_inside else losses).sum(), leaves,
-                                                allow_unused=True)
-                except RuntimeError as exc:       # e.g. a fused kernel vmap chose that has no derivative
-                    if type(exc) is not RuntimeError:
-                        raise
-                    losses = None
-            if losses is not None:
-                inner = [f[1:-1] for f in full]
-                if ends_inside:
-                    energies = losses.detach().double()
-                    g = [None if gi is None else gi[1:-1] for gi in g]
-                else:
-                    with torch.no_grad():
-                        ends = [engine.fit_loss([f[i] for f in full], part).reshape(1) for i in (0, n - 1)]
-                    energies = torch.cat([ends[0], losses.detach(), ends[1]]).double()
-                return [energies] + [torch.zeros_like(p) if gi is None else gi for p, gi in zip(inner, g)]
+            out = _forces_batched(engine, full, part)
+            if out is not None:
+                return out
             band.batched = False                  # the model cannot be batched: one call per image from now on
         return _forces_each(engine, full, part)
     summed, *grads = ranks.all_sum(local, "an AutoNEB step")      # engine.ranks(), once per cycle
     return summed.tolist(), grads
+
+
+def _batching_pays(engine: Engine, full: list[Tensor], part: Part) -> bool:
+    """Whether one batched call for the interior images (:func:`_forces_batched`) is faster
+    than one call each on this batch: each way timed twice, alternately, the faster of each
+    pair's runs compared (the first batched call also pays vmap's set-up)."""
+    sync = torch.cuda.synchronize if full[0].device.type == "cuda" else (lambda: None)
+    best = {True: math.inf, False: math.inf}
+    for batched in (True, False, True, False):
+        sync()
+        t0 = time.perf_counter()
+        if batched:
+            if _forces_batched(engine, full, part) is None:
+                return False
+        else:
+            _forces_each(engine, full, part)
+        sync()
+        best[batched] = min(best[batched], time.perf_counter() - t0)
+    return best[True] < best[False]
+
+
+def _forces_batched(engine: Engine, full: list[Tensor], part: Part) -> list[Tensor] | None:
+    """:func:`_forces`' local part in one batched model call (:meth:`Engine.fit_losses`):
+    energies, stacked gradients; None where the model or loss cannot be batched. Small images:
+    the ends ride in the same call (a call costs more than their gradients); large ones: the
+    ends' losses without a graph, two more calls."""
+    n = full[0].shape[0]
+    ends_inside = sum(f[0].numel() for f in full) <= band_algebra.SMALL
+    leaves = [(f if ends_inside else f[1:-1]).detach().requires_grad_(True) for f in full]
+    with torch.enable_grad():
+        losses = engine.fit_losses(leaves, part)
+        g: Sequence[Tensor | None] = (None,) * len(leaves)
+        try:
+            if losses is not None and losses.requires_grad:
+                g = torch.autograd.grad((losses[1:-1] if ends_inside else losses).sum(), leaves, allow_unused=True)
+        except RuntimeError as exc:               # e.g. a fused kernel vmap chose that has no derivative
+            if type(exc) is not RuntimeError:
+                raise
+            return None
+    if losses is None:
+        return None
+    inner = [f[1:-1] for f in full]
+    if ends_inside:
+        energies = losses.detach().double()
+        g = [None if gi is None else gi[1:-1] for gi in g]
+    else:
+        with torch.no_grad():
+            ends = [engine.fit_loss([f[i] for f in full], part).reshape(1) for i in (0, n - 1)]
+        energies = torch.cat([ends[0], losses.detach(), ends[1]]).double()
+    return [energies] + [torch.zeros_like(p) if gi is None else gi for p, gi in zip(inner, g)]
 
 
 def _forces_each(engine: Engine, full: list[Tensor], part: Part) -> list[Tensor]:
