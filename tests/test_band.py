@@ -61,7 +61,7 @@ def problem(n, d, seed=0):
     return theta, grads, energies
 
 
-@pytest.mark.parametrize("d", [7, 20_000])                         # small: NumPy or gathers; large: blocks
+@pytest.mark.parametrize("d", [7, 20_000])                         # small: NumPy or gathers; large: walks
 @pytest.mark.parametrize("split", [False, True])                  # one parameter / two
 @pytest.mark.parametrize("block", [None, 512])                     # one block / many
 @pytest.mark.parametrize("spring", [math.inf, 0.3])
@@ -73,16 +73,17 @@ def test_nudged_step_and_respace_match_the_formulas(monkeypatch, d, split, block
     cut = [0, d // 3, d] if split else [0, d]
     rows = [torch.tensor(theta[:, a:b]) for a, b in zip(cut[:-1], cut[1:])]
     g = [torch.tensor(grads[:, a:b]) for a, b in zip(cut[:-1], cut[1:])]
-    bufs, lengths = band.nudged_step(rows, g, energies, climb_at=climb_at, spring=spring, lr=0.05, momentum=0.9,
-                                     bufs=None, space={}, measure=math.isinf(spring))
+    bufs, segments = band.nudged_step(rows, g, energies, climb_at=climb_at, spring=spring, lr=0.05, momentum=0.9,
+                                      bufs=None, space={}, measure=math.isinf(spring))
     want = reference_step(theta, grads, energies, climb_at, spring, 0.05)
     np.testing.assert_allclose(torch.cat(rows, 1).numpy(), want, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(torch.cat(bufs, 1).numpy(), (theta[1:-1] - want[1:-1]) / 0.05, rtol=1e-9, atol=1e-9)
     if not math.isinf(spring):
-        assert lengths is None
+        assert segments is None
         return
+    segs, lengths = segments
     np.testing.assert_allclose(lengths, np.linalg.norm(np.diff(want, axis=0), axis=1), rtol=1e-12)
-    band.respace(rows, {climb_at}, lengths, {})
+    band.respace(rows, {climb_at}, segments)
     np.testing.assert_allclose(torch.cat(rows, 1).numpy(), reference_respace(want, {climb_at}), rtol=1e-11,
                                atol=1e-11)
 
@@ -126,9 +127,9 @@ def test_parameters_add_up_and_layouts_do_not_matter(monkeypatch):
 def test_float32_bands_stay_float32(d):
     theta, grads, energies = problem(6, d, seed=3)
     rows = [torch.tensor(theta, dtype=torch.float32)]
-    bufs, lengths = band.nudged_step(rows, [torch.tensor(grads, dtype=torch.float32)], energies, climb_at=None,
-                                     spring=math.inf, lr=0.05, momentum=0.9, bufs=None, space={}, measure=True)
-    band.respace(rows, set(), lengths)
-    assert rows[0].dtype == bufs[0].dtype == torch.float32
+    bufs, segments = band.nudged_step(rows, [torch.tensor(grads, dtype=torch.float32)], energies, climb_at=None,
+                                      spring=math.inf, lr=0.05, momentum=0.9, bufs=None, space={}, measure=True)
+    band.respace(rows, set(), segments)
+    assert rows[0].dtype == bufs[0].dtype == segments[0][0].dtype == torch.float32
     want = reference_respace(reference_step(theta, grads, energies, None, math.inf, 0.05), set())
     np.testing.assert_allclose(rows[0].numpy(), want, rtol=1e-4, atol=1e-4)

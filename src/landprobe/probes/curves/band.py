@@ -4,13 +4,11 @@ and the re-spacing, over the band's images as the rows of matrices.
 Per parameter, the images θ_0 … θ_{n−1} are stacked along dim 0 and seen as an
 (images, numbers) matrix over the stack's memory (:func:`rows_of`). Every operation runs on
 column blocks of these matrices: a large stack is swept block by block, each block small enough
-that its rows of every operand stay in cache through all the operations on it, so that a step
-reads the band from memory three times, not once per operation: the Gram products of the
-segments and the gradients in one sweep, the nudged momentum step with the new segments' lengths
-in a second, the re-spacing in a third. The segments θ_{j+1} − θ_j of a block are formed in a
-cache-sized scratch buffer where a sweep needs them, never stored whole. A small stack is one
-block. The tangent of image i is a·(θ_{i+1} − θ_i) + b·(θ_i − θ_{i−1}), so the nudged step
-needs only inner products of the segments and the gradients.
+that its rows of every operand stay in cache through all the operations on it (the segments and
+their Gram products in one sweep, the nudged momentum step in another), so that a step reads the
+band from memory a few times, not once per operation; a small stack is one block. The tangent
+of image i is a·(θ_{i+1} − θ_i) + b·(θ_i − θ_{i−1}), so the nudged step needs only inner
+products of the segments and the gradients.
 """
 
 from __future__ import annotations
@@ -26,10 +24,9 @@ from torch import Tensor
 
 __all__ = ["rows_of", "nudged_step", "respace"]
 
-#: numbers per column block of all rows of one operand (256 KB of float32): the blocks of the
-#: five operands of the nudged step (images, gradients, momentum, two scratch buffers) fit a
-#: 2 MB L2 cache together
-_BLOCK = 1 << 16
+#: numbers per column block of all rows of one operand (512 KB of float32): the blocks of the
+#: four operands of the nudged step fit a 2 MB L2 cache together
+_BLOCK = 1 << 17
 #: images of at most this many numbers are small: a band of them re-spaces with batched
 #: gathers (one call per parameter) instead of a call per moved image, and AutoNEB evaluates
 #: its ends in the interior images' model call and sets all its parameters side by side
@@ -51,43 +48,42 @@ def _blocks(x: Tensor) -> list[slice]:
     return [slice(None)] if n <= width else [slice(c, c + width) for c in range(0, n, width)]
 
 
-def _scratch(space: dict[Any, Tensor], key: str, rows: int, like: Tensor, width: int) -> Tensor:
-    """A (rows, width) buffer in ``like``'s dtype and device, kept in ``space`` from step to
-    step (a block's segments or update: it stays in cache from block to block)."""
+def _workspace(space: dict[Any, Tensor], key: Any, like: Tensor) -> Tensor:
+    """A buffer shaped as ``like``, kept in ``space`` from step to step (large bands: fresh
+    memory each step costs page faults)."""
     buf = space.get(key)
-    if buf is None or buf.shape[0] != rows or buf.shape[1] < width or buf.dtype != like.dtype \
-            or buf.device != like.device:
-        buf = space[key] = torch.empty(rows, width, dtype=like.dtype, device=like.device)
-    return buf[:, :width]
+    if buf is None or buf.shape != like.shape or buf.dtype != like.dtype or buf.device != like.device:
+        buf = space[key] = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+    return buf
 
 
-def _segments(f: Tensor, c: slice, space: dict[Any, Tensor]) -> Tensor:
-    """The segments θ_{j+1} − θ_j of the columns ``c`` of ``f``, in a scratch buffer."""
-    width = f[:, c].shape[1]
-    return torch.sub(f[1:, c], f[:-1, c], out=_scratch(space, "seg", f.shape[0] - 1, f, width))
-
-
-def _gram(rows: list[Tensor], grads: list[Tensor], space: dict[Any, Tensor]) -> tuple[Tensor, Tensor]:
-    """Summed over the parameters as float64: the segments' Gram matrix s·sᵀ and the products
-    g·sᵀ with the interior images' gradients ``grads``, in one sweep over the band."""
+def _segments_and_gram(rows: list[Tensor], grads: list[Tensor], space: dict[Any, Tensor]
+                       ) -> tuple[list[Tensor], Tensor, Tensor]:
+    """The segments s_j = θ_{j+1} − θ_j (per parameter, in ``space``) and, summed over the
+    parameters as float64, their Gram matrix s·sᵀ and the products g·sᵀ with the interior
+    images' gradients ``grads``, in one sweep over the band."""
     m = rows[0].shape[0] - 1
     ss = torch.zeros(m, m, dtype=torch.float64)
     gs = torch.zeros(m - 1, m, dtype=torch.float64)
-    for f, g in zip(rows, grads):
+    segs = []
+    for p, (f, g) in enumerate(zip(rows, grads)):
+        seg = _workspace(space, ("seg", p), f[1:])
         blocks = _blocks(f)
         if len(blocks) == 1:                      # one product of all rows
-            both = torch.cat([_segments(f, blocks[0], space), g])
+            torch.sub(f[1:], f[:-1], out=seg)
+            both = torch.cat([seg, g])
             gram = both @ both.T
         else:
             gram = torch.zeros(2 * m - 1, m, dtype=f.dtype, device=f.device)
             for c in blocks:
-                sb = _segments(f, c, space)
+                sb = torch.sub(f[1:, c], f[:-1, c], out=seg[:, c])
                 gram[:m].addmm_(sb, sb.T)
                 gram[m:].addmm_(g[:, c], sb.T)
         gram = gram.to("cpu", torch.float64)
         ss += gram[:m, :m]
         gs += gram[m:, :m]
-    return ss, gs
+        segs.append(seg)
+    return segs, ss, gs
 
 
 def _tangent(ep: float, ei: float, en: float) -> tuple[float, float]:
@@ -129,48 +125,43 @@ def _coefficients(ss: list[list[float]], gs: list[list[float]], energies: list[f
 
 def nudged_step(rows: list[Tensor], grads: list[Tensor], energies: list[float], *, climb_at: int | None,
                 spring: float, lr: float, momentum: float, bufs: list[Tensor] | None, space: dict[Any, Tensor],
-                measure: bool = False) -> tuple[list[Tensor], list[float] | None]:
+                measure: bool = False) -> tuple[list[Tensor], tuple[list[Tensor], list[float]] | None]:
     """One SGD step (with momentum, as ``torch.optim.SGD`` computes it) of the interior rows of
-    ``rows`` along their nudged gradients; ``grads``: the interior images' gradients, rows as
-    ``rows`` (read, not written). ``bufs``: the momentum buffers of the cycle's previous step
-    (None at its first); ``space``: scratch buffers kept from step to step. Returns the
-    momentum buffers and, with ``measure``, the lengths of the band's new segments (for
-    :func:`respace`), taken in the same sweep."""
+    ``rows`` along their nudged gradients; ``grads`` (the interior images' gradients, rows as
+    ``rows``) are overwritten. ``bufs``: the momentum buffers of the cycle's previous step
+    (None at its first). Returns the momentum buffers and, with ``measure``, the band's new
+    segments and their lengths (for :func:`respace`), taken in the same sweep."""
     if _tiny(rows):
         return _nudged_step_tiny(rows[0], grads[0], energies, climb_at=climb_at, spring=spring, lr=lr,
                                  momentum=momentum, bufs=bufs, measure=measure)
     with torch.no_grad():
-        ss, gs = _gram(rows, grads, space)
+        segs, ss, gs = _segments_and_gram(rows, grads, space)
         c_next, c_prev = _coefficients(ss.tolist(), gs.tolist(), energies, climb_at, spring)
         first = bufs is None
         if bufs is None:
             bufs = [torch.empty_like(g) for g in grads] if momentum else []
         sq = torch.zeros(rows[0].shape[0] - 1, dtype=torch.float64)
-        for p, (f, g) in enumerate(zip(rows, grads)):
+        for p, (f, g, sg) in enumerate(zip(rows, grads, segs)):
             coef = torch.tensor([c_next, c_prev], dtype=g.dtype, device=g.device)
             cn, cp = coef[0].reshape(-1, 1), coef[1].reshape(-1, 1)
             x, blocks = f[1:-1], _blocks(f)
-            gram = torch.zeros(len(f) - 1, len(f) - 1, dtype=f.dtype, device=f.device) \
-                if measure and len(blocks) > 1 else None
+            gram = torch.zeros(len(sg), len(sg), dtype=f.dtype, device=f.device) if measure and len(blocks) > 1 else None
             for c in blocks:
-                sb = _segments(f, c, space)
-                u = _scratch(space, "update", len(g), g, sb.shape[1])
-                u = torch.addcmul(g[:, c], sb[1:], cn, out=u).addcmul_(sb[:-1], cp)
+                u = g[:, c].addcmul_(sg[1:, c], cn).addcmul_(sg[:-1, c], cp)
                 if momentum:
                     b = bufs[p][:, c]
                     u = b.copy_(u) if first else b.mul_(momentum).add_(u)
                 x[:, c].add_(u, alpha=-lr)
-                if measure:                       # the block's new segments
-                    sb = _segments(f, c, space)
+                if measure:                       # the block's old segments are spent: the new ones
+                    sb = torch.sub(f[1:, c], f[:-1, c], out=sg[:, c])
                     if gram is not None:
                         gram.addmm_(sb, sb.T)
-                    else:                         # squared lengths row by row in one call
-                        sq += torch.bmm(sb.unsqueeze(1), sb.unsqueeze(2)).reshape(-1).to("cpu", torch.float64)
-            if gram is not None:
-                sq += gram.diagonal().to("cpu", torch.float64)
+            if measure:                           # squared lengths: the Gram diagonal, or row by row in one call
+                sq += (gram.diagonal() if gram is not None
+                       else torch.bmm(sg.unsqueeze(1), sg.unsqueeze(2)).reshape(-1)).to("cpu", torch.float64)
         if not measure:
             return bufs, None
-        return bufs, [math.sqrt(max(v, 0.0)) for v in sq.tolist()]
+        return bufs, (segs, [math.sqrt(max(v, 0.0)) for v in sq.tolist()])
 
 
 def _tiny(rows: list[Tensor]) -> bool:
@@ -182,7 +173,7 @@ def _tiny(rows: list[Tensor]) -> bool:
 
 def _nudged_step_tiny(f: Tensor, g: Tensor, energies: list[float], *, climb_at: int | None, spring: float,
                       lr: float, momentum: float, bufs: list[Tensor] | None, measure: bool
-                      ) -> tuple[list[Tensor], list[float] | None]:
+                      ) -> tuple[list[Tensor], tuple[list[Tensor], list[float]] | None]:
     """:func:`nudged_step` for a :func:`_tiny` band, in NumPy, in the tensors' dtype."""
     x, gx = f.detach().numpy(), g.detach().numpy()
     m = x.shape[0] - 1
@@ -206,49 +197,52 @@ def _nudged_step_tiny(f: Tensor, g: Tensor, energies: list[float], *, climb_at: 
         return bufs, None
     seg = x[1:] - x[:-1]
     sq = np.einsum("ij,ij->i", seg, seg).astype(np.float64)
-    return bufs, np.sqrt(np.maximum(sq, 0.0)).tolist()
+    return bufs, ([torch.from_numpy(seg)], np.sqrt(np.maximum(sq, 0.0)).tolist())
 
 
-def respace(rows: list[Tensor], fixed: set[int], lengths: list[float], space: dict[Any, Tensor] | None = None
-            ) -> None:
+def respace(rows: list[Tensor], fixed: set[int], segments: tuple[list[Tensor], list[float]]) -> None:
     """Move the free interior images (rows of ``rows``), in place, to even arc-length spacing
-    along the chain between fixed ones (the ends and ``fixed``): image i goes to
-    θ_j + s·(θ_{j+1} − θ_j) of the chain as it stands. ``lengths``: the segments' lengths, as
-    :func:`nudged_step` measures them; ``space``: scratch buffers kept from step to step."""
+    along the chain between fixed ones (the ends and ``fixed``); ``segments``: the band's
+    segments and their lengths, as :func:`nudged_step` measures them."""
     n = rows[0].shape[0]
     anchors = sorted({0, n - 1} | fixed)
-    cum = list(accumulate(lengths, initial=0.0))
-    moves = []
-    for lo, hi in zip(anchors[:-1], anchors[1:]):
-        if hi - lo < 2 or cum[hi] == cum[lo]:
-            continue
-        for i in range(lo + 1, hi):
-            pos = cum[lo] + (cum[hi] - cum[lo]) * (i - lo) / (hi - lo)
-            j = min(max(bisect_right(cum, pos) - 1, 0), n - 2)
-            s = 0.0 if lengths[j] == 0 else (pos - cum[j]) / lengths[j]
-            moves.append((i, j, min(max(s, 0.0), 1.0)))
-    if not moves:
-        return
-    at_rows, js, ws = zip(*moves)
+    segs, d = segments
     with torch.no_grad():
+        cum = list(accumulate(d, initial=0.0))
+        moves = []
+        for lo, hi in zip(anchors[:-1], anchors[1:]):
+            if hi - lo < 2 or cum[hi] == cum[lo]:
+                continue
+            for i in range(lo + 1, hi):
+                pos = cum[lo] + (cum[hi] - cum[lo]) * (i - lo) / (hi - lo)
+                j = min(max(bisect_right(cum, pos) - 1, 0), n - 2)
+                s = 0.0 if d[j] == 0 else (pos - cum[j]) / d[j]
+                moves.append((i, j, min(max(s, 0.0), 1.0)))
+        if not moves:
+            return
         if _tiny(rows):                           # in NumPy over the same memory
             x = rows[0].numpy()
-            at, j = np.asarray(at_rows), np.asarray(js)
-            w = np.asarray(ws).astype(x.dtype)[:, None]
-            x[at] = x[j] + w * (x[j + 1] - x[j])
+            at_rows, js, ws = (np.asarray(v) for v in zip(*moves))
+            w = ws.astype(x.dtype)[:, None]
+            x[at_rows] = x[js] + w * (x[js + 1] - x[js])
             return
-        if max(f.shape[1] for f in rows) <= SMALL:     # a few gathers beat a sweep over blocks
+        if max(f.shape[1] for f in rows) <= SMALL:     # a few gathers beat a call per image
+            at_rows, js, ws = zip(*moves)
             at, lo_, hi_ = torch.tensor([at_rows, js, [j + 1 for j in js]], device=rows[0].device)
             for f in rows:
                 w = torch.tensor(ws, dtype=f.dtype, device=f.device).reshape(-1, 1)
                 f.index_copy_(0, at, torch.lerp(f.index_select(0, lo_), f.index_select(0, hi_), w))
             return
-        space = {} if space is None else space
-        for f in rows:                            # the moved rows of a block at once, from its old rows
-            mix = torch.zeros(len(moves), n, dtype=f.dtype)
-            for k, (j, w) in enumerate(zip(js, ws)):
-                mix[k, j], mix[k, j + 1] = 1.0 - w, w
-            mix, at = mix.to(f.device), torch.tensor(at_rows, device=f.device)
-            for c in _blocks(f):
-                new = torch.mm(mix, f[:, c], out=_scratch(space, "moved", len(moves), f, f[:, c].shape[1]))
-                f[:, c].index_copy_(0, at, new)
+        for i, j, s in moves:                     # θ_i ← θ_j + s·(θ_{j+1} − θ_j), from the old segments
+            for f, sg in zip(rows, segs):
+                for k, c in _walk(i, j, s):
+                    f[i].add_(sg[k], alpha=c)
+
+
+def _walk(i: int, j: int, s: float) -> list[tuple[int, float]]:
+    """The segments k and coefficients c with θ_j + s·(θ_{j+1} − θ_j) = θ_i + Σ c·(θ_{k+1} − θ_k)."""
+    if j >= i:
+        steps = [(k, 1.0) for k in range(i, j)] + [(j, s)]
+    else:
+        steps = [(j, s - 1.0)] + [(k, -1.0) for k in range(j + 1, i)]
+    return [(k, c) for k, c in steps if c != 0.0]

@@ -404,11 +404,11 @@ def _relax(engine: Engine, band: _Band, cyc: NebCycle, batches: Iterator, bar: P
             raise fail(f"the loss of image {bad[0]} (of {len(images)}, ends included) became {energies[bad[0]]}",
                        step + 1)
         climb_at = (int(np.argmax(energies[1:-1])) + 1) if climbing else None
-        bufs, lengths = band_algebra.nudged_step(rows, grads, energies, climb_at=climb_at, spring=spring,
-                                                 lr=cyc.lr, momentum=momentum, bufs=bufs, space=space,
-                                                 measure=math.isinf(spring))
-        if lengths is not None:
-            band_algebra.respace(rows, {climb_at} if climb_at is not None else set(), lengths, space)
+        bufs, segments = band_algebra.nudged_step(rows, grads, energies, climb_at=climb_at, spring=spring,
+                                                  lr=cyc.lr, momentum=momentum, bufs=bufs, space=space,
+                                                  measure=math.isinf(spring))
+        if segments is not None:
+            band_algebra.respace(rows, {climb_at} if climb_at is not None else set(), segments)
     unchanged()
     if not all_finite([f[1:-1] for f in full]):   # the last update, which no later energy has seen
         raise fail("the images became non-finite", cyc.steps)
