@@ -152,8 +152,9 @@ def auto_neb(engine: Engine | HasEngine, a: Any, b: Any, *, images: int | None =
     CPUs run slower than separate calls once the images carry real work (full-size
     WARSHIP-XZNet β, 8 images: 1.47x the time of 8 separate passes). By default, bands of
     small images (at most ``band.SMALL`` = 4,096 numbers) always share a call, and larger ones
-    take whichever way the first step measures faster (each timed twice on that step's batch); the two agree to float
-    rounding, the choice is recorded in ``settings["batch_images"]`` and in the checkpoint.
+    take whichever way the first step measures faster (each timed twice on that step's batch);
+    the two agree to float rounding, and the choice is recorded in ``settings["batch_images"]``
+    and in the checkpoint.
 
     Under data sharding (``landprobe.Sharding(data=True)``) each step's batch is shared by the
     ranks and every energy and gradient is summed over them before it is used, so the
