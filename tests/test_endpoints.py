@@ -89,6 +89,17 @@ def test_a_non_finite_model_is_an_error_but_a_buffer_may_hold_infinities():
         probe.interpolate(a, dict(b, mask=torch.tensor([float("nan"), 0.0])), 3)
 
 
+def test_large_finite_values_whose_norm_overflows_are_not_called_non_finite():
+    from landprobe.params import check_finite
+
+    big = torch.full((4,), 3e38)                  # finite; its float32 2-norm is inf
+    check_finite({"w": big, "h": torch.full((8,), 6e4, dtype=torch.float16)}, "theta")
+    with pytest.raises(ValueError, match=r"theta has non-finite values.*\['v'\]"):
+        check_finite({"w": big, "v": torch.tensor([1.0, -float("inf")])}, "theta")
+    with pytest.raises(ValueError, match=r"\['w'\]"):
+        check_finite({"w": torch.cat([big, torch.tensor([float("nan")])])}, "theta")
+
+
 @pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
 def test_wrapper_prefixes_are_renamed_with_a_warning(prefix):
     probe, a, b = _setup()

@@ -725,11 +725,13 @@ def check_finite(tensors: Mapping[str, Tensor], what: str, params: Any = None) -
     floats = [(n, t) for n, t in tensors.items() if t.is_floating_point() and t.numel()]
     if not floats:
         return
-    peaks = torch._foreach_norm([t for _, t in floats], float("inf"))
-    if bool(torch.isfinite(torch.stack([p.float().cpu() for p in peaks])).all()):
+    # a screen: NaN and inf carry into the 2-norm (a vectorised kernel; the inf-norm's is ~20x
+    # slower on CPUs); a finite tensor whose norm overflows is sorted out by the exact test below
+    norms = torch._foreach_norm([t for _, t in floats], 2)
+    if bool(torch.isfinite(torch.stack([p.float().cpu() for p in norms])).all()):
         return
-    bad = [n for (n, t), peak in zip(floats, peaks) if not bool(torch.isfinite(peak))
-           and (params is None or n in params or bool(torch.isnan(t).any()))]
+    bad = [n for (n, t), norm in zip(floats, norms) if not bool(torch.isfinite(norm))
+           and not bool(torch.isfinite(t).all()) and (params is None or n in params or bool(torch.isnan(t).any()))]
     if bad:
         raise ValueError(f"{what} has non-finite values (NaN or inf) in {bad[:6]}; probing it would give NaN "
                          f"losses. Pass finite values (of a run that diverged, an earlier checkpoint).")
