@@ -1,6 +1,10 @@
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+if os.environ.get("PYTEST_XDIST_WORKER"):         # workers side by side (pytest -n): one thread each
+    import torch
+
+    torch.set_num_threads(1)
 
 import pytest  # noqa: E402
 
