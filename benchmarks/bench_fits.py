@@ -13,7 +13,9 @@ two calls that differ only in their number of steps, divided by that difference 
 insertion and the final measurement cancel). Runs are interleaved, after warm-up; medians, and
 the ratio to the floor as the median of the per-round ratios. The MLP is the band algebra's
 hardest case: a pass of a batch of 64 costs few operations per parameter, and the band's vector
-algebra over K + 2 images of 1M numbers is bound by memory bandwidth.
+algebra over K + 2 images of 1M numbers is bound by memory bandwidth. As a second reference,
+``torch.optim.SGD`` (momentum 0.9) steps K copies of the parameters, as training K models
+would: the band's step is also reported against the floor plus that step.
 
 (3) The same on the study's network, full-size WARSHIP-XZNet beta (945,555 parameters, batches of
 4 random 41x41 patches, ``RecursiveSupervisionLoss(0.5)``): convolutions do many operations per
@@ -118,8 +120,16 @@ def per_step(model, loss_fn, data, a, b, images: int, steps: int, repeats: int, 
             model.zero_grad(set_to_none=True)
             loss_fn(model(x), y).backward()
         model.zero_grad(set_to_none=True)
+
+    copies = [t.detach().clone().requires_grad_(True) for t in stacked]     # K models' parameters
+    for c in copies:
+        c.grad = torch.randn_like(c)
+    sgd = torch.optim.SGD(copies, lr=lr, momentum=0.9)
+    sgd.step()                                                              # momentum buffers exist
+
     t = timeit({"band_n": band(steps, chosen), "band_0": band(0, chosen), "chain_n": chain(steps),
-                "chain_0": chain(0), "batched": batched, "floor": passes}, repeats=repeats, warmup=1)
+                "chain_0": chain(0), "batched": batched, "floor": passes, "sgd_step": sgd.step},
+               repeats=repeats, warmup=1)
     floor = np.asarray(t["floor"]["runs"])
     band_step = (np.asarray(t["band_n"]["runs"]) - np.asarray(t["band_0"]["runs"])) / steps
     chain_step = (np.asarray(t["chain_n"]["runs"]) - np.asarray(t["chain_0"]["runs"])) / steps
@@ -130,7 +140,9 @@ def per_step(model, loss_fn, data, a, b, images: int, steps: int, repeats: int, 
             "one_step_band_s": first_call_s,
             "polychain_step_s": float(np.median(chain_step)), "polychain_ratio": float(np.median(chain_step / floor)),
             "batched_evaluation_s": t["batched"]["median_s"],
-            "batched_evaluation_ratio": float(np.median(np.asarray(t["batched"]["runs"]) / floor))}
+            "batched_evaluation_ratio": float(np.median(np.asarray(t["batched"]["runs"]) / floor)),
+            "sgd_step_s": t["sgd_step"]["median_s"],
+            "band_ratio_to_floor_and_sgd_step": float(np.median(band_step / (floor + np.asarray(t["sgd_step"]["runs"]))))}
 
 
 def main(argv=None) -> dict:
