@@ -150,7 +150,7 @@ def auto_neb(engine: Engine | HasEngine, a: Any, b: Any, *, images: int | None =
     image (``batch_images``). The batched call saves the per-call overhead that dominates small
     models, but vmap runs a convolution with per-image weights as a grouped convolution, which
     CPUs run slower than separate calls once the images carry real work (full-size
-    WARSHIP-XZNet β, 8 images: 1.47x the time of 8 separate passes). By default, bands of
+    WARSHIP-XZNet β, 8 images: 1.46x the time of 8 separate passes). By default, bands of
     small images (at most ``band.SMALL`` = 4,096 numbers) always share a call, and larger ones
     take whichever way the first step measures faster (each timed twice on that step's batch);
     the two agree to float rounding, and the choice is recorded in ``settings["batch_images"]``
