@@ -91,6 +91,8 @@ def _mlp_family(model, loss_fn, data, sharding, full: bool = True) -> dict[str, 
     subnet = probe.hessian(theta, subnet="fc1")
     out["subnet"] = subnet.matvec(v[: subnet.n]).numpy()
     out["warm"] = H.top_eigenvalues(k=1, tol=1e-10, warm_start=0.4).values
+    out["gradient"], out["tight_gradient"] = H.gradient().numpy(), tight.gradient().numpy()
+    out["gradient_start"] = H.top_eigenvalues(k=1, tol=1e-10, warm_start="gradient").values
     out["arpack"] = H.top_eigenvalues(k=2, tol=1e-10, method="arpack").values
     out["settings"] = dict(H.settings)
     return out

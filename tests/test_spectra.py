@@ -325,7 +325,7 @@ def test_warm_start_errors():
     model, data, _ = _regression()
     op = hessian(lp.LandscapeProbe(model, nn.MSELoss(), data))
     for bad in (0, 1, 1.5, True, "half"):
-        with pytest.raises(ValueError, match="warm_start=.*expected None or a share"):
+        with pytest.raises(ValueError, match="warm_start=.*expected None, a share"):
             op.top_eigenvalues(warm_start=bad)
 
     class Plain:                                   # an operator without subsample()
@@ -336,6 +336,67 @@ def test_warm_start_errors():
 
     with pytest.raises(ValueError, match="warm_start needs an operator with subsample"):
         top_eigenvalues(Plain(), warm_start=0.5)
+    with pytest.raises(ValueError, match=r"warm_start='gradient' needs an operator with gradient\(\)"):
+        top_eigenvalues(Plain(), warm_start="gradient")
+
+
+@pytest.mark.parametrize("kw", [{}, {"graph": "streamed"}, {"hvp": "forward-over-reverse"}, {"graph": "per-batch"}])
+def test_gradient_is_the_empirical_errors_and_costs_no_product(kw):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    data = [(torch.randn(n, 3, dtype=torch.float64), torch.randn(n, 1, dtype=torch.float64)) for n in (5, 3, 8)]
+    op = hessian(lp.LandscapeProbe(model, nn.MSELoss(), data), **kw)
+    total = sum(len(x) for x, _ in data)
+    loss = sum(nn.functional.mse_loss(model(x), y) * len(x) / total for x, y in data)
+    expected = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))])
+    torch.testing.assert_close(op.gradient(), expected, rtol=1e-12, atol=1e-14)
+    assert op.matvecs == 0
+    last = op.block("2")                                   # a block: its own parameters' part
+    torch.testing.assert_close(last.gradient(), expected[-5:], rtol=1e-12, atol=1e-14)
+
+
+def _trained_regression(n=2000, d=200, seed=0):
+    """Least squares displaced from its minimum w* along the top eigenvector: the gradient
+    H (w − w*), as in training, leans towards the top of the spectrum, which is close to the
+    next eigenvalues (scale 1.3 against a bulk at most 1), where a random start is slow."""
+    g = torch.Generator().manual_seed(seed)
+    scales = torch.cat([torch.tensor([1.3]), torch.linspace(1.0, 0.1, d - 1)]).double()
+    X = torch.randn(n, d, generator=g, dtype=torch.float64) * scales
+    Y = torch.randn(n, 1, generator=g, dtype=torch.float64)
+    H = 2.0 / n * X.T @ X
+    top = torch.linalg.eigh(H).eigenvectors[:, -1]
+    w = torch.linalg.lstsq(X, Y).solution[:, 0] + top + 0.1 * torch.randn(d, generator=g, dtype=torch.float64) / d**0.5
+    model = nn.Linear(d, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(w.reshape(1, d))
+    return model, [(X[i::4], Y[i::4]) for i in range(4)], H
+
+
+def test_gradient_start_gives_the_same_top_pair_in_fewer_products():
+    model, data, H = _trained_regression()
+    op = hessian(lp.LandscapeProbe(model, nn.MSELoss(), data))
+    top = float(torch.linalg.eigvalsh(H)[-1])
+    cold = op.top_eigenvalues(k=1, tol=1e-6)
+    warm = op.top_eigenvalues(k=1, tol=1e-6, warm_start="gradient")
+    for res in (cold, warm):
+        assert res.converged.all()
+        assert res.values[0] == pytest.approx(top, rel=1e-9)
+    assert warm.matvecs < cold.matvecs
+    info = warm.settings["warm_start"]
+    assert info["from"] == "gradient" and info["gradient_norm"] == pytest.approx(float(op.gradient().norm()))
+
+
+def test_gradient_start_at_a_zero_gradient_is_the_random_start():
+    model, data, H = _trained_regression()
+    data = [(x, torch.zeros_like(y)) for x, y in data]
+    with torch.no_grad():
+        model.weight.zero_()                               # Y = X·0: the gradient is exactly zero
+    op = hessian(lp.LandscapeProbe(model, nn.MSELoss(), data))
+    cold = op.top_eigenvalues(k=2, tol=1e-8)
+    warm = op.top_eigenvalues(k=2, tol=1e-8, warm_start="gradient")
+    assert warm.settings["warm_start"]["gradient_norm"] == 0.0
+    assert warm.matvecs == cold.matvecs
+    np.testing.assert_allclose(warm.values, cold.values, rtol=1e-12)
 
 
 # ------------------------------------------------------------------ progress

@@ -587,6 +587,39 @@ class HessianOperator:
     def _flat_matvec(self, v: Tensor) -> Tensor:
         return torch.cat([h.reshape(-1) for h in self._hvp_lists(self._split(v))])
 
+    def gradient(self) -> Tensor:
+        """The loss gradient at θ over this block's parameters, flat (the operator's dtype and
+        device), summed over the ranks that share the data: read off the kept gradient graph
+        when there is one (no pass of its own), else one pass over the batches. It does not
+        count in :attr:`matvecs`.
+
+        Example:
+            >>> import torch, landprobe as lp
+            >>> from landprobe.curvature import hessian
+            >>> model = torch.nn.Linear(2, 1, bias=False)
+            >>> with torch.no_grad(): _ = model.weight.fill_(1.0)
+            >>> x = torch.eye(2); y = torch.zeros(2, 1)                   # loss (w1² + w2²) / 2
+            >>> hessian(lp.LandscapeProbe(model, torch.nn.MSELoss(), [(x, y)])).gradient().tolist()
+            [1.0, 1.0]
+        """
+        if self.graph_used is None:
+            self._build_graph()
+        p = self._p
+
+        def local() -> list[Tensor]:
+            if self._graph is not None:
+                return [g.detach() for g in self._graph.grads]
+            acc = [torch.zeros_like(t) for t in self._theta]
+            with p.product_context():
+                leaves = [t.detach().requires_grad_(True) for t in self._theta]
+                with torch.enable_grad():
+                    for batch, w in p.batches:
+                        g = torch.autograd.grad(p.loss(self.names, leaves, batch), leaves, allow_unused=True)
+                        torch._foreach_add_(acc, [torch.zeros_like(t) if gi is None else gi
+                                                  for t, gi in zip(leaves, g)], alpha=w)
+            return acc
+        return torch.cat([g.reshape(-1) for g in p.engine.all_sum(local, "the Hessian's gradient")])
+
     def to_param_vector(self, flat: Tensor) -> ParamVector:
         """A flat vector of this block as a ParamVector (copy, in the operator's dtype)."""
         self._check_flat(flat)
@@ -701,7 +734,7 @@ class HessianOperator:
     # ---- spectra (see lanczos.py, trace.py, density.py)
     def top_eigenvalues(self, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max_iter: int | None = None,
                         seed: int = 0, method: str = "lanczos", atol: float | None = None,
-                        warm_start: float | None = None) -> Eigenpairs:
+                        warm_start: float | str | None = None) -> Eigenpairs:
         """Extreme eigenvalues by Lanczos; see :func:`landprobe.curvature.lanczos.top_eigenvalues`."""
         from landprobe.curvature.lanczos import top_eigenvalues
 
