@@ -208,9 +208,14 @@ def main() -> None:
     ref_res = hessian(probe).top_eigenvalues(k=max(args.ks) + 2, which="LM", tol=1e-7, max_iter=400, seed=123)
     ref = _by_magnitude(ref_res.values)
     print("reference top eigenvalues", ref.tolist(), flush=True)
+    grad = hessian(probe).gradient().double()
+    top = ref_res.vectors[int(np.argmax(np.abs(ref_res.values)))].flatten().double()
+    cosine = float(abs(grad @ top) / (grad.norm() * top.norm()))      # how far the gradient start helps
+    print(f"|cos(gradient, top eigenvector)| = {cosine:.3f}", flush=True)
     results = [one_k(k, probe, ph, ref, args.repeats) for k in args.ks]
     problem = {"problem": args.problem, "train_steps": steps, "batches": len(data),
-               "samples": sum(len(x) for x, _ in data), "parameters": sum(p.numel() for p in model.parameters())}
+               "samples": sum(len(x) for x, _ in data), "parameters": sum(p.numel() for p in model.parameters()),
+               "gradient_norm": float(grad.norm()), "gradient_top_eigenvector_cosine": cosine}
     if args.problem == "stemnet":
         problem["loss"] = args.loss
     if args.problem == "warship":
