@@ -194,7 +194,7 @@ def _order(theta: np.ndarray, which: str) -> np.ndarray:
 
 def top_eigenvalues(op, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max_iter: int | None = None,
                     seed: int = 0, method: str = "lanczos", atol: float | None = None,
-                    warm_start: float | None = None) -> Eigenpairs:
+                    warm_start: float | str | None = None) -> Eigenpairs:
     """The k extreme eigenpairs of a Hessian operator, each with a measured residual.
 
     Lanczos with full reorthogonalisation from a seeded Gaussian start, stopped once the
@@ -258,7 +258,7 @@ def top_eigenvalues(op, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max
         :class:`Eigenpairs` (values, unit vectors as ParamVectors, residuals, flags).
 
     Raises:
-        ValueError: For a bad ``k``, ``which``, ``tol``, ``max_iter`` or ``method``.
+        ValueError: For a bad ``k``, ``which``, ``tol``, ``max_iter``, ``method`` or ``warm_start``.
 
     Example:
         >>> import torch, landprobe as lp
