@@ -22,7 +22,9 @@ loosest first (1e-1 ... 1e-6, untimed) until all its k values lie within 1e-3 of
 (chosen with hindsight); landprobe runs at its residual tolerance 1e-3 (no hindsight: the
 residual bounds the error) and, for a comparison on an equal footing, also at its own
 tolerance searched the same way (1e-1 ... 1e-3, loosest first; the ``_searched`` timings),
-each from a seeded random start and from the loss gradient (``warm_start="gradient"``).
+each from a seeded random start and from the loss gradient (``warm_start="gradient"``); and
+with ``tol_on="value"`` at 1e-3 (the eigenvalues' error estimate min(r, r^2/gap) to 1e-3, no
+hindsight; the ``_value`` variants).
 All are then timed interleaved (``--repeats`` rounds, median), with their Hessian-vector
 products counted (landprobe's operator counter; PyHessian's ``dataloader_hv_product`` calls).
 """
@@ -67,8 +69,9 @@ def _counted(ph, fn):
     return out, calls["n"]
 
 
-#: landprobe's variants: the start vector (``warm_start``) of each
-STARTS = {"landprobe_lanczos": None, "landprobe_lanczos_gradient": "gradient"}
+#: landprobe's variants: the start vector (``warm_start``) and what ``tol`` applies to (``tol_on``)
+VARIANTS = {"landprobe_lanczos": (None, "residual"), "landprobe_lanczos_gradient": ("gradient", "residual"),
+            "landprobe_lanczos_value": (None, "value"), "landprobe_lanczos_gradient_value": ("gradient", "value")}
 
 
 def _error(values, lam: np.ndarray) -> float:
@@ -113,14 +116,19 @@ def one_k(k: int, probe, ph, ref: np.ndarray, repeats: int) -> dict:
     chosen, runs = _pyhessian_search(k, ph, lam)
     out: dict = {"k": k, "pyhessian_tolerance_search": runs}
     fns = {}
-    for name, start in STARTS.items():
-        res = hessian(probe).top_eigenvalues(k=k, which="LM", tol=1e-3, seed=0, warm_start=start)
+    for name, (start, tol_on) in VARIANTS.items():
+        res = hessian(probe).top_eigenvalues(k=k, which="LM", tol=1e-3, seed=0, warm_start=start, tol_on=tol_on)
+        out[name] = {"warm_start": start, "tol_on": tol_on, "values": res.values.tolist(),
+                     "max_rel_error": _error(res.values, lam), "converged": bool(np.all(res.converged)),
+                     "hvps": res.matvecs}
+        print(f"k={k} {name} tol 1e-3: max rel error {out[name]['max_rel_error']:.2e}, {res.matvecs} products",
+              flush=True)
+        fns[name] = lambda start=start, tol_on=tol_on: hessian(probe).top_eigenvalues(
+            k=k, which="LM", tol=1e-3, seed=0, warm_start=start, tol_on=tol_on)
+        if tol_on == "value":                 # the point of tol_on="value": no search
+            continue
         searched = _searched_tolerance(k, probe, lam, start)
-        out[name] = {"warm_start": start, "values": res.values.tolist(), "max_rel_error": _error(res.values, lam),
-                     "converged": bool(np.all(res.converged)), "hvps": res.matvecs,
-                     "tolerance_search": searched["runs"], "searched": searched["chosen"]}
-        fns[name] = lambda start=start: hessian(probe).top_eigenvalues(k=k, which="LM", tol=1e-3, seed=0,
-                                                                       warm_start=start)
+        out[name].update(tolerance_search=searched["runs"], searched=searched["chosen"])
         if searched["chosen"] is not None and searched["chosen"]["tol"] != 1e-3:
             tol = searched["chosen"]["tol"]
             fns[name + "_searched"] = lambda start=start, tol=tol: hessian(probe).top_eigenvalues(

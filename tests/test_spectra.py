@@ -399,6 +399,70 @@ def test_gradient_start_at_a_zero_gradient_is_the_random_start():
     np.testing.assert_allclose(warm.values, cold.values, rtol=1e-12)
 
 
+# ------------------------------------------------------------------ tolerance on the values
+def _separated_regression(n=3000, d=300, seed=0):
+    """Least squares whose top eigenvalue stands clear of a bulk (scale 2 against at most 1)."""
+    g = torch.Generator().manual_seed(seed)
+    scales = torch.cat([torch.tensor([2.0]), torch.linspace(1.0, 0.1, d - 1)]).double()
+    X = torch.randn(n, d, generator=g, dtype=torch.float64) * scales
+    Y = torch.randn(n, 1, generator=g, dtype=torch.float64)
+    model = nn.Linear(d, 1, bias=False).double()
+    return model, [(X[i::4], Y[i::4]) for i in range(4)], 2.0 / n * X.T @ X
+
+
+def test_value_tolerance_reaches_the_eigenvalue_in_fewer_products():
+    model, data, H = _separated_regression()
+    ev = torch.linalg.eigvalsh(H)
+    top, gap = float(ev[-1]), float(ev[-1] - ev[-2])
+    op = hessian(lp.LandscapeProbe(model, nn.MSELoss(), data))
+    pairs = op.top_eigenvalues(k=1, tol=1e-6)
+    values = op.top_eigenvalues(k=1, tol=1e-6, tol_on="value")
+    assert pairs.settings["tol_on"] == "residual" and values.settings["tol_on"] == "value"
+    assert pairs.converged.all() and values.converged.all()
+    for res in (pairs, values):
+        assert abs(res.values[0] - top) <= 1e-6 * top
+    assert values.matvecs < pairs.matvecs
+    # the residual alone would not pass: the value is within tol through r²/gap (Kato-Temple,
+    # which holds with the true gap)
+    r = float(values.residuals[0])
+    assert r > 1e-6 * top
+    assert abs(values.values[0] - top) <= r * r / gap * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("which", ["LA", "SA", "LM"])
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_value_tolerance_holds_on_every_case(case, which):
+    op, H = _op(case)
+    res = op.top_eigenvalues(k=3, which=which, tol=1e-8, tol_on="value")
+    expected = _expected(H, 3, which)
+    assert res.converged.all()
+    err = np.abs(res.values - expected)
+    assert np.all(err <= 1e-8 * np.abs(expected) + res.settings["atol"]), (err, expected)
+
+
+def test_value_tolerance_flags_a_run_cut_short():
+    op, _ = _op(CASES[0])
+    res = op.top_eigenvalues(k=1, tol=1e-8, max_iter=3, tol_on="value")
+    assert res.converged.tolist() == [False] and res.matvecs == 3
+
+
+def test_value_error_estimate_needs_a_known_gap():
+    import importlib
+
+    lanczos_module = importlib.import_module("landprobe.curvature.lanczos")
+    errors = lanczos_module._value_errors(np.array([1.0, 0.1, 0.1, 0.2]), np.array([np.inf, 1.0, 0.0, 0.01]))
+    # a lone Ritz value (infinite gap) or a zero gap: the residual; otherwise min(r, r²/gap)
+    np.testing.assert_allclose(errors, [1.0, 0.01, 0.1, 0.2])
+
+
+def test_value_tolerance_errors():
+    op, _ = _op(CASES[0])
+    with pytest.raises(ValueError, match="tol_on='values'; expected 'residual'"):
+        op.top_eigenvalues(tol_on="values")
+    with pytest.raises(ValueError, match="tol_on='value' needs method='lanczos'"):
+        op.top_eigenvalues(tol_on="value", method="arpack")
+
+
 # ------------------------------------------------------------------ progress
 @pytest.fixture
 def bars(monkeypatch):

@@ -734,12 +734,12 @@ class HessianOperator:
     # ---- spectra (see lanczos.py, trace.py, density.py)
     def top_eigenvalues(self, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max_iter: int | None = None,
                         seed: int = 0, method: str = "lanczos", atol: float | None = None,
-                        warm_start: float | str | None = None) -> Eigenpairs:
+                        warm_start: float | str | None = None, tol_on: str = "residual") -> Eigenpairs:
         """Extreme eigenvalues by Lanczos; see :func:`landprobe.curvature.lanczos.top_eigenvalues`."""
         from landprobe.curvature.lanczos import top_eigenvalues
 
         return top_eigenvalues(self, k, which, tol=tol, max_iter=max_iter, seed=seed, method=method, atol=atol,
-                               warm_start=warm_start)
+                               warm_start=warm_start, tol_on=tol_on)
 
     def trace(self, method: str = "hutch++", matvecs: int = 99, *, seed: int = 0) -> TraceEstimate:
         """Stochastic trace estimate; see :func:`landprobe.curvature.trace.trace`."""

@@ -194,7 +194,7 @@ def _order(theta: np.ndarray, which: str) -> np.ndarray:
 
 def top_eigenvalues(op, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max_iter: int | None = None,
                     seed: int = 0, method: str = "lanczos", atol: float | None = None,
-                    warm_start: float | str | None = None) -> Eigenpairs:
+                    warm_start: float | str | None = None, tol_on: str = "residual") -> Eigenpairs:
     """The k extreme eigenpairs of a Hessian operator, each with a measured residual.
 
     Lanczos with full reorthogonalisation from a seeded Gaussian start, stopped once the
@@ -209,6 +209,16 @@ def top_eigenvalues(op, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max
     (``method="arpack"`` spends one more product per pair for it.) On a breakdown (the
     Krylov space became invariant) the run restarts with a random vector orthogonal to the
     basis, so repeated eigenvalues are found with their multiplicity in small problems.
+
+    ``tol_on="value"`` asks for the eigenvalues to ``tol`` rather than the pairs: a Ritz value
+    θ with residual r lies within r²/gap of its eigenvalue (Kato-Temple; gap: the distance to
+    the rest of the spectrum), far inside r once r is small against the gap, so the test is
+    ``min(r, r²/gap) <= tol·|θ| + atol`` with the gap taken as the distance to the nearest other
+    Ritz value of the Krylov space (an estimate: exact once that neighbour has converged, too
+    wide while it still lies below its eigenvalue), first on the recurrence's estimates, then
+    on the measured residuals for ``converged``. At tol 1e-3 it stops a few products earlier
+    than the residual test on a separated top eigenvalue; the vectors are then only
+    as good as their residuals say.
 
     Limitation (of every single-vector Krylov method, ARPACK's too): before its Krylov space
     is exhausted, Lanczos sees one copy of an exactly repeated eigenvalue, so in a large
@@ -253,12 +263,16 @@ def top_eigenvalues(op, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max
             (or costs one pass when products are streamed) and its norm is reported in
             ``settings["warm_start"]``; where the gradient is zero (or not finite) the start
             is the random vector alone.
+        tol_on: ``"residual"`` (default): every pair to ``tol`` (its residual ‖Hv − θv‖).
+            ``"value"``: the eigenvalues to ``tol`` (their error estimate min(r, r²/gap), above);
+            Lanczos only.
 
     Returns:
         :class:`Eigenpairs` (values, unit vectors as ParamVectors, residuals, flags).
 
     Raises:
-        ValueError: For a bad ``k``, ``which``, ``tol``, ``max_iter``, ``method`` or ``warm_start``.
+        ValueError: For a bad ``k``, ``which``, ``tol``, ``max_iter``, ``method``, ``warm_start``
+            or ``tol_on`` (``"value"`` with ``method="arpack"``).
 
     Example:
         >>> import torch, landprobe as lp
@@ -273,6 +287,11 @@ def top_eigenvalues(op, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max
     max_iter = _checked_arguments(op.n, k, which, tol, max_iter, method)
     if atol is not None and not (isinstance(atol, (int, float)) and math.isfinite(atol) and atol >= 0):
         raise ValueError(f"atol={atol!r}; expected None (the default floor) or a finite absolute residual >= 0")
+    if tol_on not in ("residual", "value"):
+        raise ValueError(f"tol_on={tol_on!r}; expected 'residual' (the pairs to tol) or 'value' (the eigenvalues)")
+    if tol_on == "value" and method != "lanczos":
+        raise ValueError("tol_on='value' needs method='lanczos' (the gap comes from its Ritz values); "
+                         "use tol_on='residual' with ARPACK")
     v0, warm = _start_vector(op, k, which, tol, max_iter, seed, method, atol, warm_start)
     eps = torch.finfo(op.dtype).eps
     start = op.matvecs
@@ -283,13 +302,15 @@ def top_eigenvalues(op, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max
 
         if method == "arpack":
             theta, vecs, hvecs, big = _arpack_pairs(op, v0, k, which, tol, max_iter, bar)
+            gaps = None
         else:
-            theta, vecs, hvecs, big = _lanczos_pairs(mv, v0, k, which, tol, atol, eps, max_iter, seed, bar)
+            theta, vecs, hvecs, big, gaps = _lanczos_pairs(mv, v0, k, which, tol, atol, eps, max_iter, seed, bar,
+                                                           by_value=tol_on == "value")
         floor = atol if atol is not None else 100 * eps * big
-        units, residuals, flags = _measured(mv, theta, vecs, hvecs, tol, floor)
+        units, residuals, flags = _measured(mv, theta, vecs, hvecs, tol, floor, gaps)
     settings = dict(op.settings)
     settings.update(k=int(k), which=which, tol=float(tol), atol=float(floor), max_iter=int(max_iter),
-                    seed=int(seed), method=method, warm_start=warm)
+                    seed=int(seed), method=method, warm_start=warm, tol_on=tol_on)
     return Eigenpairs(values=np.asarray(theta, dtype=np.float64), residuals=np.asarray(residuals),
                       converged=np.asarray(flags, dtype=bool), matvecs=int(op.matvecs - start),
                       vectors=[op.to_param_vector(v) for v in units], settings=settings)
@@ -373,11 +394,34 @@ def _product_progress(op, method: str, max_iter: int) -> Progress:
     return Progress(desc, total, enabled=getattr(op, "progress", None), unit="product")
 
 
+def _value_errors(residuals: np.ndarray, gaps: np.ndarray | None) -> np.ndarray:
+    """The error estimates of Ritz values: min(r, r²/gap) (Kato-Temple), or r where no gap is
+    known (none given, or a lone Ritz value: an infinite gap says nothing of the spectrum)."""
+    r = np.asarray(residuals, dtype=np.float64)
+    if gaps is None:
+        return r
+    g = np.asarray(gaps, dtype=np.float64)
+    known = np.isfinite(g) & (g > 0)
+    quad = np.divide(r * r, g, out=np.full_like(r, np.inf), where=known)
+    return np.minimum(r, quad)
+
+
+def _gaps(th: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Distance from each wanted Ritz value ``th[idx]`` to the nearest other one (inf if alone)."""
+    out = np.full(len(idx), np.inf)
+    for n, i in enumerate(idx):
+        others = np.delete(th, i)
+        if others.size:
+            out[n] = float(np.min(np.abs(others - th[i])))
+    return out
+
+
 def _lanczos_pairs(mv: Callable[[Tensor], Tensor], v0: Tensor, k: int, which: str, tol: float,
-                   atol: float | None, eps: float, max_iter: int, seed: int,
-                   bar: Progress) -> tuple[np.ndarray, Tensor, Tensor, float]:
-    """Lanczos until the k wanted Ritz pairs' residual estimates pass; their values, unit
-    vectors (k, n), H applied to them (from the kept products) and the largest |Ritz value|."""
+                   atol: float | None, eps: float, max_iter: int, seed: int, bar: Progress, *,
+                   by_value: bool = False) -> tuple[np.ndarray, Tensor, Tensor, float, np.ndarray | None]:
+    """Lanczos until the k wanted Ritz pairs' residual estimates (``by_value``: their values'
+    error estimates) pass; their values, unit vectors (k, n), H applied to them (from the kept
+    products), the largest |Ritz value| and (``by_value``) the wanted values' gaps."""
     seen: list[np.ndarray] = []               # the wanted Ritz values after each step
 
     def enough(run: LanczosRun) -> bool:
@@ -389,6 +433,8 @@ def _lanczos_pairs(mv: Callable[[Tensor], Tensor], v0: Tensor, k: int, which: st
         seen.append(th[idx])
         est = abs(run.last_beta) * np.abs(S[-1, idx])
         bar.set(residual=float(np.max(est)))
+        if by_value:
+            est = _value_errors(est, _gaps(th, idx))
         floor = atol if atol is not None else 100 * eps * float(np.max(np.abs(th)))
         bound = tol * np.abs(th[idx]) + floor
         if not np.all(est <= bound):
@@ -406,7 +452,7 @@ def _lanczos_pairs(mv: Callable[[Tensor], Tensor], v0: Tensor, k: int, which: st
     coef = torch.from_numpy(np.ascontiguousarray(S[:, idx].T)).to(run.basis)
     vecs = coef @ run.basis                   # (k', n) Ritz vectors, orthonormal
     hvecs = coef @ run.products               # H applied to them, by linearity from real products
-    return th[idx], vecs, hvecs, float(np.max(np.abs(th)))
+    return th[idx], vecs, hvecs, float(np.max(np.abs(th))), (_gaps(th, idx) if by_value else None)
 
 
 def _arpack_pairs(op, v0: Tensor, k: int, which: str, tol: float, max_iter: int,
@@ -444,10 +490,12 @@ def _counted(A, bar: Progress):
 
 
 def _measured(mv: Callable[[Tensor], Tensor], theta: np.ndarray, vecs: Tensor, hvecs: Tensor | None,
-              tol: float, floor: float) -> tuple[list[Tensor], list[float], list[bool]]:
+              tol: float, floor: float,
+              gaps: np.ndarray | None = None) -> tuple[list[Tensor], list[float], list[bool]]:
     """Unit vectors, measured residuals ‖Hv − θv‖ (from ``hvecs`` = H applied to ``vecs`` when
-    given, else one product each) and convergence flags; a ghost (a copy of an earlier value
-    whose vector is not orthogonal to the earlier one) is flagged unconverged."""
+    given, else one product each) and convergence flags: the residual within the bound, or
+    (``gaps`` given) the value's error estimate min(r, r²/gap); a ghost (a copy of an earlier
+    value whose vector is not orthogonal to the earlier one) is flagged unconverged."""
     units: list[Tensor] = []
     residuals: list[float] = []
     flags: list[bool] = []
@@ -460,5 +508,6 @@ def _measured(mv: Callable[[Tensor], Tensor], theta: np.ndarray, vecs: Tensor, h
                     and abs(float(torch.dot(v, units[j]))) > 1e-6 for j in range(i))
         units.append(v)
         residuals.append(r)
-        flags.append(bool(r <= tol * abs(theta[i]) + floor and not ghost))
+        err = float(_value_errors(np.array([r]), None if gaps is None else gaps[i:i + 1])[0])
+        flags.append(bool(err <= tol * abs(theta[i]) + floor and not ghost))
     return units, residuals, flags

@@ -25,13 +25,14 @@ class Eigenpairs(Result):
             (Hv = Σ s_j H q_j over the kept Lanczos products; with ARPACK one extra product per
             pair), not the Lanczos recurrence's estimate. |λ − λ_true| ≤ residual for the
             nearest true eigenvalue.
-        converged: Per pair, ``residual <= tol * |λ| + atol`` (see ``settings``); a copy of an
-            eigenvalue whose vector is not orthogonal to an earlier one's (a ghost) is never
+        converged: Per pair, ``residual <= tol * |λ| + atol`` (see ``settings``), or with
+            ``tol_on="value"`` the value's error estimate ``min(r, r²/gap)`` within it; a copy of
+            an eigenvalue whose vector is not orthogonal to an earlier one's (a ghost) is never
             marked converged.
         matvecs: Hessian-vector products spent.
         vectors: The unit eigenvectors as ParamVectors (not written by :meth:`save`; save them
             with ``torch.save(v.state_dict(), ...)``).
-        settings: k, which, tol, atol, max_iter, seed, method, dtype, ...
+        settings: k, which, tol, tol_on, atol, max_iter, seed, method, dtype, ...
 
     Example:
         >>> import numpy as np, landprobe.curvature as lc
