@@ -36,7 +36,7 @@ def test_distributed_example_under_torchrun_equals_one_process(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            "--master_port", str(_free_port()), str(ROOT / "examples" / "distributed_probe.py"),
                            "--out", str(out)], capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + "\n" + proc.stderr[-8000:]
     assert proc.stdout.count('"loss"') == 1                      # rank 0 prints, once
     sys.path.insert(0, str(ROOT / "examples"))
     try:
