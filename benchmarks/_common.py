@@ -19,6 +19,17 @@ from landprobe.common.hardware import cpu_model
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def cpu_tag() -> str:
+    """The suffix of this CPU's result files (docs/performance.md): ``xeon``, ``epyc512`` (an AMD
+    EPYC with bf16 arithmetic), ``epyc`` (AVX2 only), else ``cpu``."""
+    model = cpu_model().lower()
+    if "xeon" in model:
+        return "xeon"
+    if "epyc" in model:
+        return "epyc512" if _native_bf16() else "epyc"
+    return "cpu"
+
+
 def timeit(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1) -> dict[str, dict]:
     """Run each function ``warmup`` times, then ``repeats`` rounds interleaved; seconds per call.
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, environment  # noqa: E402
+from _common import RESULTS, cpu_tag, environment  # noqa: E402
 
 from landprobe.common.io import save_json  # noqa: E402
 
@@ -67,7 +67,7 @@ def measure(kind: str, k: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 4])
-    parser.add_argument("--out", default=str(RESULTS / "batch_points_memory_xeon.json"))
+    parser.add_argument("--out", default=str(RESULTS / f"batch_points_memory_{cpu_tag()}.json"))
     args = parser.parse_args()
     results: dict = {}
     for kind in ("mlp", "cnn"):

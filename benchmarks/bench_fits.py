@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, environment, timeit  # noqa: E402
+from _common import RESULTS, cpu_tag, environment, timeit  # noqa: E402
 
 import landprobe as lp  # noqa: E402
 from landprobe.common.io import save_json  # noqa: E402
@@ -155,7 +155,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--toy-repeats", type=int, default=3, help="CurvyValley runs (the median is reported)")
     ap.add_argument("--skip-warship", action="store_true", help="skip the full-size WARSHIP-XZNet beta measurement")
     ap.add_argument("--warship-steps", type=int, default=2, help="steps of the longer WARSHIP call (~6 s each)")
-    ap.add_argument("--out", default=str(RESULTS / "fits_xeon.json"))
+    ap.add_argument("--out", default=str(RESULTS / f"fits_{cpu_tag()}.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = {"environment": environment()}

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import RESULTS, environment, paired_ratio, timeit  # noqa: E402
+from _common import RESULTS, cpu_tag, environment, paired_ratio, timeit  # noqa: E402
 from bench_hessian import make_problem, train  # noqa: E402
 
 import landprobe as lp  # noqa: E402
@@ -196,7 +196,7 @@ def main() -> None:
     ap.add_argument("--patches", type=int, default=256, help="warship: T91 patches")
     ap.add_argument("--ks", type=int, nargs="+", default=[1, 5])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default=None, help="default: results/hessian_topk[_PROBLEM]_xeon.json")
+    ap.add_argument("--out", default=None, help="default: results/hessian_topk[_PROBLEM]_CPU.json (CPU: xeon, epyc512, ...)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.problem == "stemnet":
@@ -207,8 +207,8 @@ def main() -> None:
         if not args.checkpoint:
             ap.error("--problem warship needs --checkpoint RUN/SETTING/checkpoint.pt")
         model, crit, data, steps = warship_problem(args.checkpoint, args.patches)
-    out = args.out or str(RESULTS / ("hessian_topk_xeon.json" if args.problem == "stemnet"
-                                     else f"hessian_topk_{args.problem}_xeon.json"))
+    problem = "" if args.problem == "stemnet" else f"_{args.problem}"
+    out = args.out or str(RESULTS / f"hessian_topk{problem}_{cpu_tag()}.json")
     probe = lp.LandscapeProbe(model, crit, data)
     import pyhessian
 

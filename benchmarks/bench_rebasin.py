@@ -1,6 +1,6 @@
 """Weight matching: landprobe.symmetry vs the ``rebasin`` package (PermutationCoordinateDescent).
 
-    python benchmarks/bench_rebasin.py [--seeds 5] [--out benchmarks/results/rebasin_xeon.json]
+    python benchmarks/bench_rebasin.py [--seeds 5] [--out benchmarks/results/rebasin_CPU.json]
 
 Two independently initialised networks ``a`` and ``b`` of one architecture (an MLP and a conv
 net with BatchNorm); ``b`` is aligned to ``a`` by each method, from the same seeds. Reported
@@ -28,7 +28,7 @@ from torch import nn
 from landprobe import symmetry as S
 
 sys.path.insert(0, __import__("os").path.dirname(__file__))
-from _common import RESULTS, environment  # noqa: E402
+from _common import RESULTS, cpu_tag, environment  # noqa: E402
 
 
 def mlp() -> nn.Module:
@@ -120,7 +120,7 @@ def run(kind: str, seeds: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--out", default=str(RESULTS / "rebasin_xeon.json"))
+    ap.add_argument("--out", default=str(RESULTS / f"rebasin_{cpu_tag()}.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
     try:
