@@ -355,12 +355,12 @@ def test_gradient_is_the_empirical_errors_and_costs_no_product(kw):
     torch.testing.assert_close(last.gradient(), expected[-5:], rtol=1e-12, atol=1e-14)
 
 
-def _trained_regression(n=2000, d=200, seed=0):
+def _trained_regression(n=2000, d=200, seed=0, top=1.3):
     """Least squares displaced from its minimum w* along the top eigenvector: the gradient
     H (w − w*), as in training, leans towards the top of the spectrum, which is close to the
-    next eigenvalues (scale 1.3 against a bulk at most 1), where a random start is slow."""
+    next eigenvalues (scale ``top`` = 1.3 against a bulk at most 1), where a random start is slow."""
     g = torch.Generator().manual_seed(seed)
-    scales = torch.cat([torch.tensor([1.3]), torch.linspace(1.0, 0.1, d - 1)]).double()
+    scales = torch.cat([torch.tensor([top]), torch.linspace(1.0, 0.1, d - 1)]).double()
     X = torch.randn(n, d, generator=g, dtype=torch.float64) * scales
     Y = torch.randn(n, 1, generator=g, dtype=torch.float64)
     H = 2.0 / n * X.T @ X
@@ -400,18 +400,9 @@ def test_gradient_start_at_a_zero_gradient_is_the_random_start():
 
 
 # ------------------------------------------------------------------ tolerance on the values
-def _separated_regression(n=3000, d=300, seed=0):
-    """Least squares whose top eigenvalue stands clear of a bulk (scale 2 against at most 1)."""
-    g = torch.Generator().manual_seed(seed)
-    scales = torch.cat([torch.tensor([2.0]), torch.linspace(1.0, 0.1, d - 1)]).double()
-    X = torch.randn(n, d, generator=g, dtype=torch.float64) * scales
-    Y = torch.randn(n, 1, generator=g, dtype=torch.float64)
-    model = nn.Linear(d, 1, bias=False).double()
-    return model, [(X[i::4], Y[i::4]) for i in range(4)], 2.0 / n * X.T @ X
-
-
 def test_value_tolerance_reaches_the_eigenvalue_in_fewer_products():
-    model, data, H = _separated_regression()
+    # a top eigenvalue that stands clear of the bulk (scale 2 against at most 1)
+    model, data, H = _trained_regression(n=3000, d=300, top=2.0)
     ev = torch.linalg.eigvalsh(H)
     top, gap = float(ev[-1]), float(ev[-1] - ev[-2])
     op = hessian(lp.LandscapeProbe(model, nn.MSELoss(), data))
