@@ -213,10 +213,11 @@ def top_eigenvalues(op, k: int = 1, which: str = "LA", *, tol: float = 1e-6, max
     ``tol_on="value"`` asks for the eigenvalues to ``tol`` rather than the pairs: a Ritz value
     θ with residual r lies within r²/gap of its eigenvalue (Kato-Temple; gap: the distance to
     the rest of the spectrum), far inside r once r is small against the gap, so the test is
-    ``min(r, r²/gap) <= tol·|θ| + atol`` with the gap taken as the distance to the nearest other
-    Ritz value of the Krylov space (an estimate: exact once that neighbour has converged, too
-    wide while it still lies below its eigenvalue), first on the recurrence's estimates, then
-    on the measured residuals for ``converged``. At tol 1e-3 it stops a few products earlier
+    ``min(r, r²/gap) <= tol·|θ| + atol`` with the gap estimated from the other Ritz values of
+    the Krylov space: the distance to each less its residual estimate (an eigenvalue lies
+    within that of it), the smallest, so that a neighbour still climbing towards the wanted
+    value does not pass for a wide gap; first on the recurrence's estimates, then on the
+    measured residuals for ``converged``. At tol 1e-3 it stops a few products earlier
     than the residual test on a separated top eigenvalue; the vectors are then only
     as good as their residuals say.
 
@@ -406,13 +407,17 @@ def _value_errors(residuals: np.ndarray, gaps: np.ndarray | None) -> np.ndarray:
     return np.minimum(r, quad)
 
 
-def _gaps(th: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Distance from each wanted Ritz value ``th[idx]`` to the nearest other one (inf if alone)."""
+def _gaps(th: np.ndarray, idx: np.ndarray, residuals: np.ndarray) -> np.ndarray:
+    """The gap of each wanted Ritz value ``th[idx]``: the distance to each other Ritz value less
+    that value's residual estimate (``residuals``, one per Ritz value), the smallest, at least 0;
+    inf if alone. An eigenvalue lies within its residual of each Ritz value, and a neighbour that
+    has not converged (large residual) may stand for an eigenvalue much nearer than itself: the
+    bare distance overstates the gap exactly where the r²/gap estimate would stop too early."""
     out = np.full(len(idx), np.inf)
     for n, i in enumerate(idx):
-        others = np.delete(th, i)
+        others = np.abs(np.delete(th, i) - th[i]) - np.delete(np.asarray(residuals, dtype=np.float64), i)
         if others.size:
-            out[n] = float(np.min(np.abs(others - th[i])))
+            out[n] = max(float(np.min(others)), 0.0)
     return out
 
 
@@ -431,10 +436,11 @@ def _lanczos_pairs(mv: Callable[[Tensor], Tensor], v0: Tensor, k: int, which: st
         th, S = np.linalg.eigh(run.tridiagonal())
         idx = _order(th, which)[:k]
         seen.append(th[idx])
-        est = abs(run.last_beta) * np.abs(S[-1, idx])
+        every = abs(run.last_beta) * np.abs(S[-1])   # residual estimates of all Ritz pairs
+        est = every[idx]
         bar.set(residual=float(np.max(est)))
         if by_value:
-            est = _value_errors(est, _gaps(th, idx))
+            est = _value_errors(est, _gaps(th, idx, every))
         floor = atol if atol is not None else 100 * eps * float(np.max(np.abs(th)))
         bound = tol * np.abs(th[idx]) + floor
         if not np.all(est <= bound):
@@ -452,7 +458,8 @@ def _lanczos_pairs(mv: Callable[[Tensor], Tensor], v0: Tensor, k: int, which: st
     coef = torch.from_numpy(np.ascontiguousarray(S[:, idx].T)).to(run.basis)
     vecs = coef @ run.basis                   # (k', n) Ritz vectors, orthonormal
     hvecs = coef @ run.products               # H applied to them, by linearity from real products
-    return th[idx], vecs, hvecs, float(np.max(np.abs(th))), (_gaps(th, idx) if by_value else None)
+    gaps = _gaps(th, idx, abs(run.last_beta) * np.abs(S[-1])) if by_value else None
+    return th[idx], vecs, hvecs, float(np.max(np.abs(th))), gaps
 
 
 def _arpack_pairs(op, v0: Tensor, k: int, which: str, tol: float, max_iter: int,

@@ -15,6 +15,7 @@ toy                       minima (E = min)                    minimum-energy pat
 
 Two network problems for level sets (Freeman & Bruna 2017) complete the set:
 :func:`deep_linear` (connected level sets) and :func:`two_unit_relu` (disconnected below 0.5).
+For spectral methods, :func:`least_squares_spectrum` is a model whose Hessian has any spectrum.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CurvyValley", "Eggcarton", "Flat", "energy", "toy_probe", "deep_linear", "two_unit_relu"]
+__all__ = ["CurvyValley", "Eggcarton", "Flat", "energy", "toy_probe", "deep_linear", "two_unit_relu",
+           "least_squares_spectrum"]
 
 
 def energy(out: Tensor, y: Any = None) -> Tensor:
@@ -269,3 +271,39 @@ def two_unit_relu(dtype: torch.dtype = torch.float64) -> dict[str, Any]:
 
     return {"model": model, "loss_fn": nn.MSELoss(), "data": [(x, y)], "a": state((1.0, -1.0), (1.0, 1.0)),
             "b": state((-2.0, 0.5), (0.5, 2.0)), "barrier": 0.5}
+
+
+def least_squares_spectrum(eigenvalues: Any, seed: int = 0, dtype: torch.dtype = torch.float64) -> dict[str, Any]:
+    """Least squares whose Hessian has the given eigenvalues, in seeded random directions.
+
+    A bias-free ``nn.Linear(d, 1)`` with ``nn.MSELoss`` on one batch of d samples
+    X = (d/2)^½ diag(λ)^½ Qᵀ (Q a seeded random orthogonal matrix), so the Hessian of the loss is
+    (2/d) XᵀX = Q diag(λ) Qᵀ at every parameter value: a known spectrum (a separated top, a
+    cluster, a bulk) on which to check eigensolvers, trace and density estimators.
+
+    Args:
+        eigenvalues: The d eigenvalues, each >= 0 (a sequence or 1-D tensor).
+        seed: Seed of Q.
+        dtype: Of the model and data.
+
+    Returns a dict: ``model``, ``loss_fn``, ``data`` (one batch; targets 0), ``hessian`` (the
+    dense d x d matrix, float64), ``eigenvalues`` (float64, descending).
+
+    Example:
+        >>> import landprobe as lp
+        >>> p = lp.probes.toys.least_squares_spectrum([3.0, 2.0, 1.0, 0.5], seed=0)
+        >>> H = lp.LandscapeProbe(p["model"], p["loss_fn"], p["data"]).hessian()
+        >>> [round(v, 10) for v in H.top_eigenvalues(k=2).values.tolist()]
+        [3.0, 2.0]
+    """
+    ev = torch.as_tensor(eigenvalues, dtype=torch.float64)
+    if ev.ndim != 1 or ev.numel() == 0 or not bool(torch.isfinite(ev).all()) or bool((ev < 0).any()):
+        raise ValueError(f"eigenvalues={eigenvalues!r}; expected a non-empty 1-D sequence of finite values >= 0 "
+                         f"(a least-squares Hessian is positive semi-definite)")
+    d = ev.numel()
+    g = torch.Generator().manual_seed(int(seed))
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    x = (d / 2) ** 0.5 * ev.sqrt()[:, None] * q.T
+    model = nn.Linear(d, 1, bias=False).to(dtype)
+    return {"model": model, "loss_fn": nn.MSELoss(), "data": [(x.to(dtype), torch.zeros(d, 1, dtype=dtype))],
+            "hessian": (q * ev) @ q.T, "eigenvalues": torch.sort(ev, descending=True).values}
