@@ -78,7 +78,8 @@ def main() -> None:
     t0 = time.perf_counter()
     for kind in ("separated", "stemnet", "classes"):
         for k in (1, 5):
-            stats = {m: {"runs": 0, "misses": 0, "claimed_misses": 0, "products": 0, "worst_error": 0.0} for m in MODES}
+            stats = {m: {"runs": 0, "misses": 0, "claimed_misses": 0, "products": 0, "worst_error": 0.0,
+                         "miss_errors": []} for m in MODES}
             for s in range(args.spectra):
                 p = lp.probes.toys.least_squares_spectrum(spectrum(kind, args.dim, s), seed=s)
                 op = lp.LandscapeProbe(p["model"], p["loss_fn"], p["data"]).hessian()
@@ -93,6 +94,7 @@ def main() -> None:
                         st["worst_error"] = max(st["worst_error"], err)
                         if err > args.tol:
                             st["misses"] += 1
+                            st["miss_errors"].append(err)
                             st["claimed_misses"] += bool(res.converged.all())
             for st in stats.values():
                 st["mean_products"] = st.pop("products") / st["runs"]
