@@ -9,8 +9,8 @@ optimizer step of an AutoNEB band of K interior images and of a polychain curve 
 values of t per step), and of the band's model evaluation alone (``Engine.fit_losses`` on the
 K images stacked, and their gradients), against K (resp. ``t_samples``) forward-and-backward
 passes of the model itself (the floor), measured in the same process. A step's cost is the difference of
-two calls that differ only in their number of steps, divided by that difference (the band's
-insertion and the final measurement cancel). Runs are interleaved, after warm-up; medians, and
+two calls that differ only in their number of steps (1 and ``--steps``), divided by that
+difference (the band's insertion, its set-up for a cycle's steps and the final measurement cancel). Runs are interleaved, after warm-up; medians, and
 the ratio to the floor as the median of the per-round ratios. The MLP is the band algebra's
 hardest case: a pass of a batch of 64 costs few operations per parameter, and the band's vector
 algebra over K + 2 images of 1M numbers is bound by memory bandwidth. As a second reference,
@@ -127,12 +127,12 @@ def per_step(model, loss_fn, data, a, b, images: int, steps: int, repeats: int, 
     sgd = torch.optim.SGD(copies, lr=lr, momentum=0.9)
     sgd.step()                                                              # momentum buffers exist
 
-    t = timeit({"band_n": band(steps, chosen), "band_0": band(0, chosen), "chain_n": chain(steps),
-                "chain_0": chain(0), "batched": batched, "floor": passes, "sgd_step": sgd.step},
+    t = timeit({"band_n": band(steps, chosen), "band_1": band(1, chosen), "chain_n": chain(steps),
+                "chain_1": chain(1), "batched": batched, "floor": passes, "sgd_step": sgd.step},
                repeats=repeats, warmup=1)
     floor = np.asarray(t["floor"]["runs"])
-    band_step = (np.asarray(t["band_n"]["runs"]) - np.asarray(t["band_0"]["runs"])) / steps
-    chain_step = (np.asarray(t["chain_n"]["runs"]) - np.asarray(t["chain_0"]["runs"])) / steps
+    band_step = (np.asarray(t["band_n"]["runs"]) - np.asarray(t["band_1"]["runs"])) / (steps - 1)
+    chain_step = (np.asarray(t["chain_n"]["runs"]) - np.asarray(t["chain_1"]["runs"])) / (steps - 1)
     return {"images": images, "steps": steps, "repeats": repeats, "batch": int(len(x)),
             "parameters": int(sum(p.numel() for p in model.parameters())),
             "floor_s": float(np.median(floor)), "band_step_s": float(np.median(band_step)),
@@ -148,15 +148,17 @@ def per_step(model, loss_fn, data, a, b, images: int, steps: int, repeats: int, 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=8, help="interior images K of the band (t values of the curve)")
-    ap.add_argument("--steps", type=int, default=10, help="steps of the longer of the two calls")
+    ap.add_argument("--steps", type=int, default=10, help="steps of the longer of the two calls (>= 2)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-toy", action="store_true", help="only the 1M-parameter measurements")
     ap.add_argument("--toy-repeats", type=int, default=3, help="CurvyValley runs (the median is reported)")
     ap.add_argument("--skip-warship", action="store_true", help="skip the full-size WARSHIP-XZNet beta measurement")
-    ap.add_argument("--warship-steps", type=int, default=2, help="steps of the longer WARSHIP call (~6 s each)")
+    ap.add_argument("--warship-steps", type=int, default=2, help="steps of the longer WARSHIP call (>= 2; ~6 s each)")
     ap.add_argument("--out", default=str(RESULTS / f"fits_{cpu_tag()}.json"))
     args = ap.parse_args(argv)
+    if args.steps < 2 or args.warship_steps < 2:
+        ap.error("--steps and --warship-steps must be >= 2 (a step's cost is the difference of a 1-step and an n-step call)")
     torch.set_num_threads(args.threads)
     out = {"environment": environment()}
     if not args.skip_toy:

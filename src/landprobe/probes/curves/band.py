@@ -5,10 +5,12 @@ Per parameter, the images θ_0 … θ_{n−1} are stacked along dim 0 and seen a
 (images, numbers) matrix over the stack's memory (:func:`rows_of`). Every operation runs on
 column blocks of these matrices: a large stack is swept block by block, each block small enough
 that its rows of every operand stay in cache through all the operations on it (the segments and
-their Gram products in one sweep, the nudged momentum step in another), so that a step reads the
-band from memory a few times, not once per operation; a small stack is one block. The tangent
-of image i is a·(θ_{i+1} − θ_i) + b·(θ_i − θ_{i−1}), so the nudged step needs only inner
-products of the segments and the gradients.
+their inner products in one sweep, the nudged momentum step in another), so that a step reads
+the band from memory a few times, not once per operation; a small stack is one block. The
+tangent of image i is a·(θ_{i+1} − θ_i) + b·(θ_i − θ_{i−1}), so the nudged step needs only the
+inner products of each segment with itself and its predecessor, and of each interior image's
+gradient with its two segments: four row-wise dot products per block (a Gram matrix of all the
+segments and gradients would cost four times the arithmetic).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from torch import Tensor
 
 __all__ = ["rows_of", "nudged_step", "respace"]
 
-#: numbers per column block of all rows of one operand (512 KB of float32): the blocks of the
-#: four operands of the nudged step fit a 2 MB L2 cache together
-_BLOCK = 1 << 17
+#: numbers per column block of all rows of one operand (2 MB of float32): measured fastest of
+#: 2^16 ... 2^20 for a ~1M-parameter band of 10 images on a 2-core AMD EPYC (1 MB L2 per core,
+#: 32 MB L3); the blocks of the four operands of the nudged step stay in cache between operations
+_BLOCK = 1 << 19
 #: images of at most this many numbers are small: a band of them re-spaces with batched
 #: gathers (one call per parameter) instead of a call per moved image, and AutoNEB evaluates
 #: its ends in the interior images' model call and sets all its parameters side by side
@@ -57,33 +60,37 @@ def _workspace(space: dict[Any, Tensor], key: Any, like: Tensor) -> Tensor:
     return buf
 
 
-def _segments_and_gram(rows: list[Tensor], grads: list[Tensor], space: dict[Any, Tensor]
-                       ) -> tuple[list[Tensor], Tensor, Tensor]:
-    """The segments s_j = θ_{j+1} − θ_j (per parameter, in ``space``) and, summed over the
-    parameters as float64, their Gram matrix s·sᵀ and the products g·sᵀ with the interior
-    images' gradients ``grads``, in one sweep over the band."""
-    m = rows[0].shape[0] - 1
-    ss = torch.zeros(m, m, dtype=torch.float64)
-    gs = torch.zeros(m - 1, m, dtype=torch.float64)
+class Products:
+    """Inner products of a band's segments s_j = θ_{j+1} − θ_j and the interior images'
+    gradients g_k (of image k + 1), summed over the parameters in float64: ``ss[j]`` = s_j·s_j,
+    ``sp[j]`` = s_{j+1}·s_j, ``gn[k]`` = g_k·s_{k+1}, ``gp[k]`` = g_k·s_k."""
+
+    def __init__(self, m: int):
+        self.ss = torch.zeros(m, dtype=torch.float64)
+        self.sp = torch.zeros(m - 1, dtype=torch.float64)
+        self.gn = torch.zeros(m - 1, dtype=torch.float64)
+        self.gp = torch.zeros(m - 1, dtype=torch.float64)
+
+    def add(self, seg: Tensor, g: Tensor) -> None:
+        """Add a block's share: ``seg`` its segments (m rows), ``g`` its gradients (m − 1 rows)."""
+        for acc, x, y in ((self.ss, seg, seg), (self.sp, seg[1:], seg[:-1]), (self.gn, g, seg[1:]),
+                          (self.gp, g, seg[:-1])):
+            acc += torch.linalg.vecdot(x, y).to("cpu", torch.float64)
+
+
+def _segments_and_products(rows: list[Tensor], grads: list[Tensor], space: dict[Any, Tensor]
+                           ) -> tuple[list[Tensor], Products]:
+    """The segments s_j = θ_{j+1} − θ_j (per parameter, in ``space``) and the inner products the
+    nudged step needs (:class:`Products`) of them and the interior images' gradients ``grads``,
+    in one sweep over the band."""
+    prods = Products(rows[0].shape[0] - 1)
     segs = []
     for p, (f, g) in enumerate(zip(rows, grads)):
         seg = _workspace(space, ("seg", p), f[1:])
-        blocks = _blocks(f)
-        if len(blocks) == 1:                      # one product of all rows
-            torch.sub(f[1:], f[:-1], out=seg)
-            both = torch.cat([seg, g])
-            gram = both @ both.T
-        else:
-            gram = torch.zeros(2 * m - 1, m, dtype=f.dtype, device=f.device)
-            for c in blocks:
-                sb = torch.sub(f[1:, c], f[:-1, c], out=seg[:, c])
-                gram[:m].addmm_(sb, sb.T)
-                gram[m:].addmm_(g[:, c], sb.T)
-        gram = gram.to("cpu", torch.float64)
-        ss += gram[:m, :m]
-        gs += gram[m:, :m]
+        for c in _blocks(f):
+            prods.add(torch.sub(f[1:, c], f[:-1, c], out=seg[:, c]), g[:, c])
         segs.append(seg)
-    return segs, ss, gs
+    return segs, prods
 
 
 def _tangent(ep: float, ei: float, en: float) -> tuple[float, float]:
@@ -97,16 +104,17 @@ def _tangent(ep: float, ei: float, en: float) -> tuple[float, float]:
     return (dmax, dmin) if en > ep else (dmin, dmax)
 
 
-def _coefficients(ss: list[list[float]], gs: list[list[float]], energies: list[float], climb_at: int | None,
-                  spring: float) -> tuple[list[float], list[float]]:
+def _coefficients(ss: list[float], sp: list[float], gn: list[float], gp: list[float], energies: list[float],
+                  climb_at: int | None, spring: float) -> tuple[list[float], list[float]]:
     """Per interior image i, the coefficients (c_next, c_prev) of its nudged gradient
-    g_i + c_next·(θ_{i+1} − θ_i) + c_prev·(θ_i − θ_{i−1}): the gradient without its part along
-    the upwind tangent (Henkelman & Jónsson 2000, energy-weighted at extrema; unit norm), the
-    climbing image's tangential part reversed, a finite spring's force along the tangent."""
+    g_i + c_next·(θ_{i+1} − θ_i) + c_prev·(θ_i − θ_{i−1}), from the inner products of
+    :class:`Products` (as lists): the gradient without its part along the upwind tangent
+    (Henkelman & Jónsson 2000, energy-weighted at extrema; unit norm), the climbing image's
+    tangential part reversed, a finite spring's force along the tangent."""
     c_next, c_prev = [], []
-    for k in range(len(gs)):
+    for k in range(len(gn)):
         i = k + 1
-        dd_i, dd_p, cross = ss[i][i], ss[i - 1][i - 1], ss[i][i - 1]
+        dd_i, dd_p, cross = ss[i], ss[i - 1], sp[i - 1]
         a, b = _tangent(energies[i - 1], energies[i], energies[i + 1])
         nrm = math.sqrt(max(a * a * dd_i + 2 * a * b * cross + b * b * dd_p, 0.0))
         if nrm == 0.0:                                       # θ_{i+1} − θ_{i−1}
@@ -114,7 +122,7 @@ def _coefficients(ss: list[list[float]], gs: list[list[float]], energies: list[f
             nrm = math.sqrt(max(dd_i + 2 * cross + dd_p, 0.0))
         if nrm > 0:
             a, b = a / nrm, b / nrm
-        gt = a * gs[k][k + 1] + b * gs[k][k]
+        gt = a * gn[k] + b * gp[k]
         s = 2 * gt if i == climb_at else gt
         if i != climb_at and math.isfinite(spring):
             s += spring * (math.sqrt(dd_i) - math.sqrt(dd_p))
@@ -135,8 +143,9 @@ def nudged_step(rows: list[Tensor], grads: list[Tensor], energies: list[float], 
         return _nudged_step_tiny(rows[0], grads[0], energies, climb_at=climb_at, spring=spring, lr=lr,
                                  momentum=momentum, bufs=bufs, measure=measure)
     with torch.no_grad():
-        segs, ss, gs = _segments_and_gram(rows, grads, space)
-        c_next, c_prev = _coefficients(ss.tolist(), gs.tolist(), energies, climb_at, spring)
+        segs, prods = _segments_and_products(rows, grads, space)
+        c_next, c_prev = _coefficients(prods.ss.tolist(), prods.sp.tolist(), prods.gn.tolist(), prods.gp.tolist(),
+                                       energies, climb_at, spring)
         first = bufs is None
         if bufs is None:
             bufs = [torch.empty_like(g) for g in grads] if momentum else []
@@ -144,9 +153,8 @@ def nudged_step(rows: list[Tensor], grads: list[Tensor], energies: list[float], 
         for p, (f, g, sg) in enumerate(zip(rows, grads, segs)):
             coef = torch.tensor([c_next, c_prev], dtype=g.dtype, device=g.device)
             cn, cp = coef[0].reshape(-1, 1), coef[1].reshape(-1, 1)
-            x, blocks = f[1:-1], _blocks(f)
-            gram = torch.zeros(len(sg), len(sg), dtype=f.dtype, device=f.device) if measure and len(blocks) > 1 else None
-            for c in blocks:
+            x = f[1:-1]
+            for c in _blocks(f):
                 u = g[:, c].addcmul_(sg[1:, c], cn).addcmul_(sg[:-1, c], cp)
                 if momentum:
                     b = bufs[p][:, c]
@@ -154,11 +162,7 @@ def nudged_step(rows: list[Tensor], grads: list[Tensor], energies: list[float], 
                 x[:, c].add_(u, alpha=-lr)
                 if measure:                       # the block's old segments are spent: the new ones
                     sb = torch.sub(f[1:, c], f[:-1, c], out=sg[:, c])
-                    if gram is not None:
-                        gram.addmm_(sb, sb.T)
-            if measure:                           # squared lengths: the Gram diagonal, or row by row in one call
-                sq += (gram.diagonal() if gram is not None
-                       else torch.bmm(sg.unsqueeze(1), sg.unsqueeze(2)).reshape(-1)).to("cpu", torch.float64)
+                    sq += torch.linalg.vecdot(sb, sb).to("cpu", torch.float64)
         if not measure:
             return bufs, None
         return bufs, (segs, [math.sqrt(max(v, 0.0)) for v in sq.tolist()])
@@ -179,8 +183,10 @@ def _nudged_step_tiny(f: Tensor, g: Tensor, energies: list[float], *, climb_at: 
     m = x.shape[0] - 1
     seg = x[1:] - x[:-1]
     both = np.concatenate([seg, gx])
-    gram = (both @ both.T).astype(np.float64)
-    c_next, c_prev = _coefficients(gram[:m, :m].tolist(), gram[m:, :m].tolist(), energies, climb_at, spring)
+    gram = (both @ both.T).astype(np.float64)             # one product beats four row-wise ones here
+    ss, gs = gram[:m, :m], gram[m:, :m]
+    c_next, c_prev = _coefficients(np.diagonal(ss).tolist(), np.diagonal(ss, -1).tolist(), np.diagonal(gs, 1).tolist(),
+                                   np.diagonal(gs).tolist(), energies, climb_at, spring)
     u = gx + seg[1:] * np.asarray(c_next, dtype=x.dtype)[:, None] + seg[:-1] * np.asarray(c_prev, dtype=x.dtype)[:, None]
     if momentum:
         if bufs is None:
