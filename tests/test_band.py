@@ -133,3 +133,21 @@ def test_float32_bands_stay_float32(d):
     assert rows[0].dtype == bufs[0].dtype == segments[0][0].dtype == torch.float32
     want = reference_respace(reference_step(theta, grads, energies, None, math.inf, 0.05), set())
     np.testing.assert_allclose(rows[0].numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("block", [None, 512])
+def test_parameters_of_different_dtypes_add_up(monkeypatch, block):
+    """A float64 and a float32 parameter (each block's products kept in its own dtype, summed in
+    float64): the step and the lengths of their concatenation, to float32 rounding."""
+    if block is not None:
+        monkeypatch.setattr(band, "_BLOCK", block)
+    theta, grads, energies = problem(6, 6000, seed=4)
+    rows = [torch.tensor(theta[:, :2000]), torch.tensor(theta[:, 2000:], dtype=torch.float32)]
+    g = [torch.tensor(grads[:, :2000]), torch.tensor(grads[:, 2000:], dtype=torch.float32)]
+    _, segments = band.nudged_step(rows, g, energies, climb_at=3, spring=math.inf, lr=0.05, momentum=0.9, bufs=None,
+                                   space={}, measure=True)
+    want = reference_step(theta, grads, energies, 3, math.inf, 0.05)
+    assert rows[0].dtype == torch.float64 and rows[1].dtype == torch.float32
+    np.testing.assert_allclose(rows[0].numpy(), want[:, :2000], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rows[1].numpy(), want[:, 2000:], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(segments[1], np.linalg.norm(np.diff(want, axis=0), axis=1), rtol=1e-5)

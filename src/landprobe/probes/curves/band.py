@@ -60,22 +60,49 @@ def _workspace(space: dict[Any, Tensor], key: Any, like: Tensor) -> Tensor:
     return buf
 
 
+class _BlockSums:
+    """Per column block, a row of ``width`` numbers (row-wise products of the block), in its
+    parameter's dtype on its device, one buffer per device and dtype; :meth:`total` reads each
+    buffer once and sums its rows in float64 (one transfer per step from a GPU, not one per block)."""
+
+    def __init__(self, rows: list[Tensor], width: int):
+        self.next: dict[tuple[torch.device, torch.dtype], int] = {}
+        count: dict[tuple[torch.device, torch.dtype], int] = {}
+        for f in rows:
+            count[(f.device, f.dtype)] = count.get((f.device, f.dtype), 0) + len(_blocks(f))
+        self.bufs = {key: torch.empty(n, width, dtype=key[1], device=key[0]) for key, n in count.items()}
+
+    def row(self, like: Tensor) -> Tensor:
+        """The next free row of the buffer for ``like``'s device and dtype."""
+        key = (like.device, like.dtype)
+        at = self.next.get(key, 0)
+        self.next[key] = at + 1
+        return self.bufs[key][at]
+
+    def total(self) -> list[float]:
+        return sum(b[:self.next.get(key, 0)].to("cpu", torch.float64).sum(0) for key, b in self.bufs.items()).tolist()
+
+
 class Products:
     """Inner products of a band's segments s_j = θ_{j+1} − θ_j and the interior images'
     gradients g_k (of image k + 1), summed over the parameters in float64: ``ss[j]`` = s_j·s_j,
-    ``sp[j]`` = s_{j+1}·s_j, ``gn[k]`` = g_k·s_{k+1}, ``gp[k]`` = g_k·s_k."""
+    ``sp[j]`` = s_{j+1}·s_j, ``gn[k]`` = g_k·s_{k+1}, ``gp[k]`` = g_k·s_k (lists, after :meth:`total`)."""
 
-    def __init__(self, m: int):
-        self.ss = torch.zeros(m, dtype=torch.float64)
-        self.sp = torch.zeros(m - 1, dtype=torch.float64)
-        self.gn = torch.zeros(m - 1, dtype=torch.float64)
-        self.gp = torch.zeros(m - 1, dtype=torch.float64)
+    def __init__(self, rows: list[Tensor]):
+        self.m = rows[0].shape[0] - 1
+        self.sums = _BlockSums(rows, 4 * self.m - 3)
 
     def add(self, seg: Tensor, g: Tensor) -> None:
         """Add a block's share: ``seg`` its segments (m rows), ``g`` its gradients (m − 1 rows)."""
-        for acc, x, y in ((self.ss, seg, seg), (self.sp, seg[1:], seg[:-1]), (self.gn, g, seg[1:]),
-                          (self.gp, g, seg[:-1])):
-            acc += torch.linalg.vecdot(x, y).to("cpu", torch.float64)
+        m, row = self.m, self.sums.row(seg)
+        torch.linalg.vecdot(seg, seg, out=row[:m])
+        torch.linalg.vecdot(seg[1:], seg[:-1], out=row[m:2 * m - 1])
+        torch.linalg.vecdot(g, seg[1:], out=row[2 * m - 1:3 * m - 2])
+        torch.linalg.vecdot(g, seg[:-1], out=row[3 * m - 2:])
+
+    def total(self) -> None:
+        m, t = self.m, self.sums.total()
+        self.ss, self.sp, self.gn, self.gp = t[:m], t[m:2 * m - 1], t[2 * m - 1:3 * m - 2], t[3 * m - 2:]
 
 
 def _segments_and_products(rows: list[Tensor], grads: list[Tensor], space: dict[Any, Tensor]
@@ -83,13 +110,14 @@ def _segments_and_products(rows: list[Tensor], grads: list[Tensor], space: dict[
     """The segments s_j = θ_{j+1} − θ_j (per parameter, in ``space``) and the inner products the
     nudged step needs (:class:`Products`) of them and the interior images' gradients ``grads``,
     in one sweep over the band."""
-    prods = Products(rows[0].shape[0] - 1)
+    prods = Products(rows)
     segs = []
     for p, (f, g) in enumerate(zip(rows, grads)):
         seg = _workspace(space, ("seg", p), f[1:])
         for c in _blocks(f):
             prods.add(torch.sub(f[1:, c], f[:-1, c], out=seg[:, c]), g[:, c])
         segs.append(seg)
+    prods.total()
     return segs, prods
 
 
@@ -108,7 +136,7 @@ def _coefficients(ss: list[float], sp: list[float], gn: list[float], gp: list[fl
                   climb_at: int | None, spring: float) -> tuple[list[float], list[float]]:
     """Per interior image i, the coefficients (c_next, c_prev) of its nudged gradient
     g_i + c_next·(θ_{i+1} − θ_i) + c_prev·(θ_i − θ_{i−1}), from the inner products of
-    :class:`Products` (as lists): the gradient without its part along the upwind tangent
+    :class:`Products`: the gradient without its part along the upwind tangent
     (Henkelman & Jónsson 2000, energy-weighted at extrema; unit norm), the climbing image's
     tangential part reversed, a finite spring's force along the tangent."""
     c_next, c_prev = [], []
@@ -144,12 +172,11 @@ def nudged_step(rows: list[Tensor], grads: list[Tensor], energies: list[float], 
                                  momentum=momentum, bufs=bufs, measure=measure)
     with torch.no_grad():
         segs, prods = _segments_and_products(rows, grads, space)
-        c_next, c_prev = _coefficients(prods.ss.tolist(), prods.sp.tolist(), prods.gn.tolist(), prods.gp.tolist(),
-                                       energies, climb_at, spring)
+        c_next, c_prev = _coefficients(prods.ss, prods.sp, prods.gn, prods.gp, energies, climb_at, spring)
         first = bufs is None
         if bufs is None:
             bufs = [torch.empty_like(g) for g in grads] if momentum else []
-        sq = torch.zeros(rows[0].shape[0] - 1, dtype=torch.float64)
+        lengths = _BlockSums(rows, rows[0].shape[0] - 1) if measure else None
         for p, (f, g, sg) in enumerate(zip(rows, grads, segs)):
             coef = torch.tensor([c_next, c_prev], dtype=g.dtype, device=g.device)
             cn, cp = coef[0].reshape(-1, 1), coef[1].reshape(-1, 1)
@@ -160,12 +187,12 @@ def nudged_step(rows: list[Tensor], grads: list[Tensor], energies: list[float], 
                     b = bufs[p][:, c]
                     u = b.copy_(u) if first else b.mul_(momentum).add_(u)
                 x[:, c].add_(u, alpha=-lr)
-                if measure:                       # the block's old segments are spent: the new ones
+                if lengths is not None:           # the block's old segments are spent: the new ones
                     sb = torch.sub(f[1:, c], f[:-1, c], out=sg[:, c])
-                    sq += torch.linalg.vecdot(sb, sb).to("cpu", torch.float64)
-        if not measure:
+                    torch.linalg.vecdot(sb, sb, out=lengths.row(sb))
+        if lengths is None:
             return bufs, None
-        return bufs, (segs, [math.sqrt(max(v, 0.0)) for v in sq.tolist()])
+        return bufs, (segs, [math.sqrt(max(v, 0.0)) for v in lengths.total()])
 
 
 def _tiny(rows: list[Tensor]) -> bool:
