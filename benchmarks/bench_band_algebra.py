@@ -14,7 +14,8 @@ least do. Two bands of K + 2 images (float32): the parameters of the MLP 1000-10
 ``bench_fits.py`` (1,011,010 numbers in 4 tensors) and of ``bench_interpolate.py``'s
 ``ManySmall`` (131,473 numbers in 206 tensors). Interleaved rounds after warm-up, one thread;
 per-round (paired) ratios, median. The two algebras' results are compared (largest difference
-relative to the step).
+relative to the step). Last, the MLP band's step at column blocks of 2^16 ... 2^20 numbers per
+operand (``band._BLOCK``), interleaved.
 """
 
 from __future__ import annotations
@@ -119,6 +120,34 @@ def one_band(name: str, shapes: list[tuple[int, ...]], images: int, repeats: int
     return out
 
 
+def block_sizes(shapes: list[tuple[int, ...]], images: int, repeats: int) -> dict:
+    """The library's step at each column-block size, interleaved rounds (median ms)."""
+    torch.manual_seed(0)
+    rows0 = [torch.randn(images + 2, *s).reshape(images + 2, -1) for s in shapes]
+    grads = [torch.randn(images, r.shape[1]) for r in rows0]
+    energies = [float(e) for e in torch.rand(images + 2)]
+    default = band._BLOCK
+
+    def stepper(block: int):
+        rows, gs, state = [r.clone() for r in rows0], [g.clone() for g in grads], {"bufs": None, "space": {}}
+
+        def step():
+            band._BLOCK = block
+            for g, g0 in zip(gs, grads):
+                g.copy_(g0)
+            state["bufs"], _ = band.nudged_step(rows, gs, energies, climb_at=images // 2, spring=math.inf, lr=1e-6,
+                                                momentum=0.9, bufs=state["bufs"], space=state["space"], measure=True)
+        return step
+
+    try:
+        t = timeit({f"2^{b}": stepper(1 << b) for b in range(16, 21)}, repeats=repeats, warmup=2)
+    finally:
+        band._BLOCK = default
+    out = {name: 1e3 * v["median_s"] for name, v in t.items()}
+    print("block sizes (ms):", {k: round(v, 1) for k, v in out.items()}, flush=True)
+    return {"median_ms": out, "timings": t, "default": f"2^{default.bit_length() - 1}"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=8, help="interior images K")
@@ -130,7 +159,8 @@ def main() -> None:
     small = [tuple(p.shape) for p in ManySmall().parameters()]
     report = {"env": environment(), "what": __doc__.splitlines()[0], "block": band._BLOCK,
               "bands": {"mlp_1m": one_band("mlp_1m", mlp, args.images, args.repeats),
-                        "many_small_206": one_band("many_small_206", small, args.images, args.repeats)}}
+                        "many_small_206": one_band("many_small_206", small, args.images, args.repeats)},
+              "mlp_1m_block_sizes": block_sizes(mlp, args.images, args.repeats)}
     save_json(args.out, report)
 
 
