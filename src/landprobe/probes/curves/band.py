@@ -26,9 +26,9 @@ from torch import Tensor
 
 __all__ = ["rows_of", "nudged_step", "respace"]
 
-#: numbers per column block of all rows of one operand (2 MB of float32): measured fastest of
-#: 2^16 ... 2^20 for a ~1M-parameter band of 10 images on a 2-core AMD EPYC (1 MB L2 per core,
-#: 32 MB L3); the blocks of the four operands of the nudged step stay in cache between operations
+#: numbers per column block of all rows of one operand (2 MB of float32): the fastest of
+#: 2^16 ... 2^20 for a ~1M-parameter band of 10 images on a 2-core AMD EPYC with 1 MB L2 per core
+#: and 32 MB L3 (benchmarks/bench_band_algebra.py); the four operands' blocks stay in cache
 _BLOCK = 1 << 19
 #: images of at most this many numbers are small: a band of them re-spaces with batched
 #: gathers (one call per parameter) instead of a call per moved image, and AutoNEB evaluates
