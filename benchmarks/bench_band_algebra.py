@@ -10,7 +10,9 @@ of column blocks, the nudged momentum step and the new segments' squared lengths
 matrices ([segments; gradients] times segmentsᵀ, and the new segments' own Gram matrix), of
 which the step reads the same entries. ``sgd``: ``torch.optim.SGD`` (momentum 0.9, foreach)
 stepping the K interior images as K models' parameters: what any optimizer-stepped band must at
-least do. Two bands of K + 2 images (float32): the parameters of the MLP 1000-1000-10 of
+least do. ``landprobe_as_laid_out``: the library's step on the band as AutoNEB lays it out, the
+parameters of at most 2^14 numbers per image side by side in one matrix (their gradients gathered
+into it each step, included). Two bands of K + 2 images (float32): the parameters of the MLP 1000-1000-10 of
 ``bench_fits.py`` (1,011,010 numbers in 4 tensors) and of ``bench_interpolate.py``'s
 ``ManySmall`` (131,473 numbers in 206 tensors). Interleaved rounds after warm-up, one thread;
 per-round (paired) ratios, median. The two algebras' results are compared (largest difference
@@ -33,6 +35,7 @@ from bench_interpolate import ManySmall  # noqa: E402
 
 from landprobe.common.io import save_json  # noqa: E402
 from landprobe.probes.curves import band  # noqa: E402
+from landprobe.probes.curves import neb  # noqa: E402
 
 
 def gram_step(rows, grads, energies, *, climb_at, spring, lr, momentum, bufs, space):
@@ -90,6 +93,14 @@ def one_band(name: str, shapes: list[tuple[int, ...]], images: int, repeats: int
 
     ours_rows, ours = stepper(band.nudged_step, measure=True)
     gram_rows, gram = stepper(gram_step)
+    groups = neb._groups(rows0)                  # as AutoNEB lays the band out: small tensors share a matrix
+    laid_rows = [torch.cat([rows0[i] for i in g], 1) for g in groups]
+    laid_state = {"bufs": None, "space": {}}
+
+    def laid_out():                              # the gradients gathered per group, as AutoNEB does each step
+        gs = [torch.cat([grads[i] for i in g], 1) for g in groups]
+        laid_state["bufs"], _ = band.nudged_step(laid_rows, gs, energies, bufs=laid_state["bufs"],
+                                                 space=laid_state["space"], measure=True, **kw)
     for step in (ours, gram):                    # three steps each: the results must agree
         for _ in range(3):
             step()
@@ -108,12 +119,15 @@ def one_band(name: str, shapes: list[tuple[int, ...]], images: int, repeats: int
         copy_grads()
         sgd.step()
 
-    t = timeit({"landprobe": ours, "gram": gram, "sgd": sgd_step, "gradient_copy": copy_grads},
-               repeats=repeats, warmup=2)
+    t = timeit({"landprobe": ours, "gram": gram, "landprobe_as_laid_out": laid_out, "sgd": sgd_step,
+                "gradient_copy": copy_grads}, repeats=repeats, warmup=2)
     out = {"tensors": len(shapes), "numbers": int(sum(r.shape[1] for r in rows0)), "images": images + 2,
            "timings": t, "max_relative_difference": diff,
            "landprobe_ms": 1e3 * t["landprobe"]["median_s"], "gram_ms": 1e3 * t["gram"]["median_s"],
            "sgd_ms": 1e3 * t["sgd"]["median_s"], "gradient_copy_ms": 1e3 * t["gradient_copy"]["median_s"],
+           "autoneb_layout": [len(g) for g in groups],
+           "landprobe_as_laid_out_ms": 1e3 * t["landprobe_as_laid_out"]["median_s"],
+           "paired_landprobe_over_as_laid_out": paired_ratio(t, "landprobe", "landprobe_as_laid_out"),
            "paired_gram_over_landprobe": paired_ratio(t, "gram", "landprobe"),
            "paired_landprobe_over_sgd": paired_ratio(t, "landprobe", "sgd")}
     print(name, {k: v for k, v in out.items() if k != "timings"}, flush=True)

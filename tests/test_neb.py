@@ -242,3 +242,25 @@ def test_the_measured_choice_is_made_once_and_kept_by_the_checkpoint(tmp_path, m
 def test_batch_images_must_be_a_bool_or_none(valley):
     with pytest.raises(TypeError, match="batch_images='yes'"):
         auto_neb(*valley, schedule=QUICK[:1], batch_images="yes")
+
+
+def test_small_parameters_share_one_matrix_and_step_as_apart(monkeypatch):
+    import importlib
+
+    neb = importlib.import_module("landprobe.probes.curves.neb")
+    stacks = [torch.zeros(3, 20_000), torch.zeros(3, 10), torch.zeros(3, 5, dtype=torch.float64), torch.zeros(3, 7)]
+    # the small float32 ones together, the float64 one and the large one alone
+    assert neb._groups(stacks) == [[1, 3], [2], [0]]
+    probe, a, b = conv_problem()                   # six float64 parameters, each small, together large
+    stacks = [torch.zeros(3, *p.shape, dtype=p.dtype) for p in probe.engine.model.parameters()]
+    assert neb._groups(stacks) == [list(range(6))]
+    shared = auto_neb(probe, a, b, schedule=SHORT, sub_points=2, batch_images=False)
+    monkeypatch.setattr(neb, "_SHARED", 0)
+    assert neb._groups(stacks) == [[i] for i in range(6)]
+    apart = auto_neb(probe, a, b, schedule=SHORT, sub_points=2, batch_images=False)
+    np.testing.assert_allclose(shared.losses, apart.losses, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(shared.knots, apart.knots, rtol=1e-10, atol=1e-12)
+    for x, y in zip(shared.points, apart.points):
+        for t, u in zip(x.tensors, y.tensors):
+            assert t.is_contiguous()
+            torch.testing.assert_close(t, u, rtol=1e-10, atol=1e-12)

@@ -372,9 +372,8 @@ def _relax(engine: Engine, band: _Band, cyc: NebCycle, batches: Iterator, bar: P
         bar.update(cyc.steps)
         return "skipped"
     full = [torch.stack(ts) for ts in zip(*(im.tensors for im in images))]
-    flat = _flattened(full)                       # small images: one (images, numbers) matrix
-    if flat is not None:
-        full = _views(flat, full)
+    groups = _groups(full)                        # small parameters share one (images, numbers) matrix
+    full, shared = _shared(full, groups)
     _bind(images, band.pnames, full)
     rows: list[Tensor] | None = None              # the stacks as (images, numbers) matrices, from step 0
     bufs: list[Tensor] | None = None
@@ -388,18 +387,10 @@ def _relax(engine: Engine, band: _Band, cyc: NebCycle, batches: Iterator, bar: P
         unchanged()
         energies, grads = _forces(engine, ranks, band, full, next(batches))
         if rows is None:
-            if flat is None and any(f[1:-1].stride() != g.stride() for f, g in zip(full, grads)):
-                full = _laid_out_like(full, grads)        # the stacks in the gradients' memory layout
-                _bind(images, band.pnames, full)
-            rows = [flat] if flat is not None else [band_algebra.rows_of(f) for f in full]
-            if any(r.data_ptr() != f.data_ptr() for r, f in zip(rows, full)):     # a copy, not the band
-                full = [f.contiguous() for f in full]
-                _bind(images, band.pnames, full)
-                rows = [f.reshape(f.shape[0], -1) for f in full]
-        if flat is not None:
-            grads = [torch.cat([g.reshape(g.shape[0], -1) for g in grads], 1)]
-        else:
-            grads = [band_algebra.rows_of(g, like=f) for g, f in zip(grads, full)]
+            full, rows = _band_rows(groups, shared, full, grads)
+            _bind(images, band.pnames, full)
+        grads = [torch.cat([grads[i].reshape(grads[i].shape[0], -1) for i in g], 1) if n in shared
+                 else band_algebra.rows_of(grads[g[0]], like=full[g[0]]) for n, g in enumerate(groups)]
         bad = [i for i, e in enumerate(energies) if not math.isfinite(e)]
         if bad:
             raise fail(f"the loss of image {bad[0]} (of {len(images)}, ends included) became {energies[bad[0]]}",
@@ -418,13 +409,62 @@ def _relax(engine: Engine, band: _Band, cyc: NebCycle, batches: Iterator, bar: P
     return climb_at
 
 
-def _flattened(full: list[Tensor]) -> Tensor | None:
-    """The stacks ``full`` side by side as one (images, numbers) matrix when an image is small
-    and all its tensors share a dtype and device (then the band's algebra is one call per
-    operation, not one per parameter), else None."""
-    if sum(f[0].numel() for f in full) > band_algebra.SMALL or len({(f.dtype, f.device) for f in full}) != 1:
-        return None
-    return torch.cat([f.reshape(f.shape[0], -1) for f in full], 1)
+#: in a band of larger images, parameters of at most this many numbers per image still share one
+#: (images, numbers) matrix per dtype and device: per tensor, a step of the band's algebra costs
+#: about fifteen calls, more than copying so small a gradient into the shared matrix
+_SHARED = 1 << 14
+
+
+def _groups(full: list[Tensor]) -> list[list[int]]:
+    """The parameters (indices into the stacks ``full``) that share one matrix in the band's
+    algebra, each other parameter alone: all of them when an image is small (at most
+    ``band.SMALL`` numbers) and they share dtype and device, else those of at most
+    :data:`_SHARED` numbers per image, by dtype and device."""
+    if sum(f[0].numel() for f in full) <= band_algebra.SMALL and len({(f.dtype, f.device) for f in full}) == 1:
+        return [list(range(len(full)))]
+    by_kind: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+    alone: list[list[int]] = []
+    for i, f in enumerate(full):
+        if f[0].numel() <= _SHARED:
+            by_kind.setdefault((f.dtype, f.device), []).append(i)
+        else:
+            alone.append([i])
+    return [g for g in by_kind.values() if len(g) > 1] + [g for g in by_kind.values() if len(g) == 1] + alone
+
+
+def _shared(full: list[Tensor], groups: list[list[int]]) -> tuple[list[Tensor], dict[int, Tensor]]:
+    """The stacks with the members of each group of several made views of one new (images,
+    numbers) matrix, side by side; those matrices, by group index."""
+    full, shared = list(full), {}
+    for n, g in enumerate(groups):
+        if len(g) > 1:
+            shared[n] = torch.cat([full[i].reshape(full[i].shape[0], -1) for i in g], 1)
+            for i, view in zip(g, _views(shared[n], [full[i] for i in g])):
+                full[i] = view
+    return full, shared
+
+
+def _band_rows(groups: list[list[int]], shared: dict[int, Tensor], full: list[Tensor], grads: list[Tensor]
+               ) -> tuple[list[Tensor], list[Tensor]]:
+    """The stacks and, per group, the (images, numbers) matrix the band's algebra works on, from
+    the first step's gradients: a shared matrix, or a parameter's stack in the memory order of its
+    gradient (a copy in that order where it differs, e.g. the transposed weight gradients of a
+    batched linear layer), so that updates run over contiguous memory."""
+    full = list(full)
+    rows = []
+    for n, g in enumerate(groups):
+        if n in shared:
+            rows.append(shared[n])
+            continue
+        i = g[0]
+        if full[i][1:-1].stride() != grads[i].stride():
+            full[i] = _laid_out_like(full[i], grads[i])
+        row = band_algebra.rows_of(full[i])
+        if row.data_ptr() != full[i].data_ptr():  # a copy, not the band
+            full[i] = full[i].contiguous()
+            row = full[i].reshape(full[i].shape[0], -1)
+        rows.append(row)
+    return full, rows
 
 
 def _views(flat: Tensor, full: list[Tensor]) -> list[Tensor]:
@@ -443,19 +483,15 @@ def _bind(images: list[ParamVector], pnames: list[str], full: list[Tensor]) -> N
         images[i] = ParamVector._wrap(list(pnames), [f[i] for f in full])
 
 
-def _laid_out_like(full: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
-    """Copies of the stacks with the memory layout of the gradients (e.g. the transposed
-    weight gradients of a batched linear layer), so that updates run over contiguous memory."""
-    out = []
-    for f, g in zip(full, grads):
-        order = sorted(range(g.dim()), key=lambda k: g.stride(k), reverse=True)
-        if g.is_contiguous() or order[0] != 0:
-            out.append(f)
-            continue
-        inverse = sorted(range(len(order)), key=order.__getitem__)
-        like = torch.empty([f.shape[k] for k in order], dtype=f.dtype, device=f.device).permute(inverse)
-        out.append(like.copy_(f))
-    return out
+def _laid_out_like(f: Tensor, g: Tensor) -> Tensor:
+    """A copy of the stack ``f`` with the memory layout of the gradient ``g``, or ``f`` itself
+    where ``g`` is contiguous or its images are not its outermost dimension."""
+    order = sorted(range(g.dim()), key=lambda k: g.stride(k), reverse=True)
+    if g.is_contiguous() or order[0] != 0:
+        return f
+    inverse = sorted(range(len(order)), key=order.__getitem__)
+    like = torch.empty([f.shape[k] for k in order], dtype=f.dtype, device=f.device).permute(inverse)
+    return like.copy_(f)
 
 
 def _forces(engine: Engine, ranks: Ranks, band: _Band, full: list[Tensor], part: Part
