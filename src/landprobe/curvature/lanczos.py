@@ -407,6 +407,12 @@ def _value_errors(residuals: np.ndarray, gaps: np.ndarray | None) -> np.ndarray:
     return np.minimum(r, quad)
 
 
+def _residual_estimates(run: LanczosRun, S: np.ndarray) -> np.ndarray:
+    """The recurrence's residual estimates β_m·|s_mi| of all Ritz pairs (``S``: the
+    tridiagonal matrix's eigenvectors)."""
+    return abs(run.last_beta) * np.abs(S[-1])
+
+
 def _gaps(th: np.ndarray, idx: np.ndarray, residuals: np.ndarray) -> np.ndarray:
     """The gap of each wanted Ritz value ``th[idx]``: the distance to each other Ritz value less
     that value's residual estimate (``residuals``, one per Ritz value), the smallest, at least 0;
@@ -436,7 +442,7 @@ def _lanczos_pairs(mv: Callable[[Tensor], Tensor], v0: Tensor, k: int, which: st
         th, S = np.linalg.eigh(run.tridiagonal())
         idx = _order(th, which)[:k]
         seen.append(th[idx])
-        every = abs(run.last_beta) * np.abs(S[-1])   # residual estimates of all Ritz pairs
+        every = _residual_estimates(run, S)
         est = every[idx]
         bar.set(residual=float(np.max(est)))
         if by_value:
@@ -458,7 +464,7 @@ def _lanczos_pairs(mv: Callable[[Tensor], Tensor], v0: Tensor, k: int, which: st
     coef = torch.from_numpy(np.ascontiguousarray(S[:, idx].T)).to(run.basis)
     vecs = coef @ run.basis                   # (k', n) Ritz vectors, orthonormal
     hvecs = coef @ run.products               # H applied to them, by linearity from real products
-    gaps = _gaps(th, idx, abs(run.last_beta) * np.abs(S[-1])) if by_value else None
+    gaps = _gaps(th, idx, _residual_estimates(run, S)) if by_value else None
     return th[idx], vecs, hvecs, float(np.max(np.abs(th))), gaps
 
 

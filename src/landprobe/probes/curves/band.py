@@ -83,7 +83,7 @@ class _BlockSums:
         return sum(b[:self.next.get(key, 0)].to("cpu", torch.float64).sum(0) for key, b in self.bufs.items()).tolist()
 
 
-class Products:
+class _Products:
     """Inner products of a band's segments s_j = θ_{j+1} − θ_j and the interior images'
     gradients g_k (of image k + 1), summed over the parameters in float64: ``ss[j]`` = s_j·s_j,
     ``sp[j]`` = s_{j+1}·s_j, ``gn[k]`` = g_k·s_{k+1}, ``gp[k]`` = g_k·s_k (lists, after :meth:`total`)."""
@@ -106,11 +106,11 @@ class Products:
 
 
 def _segments_and_products(rows: list[Tensor], grads: list[Tensor], space: dict[Any, Tensor]
-                           ) -> tuple[list[Tensor], Products]:
+                           ) -> tuple[list[Tensor], _Products]:
     """The segments s_j = θ_{j+1} − θ_j (per parameter, in ``space``) and the inner products the
-    nudged step needs (:class:`Products`) of them and the interior images' gradients ``grads``,
+    nudged step needs (:class:`_Products`) of them and the interior images' gradients ``grads``,
     in one sweep over the band."""
-    prods = Products(rows)
+    prods = _Products(rows)
     segs = []
     for p, (f, g) in enumerate(zip(rows, grads)):
         seg = _workspace(space, ("seg", p), f[1:])
@@ -136,7 +136,7 @@ def _coefficients(ss: list[float], sp: list[float], gn: list[float], gp: list[fl
                   climb_at: int | None, spring: float) -> tuple[list[float], list[float]]:
     """Per interior image i, the coefficients (c_next, c_prev) of its nudged gradient
     g_i + c_next·(θ_{i+1} − θ_i) + c_prev·(θ_i − θ_{i−1}), from the inner products of
-    :class:`Products`: the gradient without its part along the upwind tangent
+    :class:`_Products`: the gradient without its part along the upwind tangent
     (Henkelman & Jónsson 2000, energy-weighted at extrema; unit norm), the climbing image's
     tangential part reversed, a finite spring's force along the tangent."""
     c_next, c_prev = [], []

@@ -429,7 +429,7 @@ def _groups(full: list[Tensor]) -> list[list[int]]:
             by_kind.setdefault((f.dtype, f.device), []).append(i)
         else:
             alone.append([i])
-    return [g for g in by_kind.values() if len(g) > 1] + [g for g in by_kind.values() if len(g) == 1] + alone
+    return list(by_kind.values()) + alone
 
 
 def _shared(full: list[Tensor], groups: list[list[int]]) -> tuple[list[Tensor], dict[int, Tensor]]:
