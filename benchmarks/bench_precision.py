@@ -1,13 +1,15 @@
 """Precision-targeted curves and planes of WARSHIP-XZNet β on all T91 x2 patches.
 
     python benchmarks/bench_precision.py [--points 51] [--plane-points 21] [--precision 0.01]
-        [--a A.pt --b B.pt] [--control-at] [--train-steps N] [--no-control] [--batch-size 16]
+        [--a A.pt --b B.pt] [--control-at] [--train-steps N] [--no-control] [--covariates {sr,sr-mean}]
+        [--batch-size 16]
         [--validate ALPHA ...] [--validate-plane=X,Y ...] [--threads T] [--out NAME]
 
 Side by side in one process: the naive path (every point one fp32 pass over all 9,362
 patches; timed on a few batches and extrapolated) and the precision-targeted path (seeded
 random batches until 2σ <= precision · loss, bf16 autocast, control variates
-``lp.data.sr_covariates`` unless --no-control, and with --control-at the per-batch losses of
+``lp.data.sr_covariates`` unless --no-control (``lp.data.sr_covariates_with_mean`` with
+``--covariates sr-mean``), and with --control-at the per-batch losses of
 the two endpoints, one exact pass over all patches at each, shared by the curve and the plane).
 
 Endpoints: --a/--b are checkpoints of ``landprobe reproduce`` (the model is rebuilt from their
@@ -41,6 +43,7 @@ from _common import RESULTS, environment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SPAN = ((-0.25, 1.25), (-0.75, 0.75))
+COVARIATES = {"sr": lp.data.sr_covariates, "sr-mean": lp.data.sr_covariates_with_mean}
 
 
 def endpoints(args) -> tuple[dict, dict, torch.nn.Module, torch.nn.Module, str]:
@@ -173,6 +176,8 @@ def parse_args(argv=None):
     ap.add_argument("--control-at", action="store_true", help="the endpoints' losses as control variates")
     ap.add_argument("--train-steps", type=int, default=0)
     ap.add_argument("--no-control", action="store_true")
+    ap.add_argument("--covariates", choices=sorted(COVARIATES), default="sr",
+                    help="sr: lp.data.sr_covariates; sr-mean: lp.data.sr_covariates_with_mean")
     ap.add_argument("--batch-size", type=int, default=16, help="samples per random batch of the targeted path")
     ap.add_argument("--validate", type=float, nargs="*", default=[], metavar="ALPHA")
     ap.add_argument("--validate-plane", action="append", default=[], metavar="X,Y",
@@ -204,7 +209,7 @@ def main(argv=None) -> dict:
         ends += f", each trained {args.train_steps} Adam steps (lr 1e-4, batch 64, bf16)"
         print("trained endpoints", training, flush=True)
     per_batch, n_batches = naive_seconds_per_pass(model, loss_fn, patches, a, args.naive_batches)
-    control = None if args.no_control else lp.data.sr_covariates
+    control = None if args.no_control else COVARIATES[args.covariates]
     probe = lp.LandscapeProbe(model, loss_fn, patches, precision=args.precision, dtype=torch.bfloat16, seed=0,
                               progress=True, batch_size=args.batch_size, control=control,
                               control_at=[a, b] if args.control_at else None)
@@ -235,7 +240,7 @@ def write_report(c: dict, curve: dict, plane: dict | None, checks: list) -> dict
                                                                             + reference))
     report = {
         "env": environment(), "endpoints": c["ends"], "training": c["training"],
-        "control": None if c["control"] is None else "lp.data.sr_covariates",
+        "control": None if c["control"] is None else f"lp.data.{c['control'].__name__}",
         "control_at": "the two endpoints" if args.control_at else None,
         "reference_losses": c["probe"].engine.reference_losses,
         "batch_size": args.batch_size, "validation": checks,

@@ -155,6 +155,9 @@ DATA = {
                           ValueError, r"`dataset` is empty"),
     "sr-covariates-shapes": (lambda t: lpdata.sr_covariates(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 8, 8)),
                              ValueError, r"\(2, 1, 4, 4\) and \(2, 1, 8, 8\)"),
+    "sr-covariates-with-mean-shapes": (lambda t: lpdata.sr_covariates_with_mean(torch.zeros(2, 1, 4, 4),
+                                                                                torch.zeros(2, 1, 8, 8)),
+                                       ValueError, r"\(2, 1, 4, 4\) and \(2, 1, 8, 8\)"),
 }
 
 

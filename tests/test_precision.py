@@ -190,6 +190,29 @@ def test_control_errors():
         nan.evaluate()
 
 
+
+def test_sr_covariates_with_mean_follow_a_bias_driven_loss():
+    # A 1x1 convolution y_hat = 3x + 2 on patches x = y + noise: each patch's loss is
+    # 4·mean(y²) + 8·mean(y) + 4 plus small terms, a term linear in the patch's mean that only the
+    # third column follows. With it the point needs a fraction of the samples; both stay honest.
+    g = torch.Generator().manual_seed(0)
+    y = torch.rand(3000, 1, 1, 1, generator=g, dtype=torch.float64) + 0.2 * torch.randn(3000, 1, 6, 6, generator=g,
+                                                                                       dtype=torch.float64)
+    ds = TensorDataset(y + 0.05 * torch.randn(y.shape, generator=g, dtype=torch.float64), y)
+    model = nn.Conv2d(1, 1, 1).double()
+    with torch.no_grad():
+        model.weight.fill_(3.0), model.bias.fill_(2.0)
+    exact = lp.LandscapeProbe(model, nn.MSELoss(), DataLoader(ds, batch_size=1000)).loss()
+    used = {}
+    for control in (lp.data.sr_covariates, lp.data.sr_covariates_with_mean):
+        ev = lp.LandscapeProbe(model, nn.MSELoss(), ds, precision=0.005, batch_size=4, seed=0,
+                               control=control).evaluate()
+        assert abs(ev.loss - exact) <= 3 * ev.stderr
+        used[control.__name__] = int(ev.batch_sizes.sum())
+    assert used["sr_covariates_with_mean"] < 2 * 4 * 4 * (3 + 1)     # under twice the floor, 4(k + 1) batches of 4
+    assert used["sr_covariates"] > 3 * used["sr_covariates_with_mean"]
+
+
 # ---------------------------------------------------------------- control variates at reference parameters
 def weight(*w):
     return {"weight": torch.tensor([list(w)], dtype=torch.float64)}

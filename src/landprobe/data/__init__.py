@@ -15,7 +15,7 @@ Corrupted views of any map-style dataset of pairs ``(x, y)`` (Zhang et al. 2017)
 from landprobe.data._color import modcrop, rgb2y, rgb2ycbcr, ycbcr2rgb
 from landprobe.data._corruption import (CORRUPTION_KINDS, CorruptLabels, GaussianInputs, RandomPixels,
                                         ShuffledPixels, ShuffledTargets, corrupt, materialize)
-from landprobe.data._datasets import SREvalSet, T91Patches, bicubic_pair, sr_covariates
+from landprobe.data._datasets import SREvalSet, T91Patches, bicubic_pair, sr_covariates, sr_covariates_with_mean
 from landprobe.data._images import IMAGE_EXTENSIONS, list_images, load_y
 from landprobe.data._imresize import cubic, imresize, resize_weights
 from landprobe.data._sample import sample_dir
@@ -40,6 +40,7 @@ __all__ = [
     "T91Patches",
     "SREvalSet",
     "sr_covariates",
+    "sr_covariates_with_mean",
     # corrupted views (Zhang et al. 2017)
     "CorruptLabels",
     "ShuffledPixels",

@@ -375,3 +375,36 @@ def sr_covariates(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         )
     xd, yd = x.detach().double().flatten(1), y.detach().double().flatten(1)
     return torch.stack([(xd - yd).pow(2).mean(1), yd.pow(2).mean(1)], dim=1)
+
+
+def sr_covariates_with_mean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """:func:`sr_covariates` and a third column, the target's mean intensity ``mean(y)``.
+
+    Away from trained weights an SR network's output carries a part driven by its biases,
+    nearly constant over a patch, and the loss then has a term linear in the patch's mean
+    intensity that neither of :func:`sr_covariates`' columns follows. On a plane between two
+    trained solutions with a far-reaching random direction this column halves the samples
+    (``benchmarks/bench_precision.py --covariates sr-mean``, ``docs/precision.md``). One column
+    more raises each point's minimum from ``4(k + 1)`` to ``4(k + 2)`` batches, so where every
+    point sits at the minimum (a curve near its trained ends, or near initialisation)
+    :func:`sr_covariates` is the cheaper choice.
+
+    Args:
+        x: ``(B, C, H, W)`` bicubic-upsampled inputs, the size of ``y``.
+        y: ``(B, C, H, W)`` targets.
+
+    Returns:
+        ``(B, 3)`` float64 tensor: ``mean((x − y)²)``, ``mean(y²)``, ``mean(y)``.
+
+    Raises:
+        ValueError: If ``x`` and ``y`` differ in shape.
+
+    Example:
+        >>> import torch, landprobe as lp
+        >>> x, y = torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)
+        >>> y[1] = 3.0
+        >>> lp.data.sr_covariates_with_mean(x, y).tolist()    # [(0-1)², 1², 1], [(0-3)², 3², 3]
+        [[1.0, 1.0, 1.0], [9.0, 9.0, 3.0]]
+    """
+    columns = sr_covariates(x, y)
+    return torch.cat([columns, y.detach().double().flatten(1).mean(1, keepdim=True)], dim=1)
