@@ -382,8 +382,9 @@ def sr_covariates_with_mean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
     Away from trained weights an SR network's output carries a part driven by its biases,
     nearly constant over a patch, and the loss then has a term linear in the patch's mean
-    intensity that neither of :func:`sr_covariates`' columns follows. On a plane between two
-    trained solutions with a far-reaching random direction this column halves the samples
+    intensity that neither of :func:`sr_covariates`' columns follows. On an 11x11 plane between
+    two trained WARSHIP-XZNet β of width 0.125, reaching a random direction as long as their
+    difference, the plane's points drew 1.7x fewer samples with this column
     (``benchmarks/bench_precision.py --covariates sr-mean``, ``docs/precision.md``). One column
     more raises each point's minimum from ``4(k + 1)`` to ``4(k + 2)`` batches, so where every
     point sits at the minimum (a curve near its trained ends, or near initialisation)
