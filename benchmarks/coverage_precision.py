@@ -3,19 +3,21 @@
     python benchmarks/coverage_precision.py collect --a A.pt --b B.pt --plane NAME_plane.json
         [--random 5] [--part I --parts P] [--threads T] [--out NAME]
     python benchmarks/coverage_precision.py replay NAME_part*.npz [--orders 400] [--batch-size 8]
-        [--no-control] [--min-batches M] [--variance {library,residual,hc2}] [--out NAME]
+        [--no-control] [--covariates {sr,sr-mean}] [--min-batches M] [--variance {library,residual,hc2}]
+        [--out NAME]
     python benchmarks/coverage_precision.py ratio NAME_part*.npz [--orders 200] [--batches 20]
 
 ``collect`` evaluates the per-patch empirical error (bf16, all 9,362 T91 x2 patches) at the two
 endpoints of a ``bench_precision.py`` plane and at grid points of it (the points its
 validations check, ten drawn with seeds 1 and 2, and ``--random`` seeded others), with
-the patches' ``lp.data.sr_covariates``, into an ``.npz`` (several processes split the points
-with ``--part``/``--parts``).
+the patches' ``lp.data.sr_covariates_with_mean`` (whose first two columns are
+``lp.data.sr_covariates``), into an ``.npz`` (several processes split the points with
+``--part``/``--parts``).
 
 ``replay`` runs the library's own precision-targeted engine on those tables: a stand-in model
 whose parameters select one point's per-patch losses (``theta = e_p`` gives exactly the losses
-of point p on any batch), ``control=`` the patches' covariates, ``control_at=`` the two
-endpoints, batches of 8, ±1% (2σ). Each sampler seed is one random order; for every point and
+of point p on any batch), ``control=`` the patches' covariates (``--covariates``: the two of
+``sr_covariates`` or all three), ``control_at=`` the two endpoints, batches of 8, ±1% (2σ). Each sampler seed is one random order; for every point and
 seed the estimate is compared with the exact mean of its table. Reported per point and
 overall: the share of estimates within their reported 2σ (the aim: about 95%), within ±1%,
 and the samples used. Differences between seeds are the only randomness, so the share
@@ -98,7 +100,8 @@ def collect(args) -> None:
         sd = {k: a[k] + x * d1[k] + y * d2[k] if k in d1 else a[k] for k in a}
         losses.append(per_patch_losses(model, loss_fn, patches, sd))
         print(f"({x:+.3f}, {y:+.3f}) mean {losses[-1].mean():.6f} in {time.perf_counter() - t:.0f} s", flush=True)
-    cov = torch.cat([lp.data.sr_covariates(x, y) for x, y in torch.utils.data.DataLoader(patches, batch_size=256)])
+    cov = torch.cat([lp.data.sr_covariates_with_mean(x, y)
+                     for x, y in torch.utils.data.DataLoader(patches, batch_size=256)])
     np.savez(RESULTS / f"{args.out}_part{args.part}.npz", points=np.array(mine), losses=np.stack(losses),
              covariates=cov.numpy(), endpoints=ends, env=json.dumps(environment()))
 
@@ -144,13 +147,28 @@ def other_variance(kind: str):
     return staticmethod(with_control)
 
 
+#: ``--covariates``: the function named in the report and how many of the tables' columns it is
+COVARIATES = {"sr": ("lp.data.sr_covariates", 2), "sr-mean": ("lp.data.sr_covariates_with_mean", 3)}
+
+
+def covariate_columns(parts: list, args) -> np.ndarray:
+    """The tables' per-patch covariates that ``--covariates`` names (tables collected before the
+    mean column existed hold two)."""
+    k = COVARIATES[args.covariates][1]
+    held = parts[0]["covariates"]
+    if held.shape[1] < k:
+        raise SystemExit(f"--covariates {args.covariates} needs {k} covariate columns; {args.files[0]} holds "
+                         f"{held.shape[1]} (collected before the mean column): collect the tables again")
+    return held[:, :k]
+
+
 def replay(args) -> dict:
     if args.variance != "library":
         Evaluation.with_control = other_variance(args.variance)
     parts = [np.load(f) for f in args.files]
     points = np.concatenate([p["points"] for p in parts])
     table = np.concatenate([p["losses"] for p in parts])
-    covariates = torch.as_tensor(parts[0]["covariates"])
+    covariates = torch.as_tensor(covariate_columns(parts, args))
     n = table.shape[1]
     exact = table.mean(1)
     model = Lookup(table)
@@ -183,7 +201,7 @@ def replay(args) -> dict:
     report = {"env": environment(), "tables": args.files, "endpoints": str(parts[0]["endpoints"]),
               "collect_env": json.loads(str(parts[0]["env"])), "orders": args.orders, "precision": args.precision,
               "batch_size": args.batch_size, "min_batches": args.min_batches, "variance": args.variance,
-              "control": None if args.no_control else "lp.data.sr_covariates",
+              "control": None if args.no_control else COVARIATES[args.covariates][0],
               "control_at": "the two endpoints", "patches": n, "seconds": time.perf_counter() - t,
               "within_2_sigma": float(np.mean(z[:, off] <= 2)), "within_precision": float(np.mean(rel[:, off] <= args.precision)),
               "worst_point_within_2_sigma": float(min(per_point[p]["within_2_sigma"] for p in off)),
@@ -200,7 +218,7 @@ def se_ratio(args) -> dict:
     parts = [np.load(f) for f in args.files]
     points = np.concatenate([p["points"] for p in parts])
     table = np.concatenate([p["losses"] for p in parts])
-    patch_cov = parts[0]["covariates"]
+    patch_cov = covariate_columns(parts, args)
     ends = [int(np.flatnonzero((points == e).all(1))[0]) for e in ([0.0, 0.0], [1.0, 0.0])]
     population_mean = np.concatenate([patch_cov.mean(0), table[ends].mean(1)])
     residual = other_variance("residual").__func__
@@ -240,6 +258,8 @@ def main(argv=None):
     r.add_argument("--precision", type=float, default=0.01)
     r.add_argument("--batch-size", type=int, default=8)
     r.add_argument("--no-control", action="store_true", help="control_at only, without sr_covariates")
+    r.add_argument("--covariates", choices=sorted(COVARIATES), default="sr",
+                   help="sr: the tables' first two columns (lp.data.sr_covariates); sr-mean: all three")
     r.add_argument("--min-batches", type=int, default=4, help="the probe's min_batches (raised to 4(k + 1))")
     r.add_argument("--variance", choices=("library", "residual", "hc2"), default="library",
                    help="the standard error: the library's (HC3) or one of two others, for comparison")
@@ -249,6 +269,7 @@ def main(argv=None):
     q.add_argument("--orders", type=int, default=200)
     q.add_argument("--batches", type=int, default=20)
     q.add_argument("--batch-size", type=int, default=8)
+    q.add_argument("--covariates", choices=sorted(COVARIATES), default="sr")
     q.add_argument("--out", default="precision_se_ratio")
     args = ap.parse_args(argv)
     if getattr(args, "threads", None):
