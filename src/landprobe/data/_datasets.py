@@ -368,13 +368,18 @@ def sr_covariates(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         >>> lp.data.sr_covariates(x, y).tolist()              # [(0-1)², 1²], [(0-3)², 3²]
         [[1.0, 1.0], [9.0, 9.0]]
     """
+    xd, yd = _flat_pair(x, y, "sr_covariates")
+    return torch.stack([(xd - yd).pow(2).mean(1), yd.pow(2).mean(1)], dim=1)
+
+
+def _flat_pair(x: torch.Tensor, y: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` and ``y`` as float64 ``(B, numbers)``, after checking they are tensors of one shape."""
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or x.shape != y.shape:
         raise ValueError(
-            f"sr_covariates needs inputs and targets of one shape (bicubic-upsampled inputs); got "
+            f"{name} needs inputs and targets of one shape (bicubic-upsampled inputs); got "
             f"{tuple(getattr(x, 'shape', ()))} and {tuple(getattr(y, 'shape', ()))}"
         )
-    xd, yd = x.detach().double().flatten(1), y.detach().double().flatten(1)
-    return torch.stack([(xd - yd).pow(2).mean(1), yd.pow(2).mean(1)], dim=1)
+    return x.detach().double().flatten(1), y.detach().double().flatten(1)
 
 
 def sr_covariates_with_mean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -402,10 +407,9 @@ def sr_covariates_with_mean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
     Example:
         >>> import torch, landprobe as lp
-        >>> x, y = torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)
-        >>> y[1] = 3.0
-        >>> lp.data.sr_covariates_with_mean(x, y).tolist()    # [(0-1)², 1², 1], [(0-3)², 3², 3]
-        [[1.0, 1.0, 1.0], [9.0, 9.0, 3.0]]
+        >>> y = torch.tensor([[[[0.0, 2.0], [2.0, 4.0]]]])    # mean 2, energy (0 + 4 + 4 + 16) / 4
+        >>> lp.data.sr_covariates_with_mean(y + 1.0, y).tolist()
+        [[1.0, 6.0, 2.0]]
     """
-    columns = sr_covariates(x, y)
-    return torch.cat([columns, y.detach().double().flatten(1).mean(1, keepdim=True)], dim=1)
+    xd, yd = _flat_pair(x, y, "sr_covariates_with_mean")
+    return torch.stack([(xd - yd).pow(2).mean(1), yd.pow(2).mean(1), yd.mean(1)], dim=1)
