@@ -17,11 +17,12 @@ the patches' ``lp.data.sr_covariates_with_mean`` (whose first two columns are
 ``replay`` runs the library's own precision-targeted engine on those tables: a stand-in model
 whose parameters select one point's per-patch losses (``theta = e_p`` gives exactly the losses
 of point p on any batch), ``control=`` the patches' covariates (``--covariates``: the two of
-``sr_covariates`` or all three), ``control_at=`` the two endpoints, batches of 8, ±1% (2σ). Each sampler seed is one random order; for every point and
-seed the estimate is compared with the exact mean of its table. Reported per point and
-overall: the share of estimates within their reported 2σ (the aim: about 95%), within ±1%,
-and the samples used. Differences between seeds are the only randomness, so the share
-measures the error bars themselves, not one lucky order.
+``sr_covariates`` or all three), ``control_at=`` the two endpoints, batches of 8, ±1% (2σ).
+Each sampler seed is one random order; for every point and seed the estimate is compared with
+the exact mean of its table. Reported per point and overall: the share of estimates within
+their reported 2σ (the aim: about 95%), within ±1%, and the samples used. Differences between
+seeds are the only randomness, so the share measures the error bars themselves, not one lucky
+order.
 
 ``ratio`` compares, on the same random batches, the library's standard error with the residual
 variance's (``replay --variance residual``): how much wider the leverage correction makes a bar.

@@ -190,7 +190,6 @@ def test_control_errors():
         nan.evaluate()
 
 
-
 def test_sr_covariates_with_mean_follow_a_bias_driven_loss():
     # A 1x1 convolution y_hat = 3x + 2 on patches x = y + noise: each patch's loss is
     # 4·mean(y²) + 8·mean(y) + 4 plus small terms, a term linear in the patch's mean that only the

@@ -89,8 +89,8 @@ class LandscapeProbe:
             the model and that track the per-sample loss (for super-resolution,
             :func:`landprobe.data.sr_covariates`: the bicubic input's error and the target's
             energy; :func:`landprobe.data.sr_covariates_with_mean` adds the target's mean, for
-            points far from trained weights). Their exact mean is computed once by one pass of ``control`` over the
-            data; each point is then estimated by regression on them (see
+            points far from trained weights). Their exact mean is computed once by one pass of
+            ``control`` over the data; each point is then estimated by regression on them (see
             ``Evaluation.with_control``), which needs about 1 − R² as many samples for the
             same precision. At least 4(k + 1) batches are drawn per point and the error is
             leverage-corrected, so that it is not underestimated (2σ covers about 95%). Poor covariates cost nothing but the
