@@ -45,7 +45,7 @@ from landprobe.engine import Evaluation
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import RESULTS, environment  # noqa: E402
-from bench_precision import ROOT, endpoints, plane_directions  # noqa: E402
+from bench_precision import COVARIATES, ROOT, endpoints, plane_directions  # noqa: E402
 
 
 def grid_points(plane: dict, random: int) -> list[tuple[float, float]]:
@@ -148,14 +148,11 @@ def other_variance(kind: str):
     return staticmethod(with_control)
 
 
-#: ``--covariates``: the function named in the report and how many of the tables' columns it is
-COVARIATES = {"sr": ("lp.data.sr_covariates", 2), "sr-mean": ("lp.data.sr_covariates_with_mean", 3)}
-
-
 def covariate_columns(parts: list, args) -> np.ndarray:
-    """The tables' per-patch covariates that ``--covariates`` names (tables collected before the
-    mean column existed hold two)."""
-    k = COVARIATES[args.covariates][1]
+    """The tables' per-patch covariates that ``--covariates`` names: the first as many columns as
+    its function returns (tables collected before the mean column existed hold two)."""
+    one = torch.zeros(1, 1, 2, 2)
+    k = COVARIATES[args.covariates](one, one).shape[1]
     held = parts[0]["covariates"]
     if held.shape[1] < k:
         raise SystemExit(f"--covariates {args.covariates} needs {k} covariate columns; {args.files[0]} holds "
@@ -202,7 +199,7 @@ def replay(args) -> dict:
     report = {"env": environment(), "tables": args.files, "endpoints": str(parts[0]["endpoints"]),
               "collect_env": json.loads(str(parts[0]["env"])), "orders": args.orders, "precision": args.precision,
               "batch_size": args.batch_size, "min_batches": args.min_batches, "variance": args.variance,
-              "control": None if args.no_control else COVARIATES[args.covariates][0],
+              "control": None if args.no_control else f"lp.data.{COVARIATES[args.covariates].__name__}",
               "control_at": "the two endpoints", "patches": n, "seconds": time.perf_counter() - t,
               "within_2_sigma": float(np.mean(z[:, off] <= 2)), "within_precision": float(np.mean(rel[:, off] <= args.precision)),
               "worst_point_within_2_sigma": float(min(per_point[p]["within_2_sigma"] for p in off)),

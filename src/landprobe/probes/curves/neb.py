@@ -378,6 +378,7 @@ def _relax(engine: Engine, band: _Band, cyc: NebCycle, batches: Iterator, bar: P
     rows: list[Tensor] | None = None              # the stacks as (images, numbers) matrices, from step 0
     bufs: list[Tensor] | None = None
     space: dict[Any, Tensor] = {}                 # the steps' buffers for large images
+    gathered: dict[int, Tensor] = {}              # the shared matrices' gradients, gathered each step
     climb_at: int | None = None
     engine.set_fit_modes()
     unchanged = engine.unchanged_check()          # the band's images are ours; the model is never written
@@ -389,8 +390,7 @@ def _relax(engine: Engine, band: _Band, cyc: NebCycle, batches: Iterator, bar: P
         if rows is None:
             full, rows = _band_rows(groups, shared, full, grads)
             _bind(images, band.pnames, full)
-        grads = [torch.cat([grads[i].reshape(grads[i].shape[0], -1) for i in g], 1) if n in shared
-                 else band_algebra.rows_of(grads[g[0]], like=full[g[0]]) for n, g in enumerate(groups)]
+        grads = _band_grads(groups, shared, full, grads, gathered)
         bad = [i for i, e in enumerate(energies) if not math.isfinite(e)]
         if bad:
             raise fail(f"the loss of image {bad[0]} (of {len(images)}, ends included) became {energies[bad[0]]}",
@@ -465,6 +465,22 @@ def _band_rows(groups: list[list[int]], shared: dict[int, Tensor], full: list[Te
             row = full[i].reshape(full[i].shape[0], -1)
         rows.append(row)
     return full, rows
+
+
+def _band_grads(groups: list[list[int]], shared: dict[int, Tensor], full: list[Tensor], grads: list[Tensor],
+                gathered: dict[int, Tensor]) -> list[Tensor]:
+    """The gradients as the band's algebra takes them, per group: a shared matrix's members
+    gathered side by side into a buffer of ``gathered`` (made at the first step, reused), or a
+    parameter's gradient as an (images, numbers) matrix in its stack's layout."""
+    out = []
+    for n, g in enumerate(groups):
+        if n in shared:
+            if n not in gathered:
+                gathered[n] = torch.empty_like(shared[n][1:-1])
+            out.append(torch.cat([grads[i].reshape(grads[i].shape[0], -1) for i in g], 1, out=gathered[n]))
+        else:
+            out.append(band_algebra.rows_of(grads[g[0]], like=full[g[0]]))
+    return out
 
 
 def _views(flat: Tensor, full: list[Tensor]) -> list[Tensor]:
