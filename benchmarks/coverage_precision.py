@@ -1,7 +1,7 @@
 """How often precision-targeted error bars cover the exact loss, over many random orders.
 
     python benchmarks/coverage_precision.py collect --a A.pt --b B.pt --plane NAME_plane.json
-        [--random 5] [--part I --parts P] [--threads T] [--out NAME]
+        [--random 5] [--points N] [--part I --parts P] [--threads T] [--out NAME]
     python benchmarks/coverage_precision.py replay NAME_part*.npz [--orders 400] [--batch-size 8]
         [--no-control] [--covariates {sr,sr-mean}] [--min-batches M] [--variance {library,residual,hc2}]
         [--out NAME]
@@ -9,7 +9,8 @@
 
 ``collect`` evaluates the per-patch empirical error (bf16, all 9,362 T91 x2 patches) at the two
 endpoints of a ``bench_precision.py`` plane and at grid points of it (the points its
-validations check, ten drawn with seeds 1 and 2, and ``--random`` seeded others), with
+validations check, ten drawn with seeds 1 and 2, and ``--random`` seeded others; ``--points N``
+keeps the first N of them, where each pass over the data is costly), with
 the patches' ``lp.data.sr_covariates_with_mean`` (whose first two columns are
 ``lp.data.sr_covariates``), into an ``.npz`` (several processes split the points with
 ``--part``/``--parts``).
@@ -93,7 +94,7 @@ def collect(args) -> None:
     a, b, model, loss_fn, ends = endpoints(args)
     d1, d2 = plane_directions(a, b)
     patches = lp.data.T91Patches(ROOT / "data" / "T91", scale=2)
-    points = [(0.0, 0.0), (1.0, 0.0)] + grid_points(plane, args.random)
+    points = [(0.0, 0.0), (1.0, 0.0)] + grid_points(plane, args.random)[:args.points]
     mine = [p for i, p in enumerate(points) if i % args.parts == args.part]
     losses = []
     for x, y in mine:
@@ -246,6 +247,7 @@ def main(argv=None):
     c.add_argument("--b", required=True)
     c.add_argument("--plane", required=True)
     c.add_argument("--random", type=int, default=5)
+    c.add_argument("--points", type=int, default=None, help="only the first N grid points")
     c.add_argument("--part", type=int, default=0)
     c.add_argument("--parts", type=int, default=1)
     c.add_argument("--threads", type=int, default=None)
