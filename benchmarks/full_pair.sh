@@ -13,7 +13,8 @@
 # bicubic's, at most 800 steps; its checkpoint is then copied to
 # results/full_pair/seed*/mix/solution.pt (not in git), and a seed that has one is not trained
 # again. results/full_pair/README.md records the runs. Wants bf16 arithmetic or a GPU: on a
-# 2-core CPU with AVX512-BF16 each 100 steps take 4-5 minutes and the plane one to two hours.
+# 2-core CPU with AVX512-BF16 each 100 steps take 4-5 minutes (results/full_pair/README.md) and the plane
+# over an hour (3,562 s on the Xeon with AMX, benchmarks/results/precision_full_pair_21x21.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 covariates="${1:-sr-mean}"
